@@ -85,6 +85,11 @@ typedef struct tb_fit_opts_s {
 
 void tb_fit_opts_defaults(tb_fit_opts_t *o);
 
+/* OpenBLAS threads for every matrix product of the process (1 = single
+ * threaded). Same job, seed and thread count give bitwise identical runs. */
+void tb_set_num_threads(int n);
+int tb_get_num_threads(void);
+
 /* A new empty model taking n_inputs features; seed drives weight init, shuffles
  * and dropout. */
 tb_model_t *tb_model_new(int n_inputs, uint64_t seed);
