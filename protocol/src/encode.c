@@ -1,0 +1,343 @@
+/* Encoders for everything the server sends: hello, events, dropped, bye,
+ * responses and errors.
+ *
+ * The event encoder is the hot path (one call per training batch, the bytes
+ * then shared by every subscriber), so it is written by hand into a flat
+ * buffer: no tree, no allocation, each field's worst case checked once before
+ * it is written and the bytes copied with memcpy. The other encoders run a few
+ * times per connection and favour clarity: they go through tb_buf_t and the
+ * tb_json_* writers, rolling the buffer back on failure so a caller never
+ * sends half a message. */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define LIT(d, s)                                                                                  \
+  do {                                                                                             \
+    memcpy((d), (s), sizeof(s) - 1);                                                               \
+    (d) += sizeof(s) - 1;                                                                          \
+  } while (0)
+
+/* Worst-case bytes of an escaped string of n bytes, quotes included. */
+#define ESC_MAX(n) (6 * (n) + 2)
+
+static size_t int_to(char *dst, int64_t v) {
+  char tmp[24];
+  size_t n = 0;
+  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+  do {
+    tmp[n++] = (char)('0' + u % 10);
+    u /= 10;
+  } while (u);
+  size_t k = 0;
+  if (v < 0)
+    dst[k++] = '-';
+  while (n)
+    dst[k++] = tmp[--n];
+  return k;
+}
+
+/* Unix time in seconds with exactly six decimals, from microseconds: exact,
+ * and cheaper than formatting a double. */
+static size_t time_to(char *dst, int64_t us) {
+  if (us < 0)
+    return tb_json_num_to(dst, (double)us / 1e6);
+  size_t n = int_to(dst, us / 1000000);
+  int64_t frac = us % 1000000;
+  dst[n++] = '.';
+  for (int64_t div = 100000; div > 0; div /= 10)
+    dst[n++] = (char)('0' + (frac / div) % 10);
+  return n;
+}
+
+static const char *log_name(const tb_event_t *ev, int i, size_t *len) {
+  if (ev->log_names) {
+    *len = strnlen(ev->log_names[i], TB_PROTO_LOG_NAME_MAX);
+    return ev->log_names[i];
+  }
+  const char *s = ev->log_namev && ev->log_namev[i] ? ev->log_namev[i] : "";
+  *len = strlen(s);
+  return s;
+}
+
+static size_t slen(const char *s) {
+  return s ? strlen(s) : 0;
+}
+
+size_t tb_msg_event_max(const tb_event_t *ev) {
+  size_t n = 256; /* envelope, keys and integers */
+  n += ESC_MAX(slen(ev->run)) + ESC_MAX(slen(ev->name));
+  for (int i = 0; i < ev->n_logs; i++) {
+    size_t len;
+    log_name(ev, i, &len);
+    n += ESC_MAX(len) + 2 + TB_PROTO_NUM_MAX;
+  }
+  n += ESC_MAX(slen(ev->state)) + ESC_MAX(slen(ev->prev_state)) + ESC_MAX(slen(ev->action)) +
+       ESC_MAX(slen(ev->by)) + ESC_MAX(slen(ev->reason)) + 2 * TB_PROTO_NUM_MAX + 96;
+  return n;
+}
+
+/* Writes an optional string member ,"key":"value" if s is not NULL. */
+#define OPT_STR(key, s)                                                                            \
+  do {                                                                                             \
+    if ((s) != NULL) {                                                                             \
+      size_t l_ = strlen(s);                                                                       \
+      if ((size_t)(end - d) < ESC_MAX(l_) + sizeof(key) + 4)                                       \
+        return NULL;                                                                               \
+      LIT(d, ",\"" key "\":");                                                                     \
+      d += tb__json_esc(d, (s), l_);                                                               \
+    }                                                                                              \
+  } while (0)
+
+/* The params object of an event into [d, end); returns the end of what was
+ * written, or NULL if it did not fit. */
+static char *event_params_to(char *d, char *end, const tb_event_t *ev) {
+  const char *run = ev->run ? ev->run : "";
+  const char *name = ev->name ? ev->name : "";
+  size_t run_len = strlen(run), name_len = strlen(name);
+
+  /* Fixed part: keys, run, seq, event, epoch, batch, time, "logs":{ */
+  if ((size_t)(end - d) < ESC_MAX(run_len) + ESC_MAX(name_len) + 200)
+    return NULL;
+  LIT(d, "{\"run\":");
+  d += tb__json_esc(d, run, run_len);
+  LIT(d, ",\"seq\":");
+  d += int_to(d, ev->seq);
+  LIT(d, ",\"event\":");
+  d += tb__json_esc(d, name, name_len);
+  if (ev->epoch >= 0) {
+    LIT(d, ",\"epoch\":");
+    d += int_to(d, ev->epoch);
+  }
+  if (ev->batch >= 0) {
+    LIT(d, ",\"batch\":");
+    d += int_to(d, ev->batch);
+  }
+  LIT(d, ",\"time\":");
+  d += time_to(d, ev->time_us);
+  LIT(d, ",\"logs\":{");
+  for (int i = 0; i < ev->n_logs; i++) {
+    size_t len;
+    const char *ln = log_name(ev, i, &len);
+    if ((size_t)(end - d) < ESC_MAX(len) + 2 + TB_PROTO_NUM_MAX)
+      return NULL;
+    if (i)
+      *d++ = ',';
+    d += tb__json_esc(d, ln, len);
+    *d++ = ':';
+    d += tb_json_num_to(d, ev->log_values[i]);
+  }
+  if ((size_t)(end - d) < 2 + 16 + 2 * (TB_PROTO_NUM_MAX + 10))
+    return NULL;
+  *d++ = '}';
+  if (ev->lockstep)
+    LIT(d, ",\"lockstep\":true");
+  if (ev->has_value) {
+    LIT(d, ",\"value\":");
+    d += tb_json_num_to(d, ev->value);
+  }
+  if (ev->has_old) {
+    LIT(d, ",\"old\":");
+    d += tb_json_num_to(d, ev->old_value);
+  }
+  OPT_STR("state", ev->state);
+  OPT_STR("prev_state", ev->prev_state);
+  OPT_STR("action", ev->action);
+  OPT_STR("by", ev->by);
+  OPT_STR("reason", ev->reason);
+  if (end - d < 1)
+    return NULL;
+  *d++ = '}';
+  return d;
+}
+
+static const char event_head[] = "{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":";
+
+int tb_msg_event_to(char *dst, size_t cap, const tb_event_t *ev) {
+  if (cap < sizeof event_head + 2)
+    return TB_PROTO_ETOO_LARGE;
+  char *d = dst, *end = dst + cap;
+  LIT(d, event_head);
+  d = event_params_to(d, end - 2, ev);
+  if (d == NULL)
+    return TB_PROTO_ETOO_LARGE;
+  *d++ = '}';
+  *d++ = '\n';
+  return (int)(d - dst);
+}
+
+int tb_msg_event(tb_buf_t *b, const tb_event_t *ev) {
+  size_t max = tb_msg_event_max(ev);
+  if (tb_buf_reserve(b, max) != 0)
+    return TB_PROTO_EINTERNAL;
+  int n = tb_msg_event_to(b->data + b->len, max, ev);
+  if (n < 0)
+    return TB_PROTO_EINTERNAL; /* the bound is wrong: a bug, not the caller's fault */
+  b->len += (size_t)n;
+  return 0;
+}
+
+int tb_msg_event_params(tb_buf_t *b, const tb_event_t *ev) {
+  size_t max = tb_msg_event_max(ev);
+  if (tb_buf_reserve(b, max) != 0)
+    return TB_PROTO_EINTERNAL;
+  char *d = event_params_to(b->data + b->len, b->data + b->len + max, ev);
+  if (d == NULL)
+    return TB_PROTO_EINTERNAL;
+  b->len = (size_t)(d - b->data);
+  return 0;
+}
+
+/* ---- everything else: through tb_buf_t, rolled back on failure ---- */
+
+#define APP(s) tb_buf_append(b, (s), sizeof(s) - 1)
+
+/* Runs body (a chain of calls OR-ed into rc) and restores b->len on failure. */
+#define TRY(expr)                                                                                  \
+  do {                                                                                             \
+    size_t len0_ = b->len;                                                                         \
+    if ((expr) != 0) {                                                                             \
+      b->len = len0_;                                                                              \
+      return TB_PROTO_EINTERNAL;                                                                   \
+    }                                                                                              \
+    return 0;                                                                                      \
+  } while (0)
+
+static int json_id(tb_buf_t *b, const tb_id_t *id) {
+  if (tb_buf_reserve(b, TB__ID_MAX_ENC) != 0)
+    return TB_PROTO_EINTERNAL;
+  b->len += tb__id_to(b->data + b->len, id);
+  return 0;
+}
+
+int tb_msg_hello(tb_buf_t *b, const tb_hello_t *h) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"hello\",\"params\":{\"protocol\":") ||
+      tb_json_int(b, h->protocol) || APP(",\"server\":") || tb_json_str(b, h->server) ||
+      APP(",\"auth_required\":") || (h->auth_required ? APP("true") : APP("false")) ||
+      APP(",\"auth_timeout_ms\":") || tb_json_int(b, h->auth_timeout_ms) || APP(",\"max_line\":") ||
+      tb_json_int(b, h->max_line) || APP("}}\n"));
+}
+
+int tb_msg_dropped(tb_buf_t *b, const char *run, int64_t count, int64_t from_seq, int64_t to_seq) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"dropped\",\"params\":{\"run\":") ||
+      tb_json_str(b, run) || APP(",\"count\":") || tb_json_int(b, count) || APP(",\"from_seq\":") ||
+      tb_json_int(b, from_seq) || APP(",\"to_seq\":") || tb_json_int(b, to_seq) || APP("}}\n"));
+}
+
+int tb_msg_bye(tb_buf_t *b, const char *reason, const char *message) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"bye\",\"params\":{\"reason\":") ||
+      tb_json_str(b, reason) || APP(",\"message\":") || tb_json_str(b, message) || APP("}}\n"));
+}
+
+static int error_body(tb_buf_t *b, const tb_id_t *id, int code, const char *msg) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"id\":") || json_id(b, id) || APP(",\"error\":{\"code\":") ||
+      tb_json_int(b, code) || APP(",\"message\":") || tb_json_str(b, msg) ||
+      APP(",\"data\":{\"name\":") || tb_json_str(b, tb_proto_err_name(code)) || APP("}}}\n"));
+}
+
+int tb_msg_error(tb_buf_t *b, const tb_id_t *id, int code, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  return error_body(b, id, code, msg);
+}
+
+int tb_msg_error_from(tb_buf_t *b, const tb_id_t *id, const tb_proto_err_t *err) {
+  int code = err && err->code ? err->code : TB_PROTO_EINTERNAL;
+  const char *msg = err && err->msg[0] ? err->msg : tb_proto_strerror(code);
+  return error_body(b, id, code, msg);
+}
+
+int tb_msg_result_begin(tb_buf_t *b, const tb_id_t *id) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"id\":") || json_id(b, id) || APP(",\"result\":"));
+}
+
+int tb_msg_result_end(tb_buf_t *b) {
+  return APP("}\n");
+}
+
+int tb_msg_result(tb_buf_t *b, const tb_id_t *id, const cJSON *result) {
+  char *text = cJSON_PrintUnformatted(result);
+  if (text == NULL)
+    return TB_PROTO_EINTERNAL;
+  size_t len0 = b->len;
+  int rc =
+      tb_msg_result_begin(b, id) || tb_buf_append(b, text, strlen(text)) || tb_msg_result_end(b);
+  cJSON_free(text);
+  if (rc) {
+    b->len = len0;
+    return TB_PROTO_EINTERNAL;
+  }
+  return 0;
+}
+
+int tb_msg_result_ok(tb_buf_t *b, const tb_id_t *id) {
+  TRY(tb_msg_result_begin(b, id) || APP("{\"ok\":true}") || tb_msg_result_end(b));
+}
+
+int tb_msg_result_pong(tb_buf_t *b, const tb_id_t *id, int64_t time_us) {
+  char t[TB_PROTO_NUM_MAX];
+  size_t n = time_to(t, time_us);
+  TRY(tb_msg_result_begin(b, id) || APP("{\"pong\":true,\"time\":") || tb_buf_append(b, t, n) ||
+      APP("}") || tb_msg_result_end(b));
+}
+
+int tb_msg_result_auth(tb_buf_t *b, const tb_id_t *id, tb_role_t role) {
+  TRY(tb_msg_result_begin(b, id) || APP("{\"role\":") || tb_json_str(b, tb_role_name(role)) ||
+      APP(",\"protocol\":") || tb_json_int(b, TB_PROTO_VERSION) || APP("}") ||
+      tb_msg_result_end(b));
+}
+
+int tb_msg_result_subscribe(tb_buf_t *b, const tb_id_t *id, int64_t sub, int64_t next_seq) {
+  TRY(tb_msg_result_begin(b, id) || APP("{\"sub\":") || tb_json_int(b, sub) ||
+      APP(",\"next_seq\":") || tb_json_int(b, next_seq) || APP("}") || tb_msg_result_end(b));
+}
+
+int tb_msg_result_submit(tb_buf_t *b, const tb_id_t *id, const char *run) {
+  TRY(tb_msg_result_begin(b, id) || APP("{\"run\":") || tb_json_str(b, run) || APP("}") ||
+      tb_msg_result_end(b));
+}
+
+int tb_json_run_info(tb_buf_t *b, const tb_run_info_t *r) {
+  TRY(APP("{\"run\":") || tb_json_str(b, r->id) || APP(",\"state\":") ||
+      tb_json_str(b, tb_run_state_name(r->state)) || APP(",\"epoch\":") ||
+      tb_json_int(b, r->epoch) || APP(",\"epochs\":") || tb_json_int(b, r->epochs) ||
+      APP(",\"batch\":") || tb_json_int(b, r->batch) || APP(",\"last_seq\":") ||
+      tb_json_int(b, r->last_seq) || (r->has_lr ? APP(",\"lr\":") || tb_json_num(b, r->lr) : 0) ||
+      APP("}"));
+}
+
+int tb_msg_result_status(tb_buf_t *b, const tb_id_t *id, const tb_run_info_t *run) {
+  TRY(tb_msg_result_begin(b, id) || tb_json_run_info(b, run) || tb_msg_result_end(b));
+}
+
+int tb_msg_result_runs(tb_buf_t *b, const tb_id_t *id, const tb_run_info_t *runs, int n_runs) {
+  size_t len0 = b->len;
+  int rc = tb_msg_result_begin(b, id) || APP("{\"runs\":[");
+  for (int i = 0; i < n_runs && !rc; i++)
+    rc = (i ? APP(",") : 0) || tb_json_run_info(b, &runs[i]);
+  rc = rc || APP("]}") || tb_msg_result_end(b);
+  if (rc) {
+    b->len = len0;
+    return TB_PROTO_EINTERNAL;
+  }
+  return 0;
+}
+
+int tb_msg_result_history(tb_buf_t *b, const tb_id_t *id, const char *run, const tb_event_t *events,
+                          int n_events, int64_t next_seq) {
+  size_t len0 = b->len;
+  int rc =
+      tb_msg_result_begin(b, id) || APP("{\"run\":") || tb_json_str(b, run) || APP(",\"events\":[");
+  for (int i = 0; i < n_events && !rc; i++)
+    rc = (i ? APP(",") : 0) || tb_msg_event_params(b, &events[i]);
+  rc = rc || APP("],\"next_seq\":") || tb_json_int(b, next_seq) || APP("}") || tb_msg_result_end(b);
+  if (rc) {
+    b->len = len0;
+    return TB_PROTO_EINTERNAL;
+  }
+  return 0;
+}
