@@ -22,59 +22,113 @@ typedef struct tb_dataset_s {
   float *y;       /* n * n_outputs, owned */
 } tb_dataset_t;
 
-/* Allocates a zero-filled dataset. NULL on bad sizes or out of memory. */
+/* Allocates a zero-filled dataset with n_classes 0; free it with
+ * tb_dataset_free(). Needs n >= 0, n_features >= 1, n_outputs >= 0 (0: no
+ * labels, e.g. data to predict on), and n * n_features and n * n_outputs each
+ * at most INT_MAX, so that callers may index with int arithmetic. NULL on bad
+ * sizes or out of memory. */
 tb_dataset_t *tb_dataset_new(int n, int n_features, int n_outputs);
+/* Frees d and its arrays; NULL is a no-op. */
 void tb_dataset_free(tb_dataset_t *d);
 
-/* A copy of rows [start, start + count). */
+/* A new dataset (the caller frees it) holding a copy of rows
+ * [start, start + count), with the same widths and n_classes; count may be 0.
+ * *out is NULL on failure: TB_EINVAL for a range outside d, TB_ENOMEM. */
 int tb_dataset_slice(const tb_dataset_t *d, int start, int count, tb_dataset_t **out);
 
 /* Keras's validation_split: the last `fraction` of the rows (taken before any
- * shuffling) become *val, the first floor(n * (1 - fraction)) rows *train.
- * fraction must be in (0, 1) and leave at least one row on each side. */
+ * shuffling) become *val, the first floor(n * (1 - fraction)) rows *train,
+ * both new copies in their original order. The arithmetic is Keras 3's, in
+ * double: 90 rows at 0.3 give 62 training rows. Both outputs are NULL on
+ * failure: TB_EINVAL unless 0 < fraction < 1, TB_ERANGE when either side
+ * would be empty (as Keras raises), TB_ENOMEM. */
 int tb_dataset_split_tail(const tb_dataset_t *d, double fraction, tb_dataset_t **train,
                           tb_dataset_t **val, tb_err_t *err);
 
-/* Replaces a class-index y (n_outputs == 1, n_classes == k) by one-hot rows. */
+/* Replaces a class-index y (n_outputs == 1, n_classes == k > 0) by one-hot
+ * rows (n_outputs becomes k; n_classes stays k). TB_EINVAL for any other y,
+ * TB_ERANGE when a label is not an integer in 0..k-1 (the message names the
+ * row), TB_ENOMEM; on failure d is unchanged. */
 int tb_dataset_one_hot(tb_dataset_t *d, tb_err_t *err);
 
 /* CSV: one row per line, numbers separated by `delimiter`; `skip_rows` lines
  * (a header) are skipped; the label is column `label_col` (negative counts from
- * the end: -1 is the last column). Every other column is a feature. A path
- * ending in ".gz" is decompressed with zlib. With `classes` set, labels must be
- * non-negative integers and n_classes becomes max label + 1. Errors name the
- * file, line and column. */
+ * the end: -1 is the last column). Every other column is a feature, in file
+ * order. A path ending in ".gz" is decompressed with zlib. With `classes` set,
+ * labels must be integers in 0..2^24 (exact in float32) and n_classes becomes
+ * max label + 1; otherwise n_classes is 0 and labels are any numbers.
+ *
+ * Accepted: "\n" or "\r\n" line ends, a UTF-8 byte order mark, blank lines
+ * anywhere (skipped, not counted as rows), spaces and tabs around fields.
+ * Every field must be a whole number as strtod() reads it (C locale), finite
+ * and within the float32 range; there is no quoting. The first data row sets
+ * the column count (at least 2) and every row must match it.
+ *
+ * opts may be NULL (all zero: ',' separated, no header, label in column 0).
+ * *out receives a new dataset (the caller frees it), NULL on failure. Errors,
+ * each with a message in err naming the file and, for content, the 1-based
+ * line and column (`data.csv:3: column 2: expected a number, got "abc"`):
+ * -errno when the file cannot be opened or read; TB_EFORMAT for malformed
+ * text, a wrong column count, a bad class label, no data rows, or a corrupt or
+ * non-gzip ".gz"; TB_ETRUNCATED for a ".gz" that ends early; TB_ENONFINITE for
+ * inf or nan; TB_ERANGE for a label column outside the row, a number beyond
+ * float32, or a file over 2 GiB; TB_EINVAL for bad arguments; TB_ENOMEM. */
 typedef struct tb_csv_opts_s {
-  char delimiter; /* default ',' when 0 */
-  int skip_rows;
-  int label_col;
-  int classes; /* nonzero: labels are class indices */
+  char delimiter; /* default ',' when 0; not '\n' or '\r' */
+  int skip_rows;  /* lines skipped before the data, blank or not; >= 0 */
+  int label_col;  /* 0-based; negative counts from the end */
+  int classes;    /* nonzero: labels are class indices */
 } tb_csv_opts_t;
 int tb_csv_load(const char *path, const tb_csv_opts_t *opts, tb_dataset_t **out, tb_err_t *err);
 
 /* IDX (the MNIST / Fashion-MNIST format): an images file (ubyte, any number of
  * dimensions after the first, flattened into features; pixel values 0..255 kept
  * as floats) and a labels file (ubyte, one dimension). Either may be ".gz".
- * Counts must agree. */
+ * Counts must agree.
+ *
+ * The images magic is 0x0000 0x08 then the dimension count (2 or more;
+ * MNIST's is 0x00000803), the labels magic exactly 0x00000801; dimensions are
+ * big-endian uint32. The file must hold exactly the bytes its header
+ * announces. labels_path may be NULL: the dataset then has no y (n_outputs 0).
+ * With labels, n_classes is max label + 1. *out receives a new dataset (the
+ * caller frees it), NULL on failure. Errors, each with a message naming the
+ * file: -errno when a file cannot be opened or read; TB_EFORMAT for a bad
+ * magic, an unsupported element type, zero items, extra bytes after the data,
+ * or a corrupt or non-gzip ".gz"; TB_ETRUNCATED when the header or data is
+ * cut short (`header says 60000 images of 28x28 but the file holds 1234 bytes
+ * of pixel data`); TB_ESHAPE when label and image counts differ; TB_ERANGE
+ * when the header's sizes exceed INT_MAX values; TB_EINVAL; TB_ENOMEM. */
 int tb_idx_load(const char *images_path, const char *labels_path, tb_dataset_t **out,
                 tb_err_t *err);
 
-/* The seed example: x = [1, 2, 3, 4] (one feature), y = [0, 0, 1, 1]. */
+/* Generators. Each writes a new dataset to *out (the caller frees it; NULL on
+ * failure) with class indices in y (n_outputs 1, n_classes set), and returns
+ * 0, TB_EINVAL for bad arguments or TB_ENOMEM. Randomness comes only from a
+ * tb_rng_t seeded with `seed`: the same seed gives bitwise the same data. */
+
+/* The seed example: x = [1, 2, 3, 4] (one feature), y = [0, 0, 1, 1],
+ * n_classes 2. */
 int tb_gen_seed(tb_dataset_t **out);
 /* Two interleaved spirals, n_per_class points each, 2 features, 2 classes,
- * gaussian noise of standard deviation `noise`. Rows alternate class 0 and 1. */
+ * gaussian noise of standard deviation `noise`. Rows alternate class 0 and 1.
+ * As in CS231n's example: point i has radius r = i / (n_per_class - 1) and
+ * angle 4 r radians plus noise (the noise is on the angle); class 1 is class 0
+ * turned by pi. n_per_class >= 1, noise finite and >= 0. */
 int tb_gen_spirals(int n_per_class, double noise, uint64_t seed, tb_dataset_t **out);
 /* Gaussian blobs: n rows, k classes, n_features features; centers uniform in
- * [-10, 10], spread `std`. */
+ * [-10, 10], spread `std` (>= 0) around them. Row i is of class i % k, so the
+ * classes are balanced (counts differ by at most one) and a tail split holds
+ * all of them. */
 int tb_gen_blobs(int n, int k, int n_features, double std, uint64_t seed, tb_dataset_t **out);
 
 /* Feature scaling. Statistics are fitted on the training part only and then
  * applied to train, validation and test alike. */
 typedef enum {
-  TB_SCALE_NONE = 0,
-  TB_SCALE_MINMAX,   /* (x - min) / (max - min) per feature, constant features -> 0 */
+  TB_SCALE_NONE = 0, /* identity */
+  TB_SCALE_MINMAX,   /* (x - min) / (max - min) per feature; a constant feature keeps a
+                        unit scale: it becomes 0 on train, x - min elsewhere */
   TB_SCALE_STANDARD, /* (x - mean) / std per feature (population std), std 0 -> 1 */
-  TB_SCALE_DIVIDE    /* x / divisor, e.g. 255 for pixels */
+  TB_SCALE_DIVIDE    /* x * (1 / divisor), e.g. 255 for pixels */
 } tb_scale_t;
 
 typedef struct tb_scaler_s {
@@ -84,8 +138,17 @@ typedef struct tb_scaler_s {
   float *mult;
 } tb_scaler_t;
 
+/* Fits s (caller-owned struct, zeroed at entry) to train's features;
+ * `divisor` is read only by TB_SCALE_DIVIDE, where it must be finite and
+ * nonzero. MINMAX and STANDARD need train->n >= 1. Statistics are computed in
+ * double. Returns 0, TB_EINVAL or TB_ENOMEM; on failure s holds no memory.
+ * Release with tb_scaler_free(). */
 int tb_scaler_fit(tb_scaler_t *s, tb_scale_t mode, double divisor, const tb_dataset_t *train);
-void tb_scaler_apply(const tb_scaler_t *s, tb_dataset_t *d);
+/* Scales d's x in place (y is untouched). TB_ESHAPE, leaving d unchanged,
+ * when d has a different feature count from the data s was fitted on;
+ * TB_EINVAL for a NULL or unfitted scaler. */
+int tb_scaler_apply(const tb_scaler_t *s, tb_dataset_t *d);
+/* Frees s's arrays and zeroes it; safe on a zeroed or already freed scaler. */
 void tb_scaler_free(tb_scaler_t *s);
 
 #endif
