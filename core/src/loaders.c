@@ -1,0 +1,595 @@
+/* Dataset loaders: CSV and IDX, either optionally gzip-compressed.
+ *
+ * Both read the whole file into one buffer first (through stdio, or through
+ * zlib's gzread when the path ends in ".gz") and then parse the buffer. The
+ * files we expect are tens of megabytes, and a parser over a complete,
+ * NUL-terminated buffer can check every bound against one length instead of
+ * handling short reads in the middle of a field. The price is that a file
+ * must fit in memory twice (text plus floats); TB_DATA_MAX_FILE caps it.
+ *
+ * Every rejection names the file and where in it the problem is: line and
+ * column (both 1-based) for CSV, and for IDX the header fields involved. Text
+ * taken from the file is quoted through quote_field(), which clips it and
+ * replaces unprintable bytes, so a binary file fed to the CSV loader yields a
+ * readable message rather than terminal garbage. */
+#include "trainbus/data.h"
+
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+/* The largest file (after decompression) we read: 2 GiB - 1. A dataset's
+ * element count must fit in an int anyway (see tb_dataset_new), and IDX stores
+ * one byte per element, so no loadable IDX file is larger; for CSV it is far
+ * more text than a float matrix of that size needs. It also bounds what a
+ * gzip bomb can make us allocate. */
+#define TB_DATA_MAX_FILE ((size_t)INT_MAX)
+
+/* Largest class index a float32 label holds exactly (2^24); above it
+ * consecutive integers collapse into one another. */
+#define TB_DATA_MAX_LABEL 16777216
+
+/* The first read allocation; doubled as needed. */
+#define READ_CHUNK ((size_t)1 << 16)
+
+static int ends_with_gz(const char *path) {
+  size_t n = strlen(path);
+  return n >= 3 && strcmp(path + n - 3, ".gz") == 0;
+}
+
+/* Grows *buf so that at least one more byte past *len fits, keeping one byte
+ * spare for the terminating NUL. */
+static int grow(char **buf, size_t *cap, size_t len) {
+  size_t ncap;
+  char *nbuf;
+  if (len + 1 < *cap)
+    return 0;
+  if (*cap >= TB_DATA_MAX_FILE + 2)
+    return TB_ERANGE;
+  ncap = *cap == 0 ? READ_CHUNK : *cap * 2;
+  if (ncap > TB_DATA_MAX_FILE + 2)
+    ncap = TB_DATA_MAX_FILE + 2;
+  nbuf = realloc(*buf, ncap);
+  if (nbuf == NULL)
+    return TB_ENOMEM;
+  *buf = nbuf;
+  *cap = ncap;
+  return 0;
+}
+
+static int read_plain(const char *path, char **buf, size_t *cap, size_t *len, tb_err_t *err) {
+  FILE *f;
+  int r = 0;
+  errno = 0;
+  f = fopen(path, "rb");
+  if (f == NULL) {
+    int e = errno != 0 ? errno : EIO;
+    return tb_errf(err, -e, "%s: cannot open: %s", path, strerror(e));
+  }
+  for (;;) {
+    size_t want, got;
+    r = grow(buf, cap, *len);
+    if (r != 0)
+      goto fail;
+    want = *cap - 1 - *len;
+    errno = 0;
+    got = fread(*buf + *len, 1, want, f);
+    *len += got;
+    if (got < want) {
+      if (ferror(f)) {
+        int e = errno != 0 ? errno : EIO;
+        fclose(f);
+        return tb_errf(err, -e, "%s: cannot read: %s", path, strerror(e));
+      }
+      break;
+    }
+  }
+  fclose(f);
+  return 0;
+
+fail:
+  fclose(f);
+  return r;
+}
+
+/* zlib reports a truncated stream (Z_BUF_ERROR) not through gzread's return
+ * value but only through gzerror(), so the state is checked after the last
+ * read as well as after a failed one. */
+static int gz_failure(const char *path, gzFile gz, int saved_errno, tb_err_t *err) {
+  int zerr = Z_OK;
+  const char *msg = gzerror(gz, &zerr);
+  switch (zerr) {
+  case Z_OK:
+  case Z_STREAM_END:
+    return 0;
+  case Z_ERRNO: {
+    int e = saved_errno != 0 ? saved_errno : EIO;
+    return tb_errf(err, -e, "%s: cannot read: %s", path, strerror(e));
+  }
+  case Z_MEM_ERROR:
+    return tb_errf(err, TB_ENOMEM, "%s: out of memory while decompressing", path);
+  case Z_BUF_ERROR:
+    return tb_errf(err, TB_ETRUNCATED, "%s: truncated gzip data (%s)", path, msg);
+  default:
+    return tb_errf(err, TB_EFORMAT, "%s: corrupt gzip data (%s)", path, msg);
+  }
+}
+
+static int read_gz(const char *path, char **buf, size_t *cap, size_t *len, tb_err_t *err) {
+  gzFile gz;
+  int r = 0;
+  errno = 0;
+  gz = gzopen(path, "rb");
+  if (gz == NULL) {
+    /* gzopen leaves errno at 0 when only its own allocation failed. */
+    if (errno == 0)
+      return tb_errf(err, TB_ENOMEM, "%s: cannot open: out of memory", path);
+    return tb_errf(err, -errno, "%s: cannot open: %s", path, strerror(errno));
+  }
+  gzbuffer(gz, 1 << 17);
+  for (;;) {
+    size_t want;
+    int got;
+    r = grow(buf, cap, *len);
+    if (r != 0)
+      goto fail;
+    want = *cap - 1 - *len;
+    if (want > (1u << 30))
+      want = 1u << 30;
+    errno = 0;
+    got = gzread(gz, *buf + *len, (unsigned)want);
+    if (got < 0) {
+      r = gz_failure(path, gz, errno, err);
+      if (r == 0)
+        r = tb_errf(err, TB_EIO, "%s: cannot read", path);
+      goto fail;
+    }
+    if (got == 0)
+      break;
+    *len += (size_t)got;
+  }
+  r = gz_failure(path, gz, errno, err);
+  if (r != 0)
+    goto fail;
+  /* zlib passes a file without a gzip header through unchanged; a ".gz" that
+   * is not gzip is a mistake worth reporting (a plain file renamed, or the
+   * wrong file). An empty file counts as an empty stream. */
+  if (*len > 0 && gzdirect(gz)) {
+    r = tb_errf(err, TB_EFORMAT, "%s: not in gzip format (the name ends in .gz)", path);
+    goto fail;
+  }
+  gzclose(gz);
+  return 0;
+
+fail:
+  gzclose(gz);
+  return r;
+}
+
+/* Reads all of path into a new NUL-terminated buffer (*out, *out_len bytes
+ * before the NUL). The caller frees *out. */
+static int read_all(const char *path, char **out, size_t *out_len, tb_err_t *err) {
+  char *buf = NULL;
+  size_t cap = 0, len = 0;
+  int r;
+  *out = NULL;
+  *out_len = 0;
+  if (ends_with_gz(path))
+    r = read_gz(path, &buf, &cap, &len, err);
+  else
+    r = read_plain(path, &buf, &cap, &len, err);
+  if (r == TB_ERANGE)
+    tb_errf(err, r, "%s: larger than the %zu bytes a dataset file may have", path,
+            TB_DATA_MAX_FILE);
+  else if (r == TB_ENOMEM)
+    tb_errf(err, r, "%s: out of memory while reading", path);
+  if (r != 0)
+    goto fail;
+  if (buf == NULL) {
+    r = grow(&buf, &cap, 0);
+    if (r != 0) {
+      tb_errf(err, r, "%s: out of memory while reading", path);
+      goto fail;
+    }
+  }
+  buf[len] = '\0';
+  *out = buf;
+  *out_len = len;
+  return 0;
+
+fail:
+  free(buf);
+  return r;
+}
+
+/* Writes `"text"` for a field into out, clipped to a readable length, with
+ * bytes that are not printable ASCII (and quotes) shown as '?'. */
+static const char *quote_field(char *out, size_t out_len, const char *s, size_t len) {
+  enum { SHOW = 40 };
+  size_t o = 0, n = len > SHOW ? SHOW : len;
+  out[o++] = '"';
+  for (size_t i = 0; i < n && o + 6 < out_len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    out[o++] = (c >= 0x20 && c < 0x7f && c != '"') ? (char)c : '?';
+  }
+  if (n < len && o + 5 < out_len) {
+    memcpy(out + o, "...", 3);
+    o += 3;
+  }
+  out[o++] = '"';
+  out[o] = '\0';
+  return out;
+}
+
+/* A line of the file: [s, e) without its '\n' or "\r\n". */
+typedef struct line_s {
+  char *s, *e;
+} line_t;
+
+/* Steps to the next line; returns 0 at the end of the buffer. */
+static int next_line(char **p, char *end, line_t *l) {
+  char *nl;
+  if (*p >= end)
+    return 0;
+  l->s = *p;
+  nl = memchr(*p, '\n', (size_t)(end - *p));
+  l->e = nl != NULL ? nl : end;
+  *p = nl != NULL ? nl + 1 : end;
+  if (l->e > l->s && l->e[-1] == '\r')
+    l->e--;
+  return 1;
+}
+
+/* Spaces and tabs around a field are ignored, except the delimiter itself
+ * (a tab- or space-separated file). */
+static int is_pad(char c, char delim) {
+  return (c == ' ' || c == '\t') && c != delim;
+}
+
+static int is_blank(const line_t *l, char delim) {
+  for (const char *c = l->s; c < l->e; c++)
+    if (!is_pad(*c, delim))
+      return 0;
+  return 1;
+}
+
+static long count_fields(const line_t *l, char delim) {
+  long n = 1;
+  for (const char *c = l->s; c < l->e; c++)
+    n += *c == delim;
+  return n;
+}
+
+/* The parse state of one CSV load, so helpers can report where they are. */
+typedef struct csv_s {
+  const char *path;
+  char delim;
+  long line; /* 1-based number of the current line */
+  tb_err_t *err;
+} csv_t;
+
+/* Parses the field [s, e) of column col (1-based) into *v. Writes a NUL at e,
+ * which is safe: e points at the delimiter, the line end or the buffer's NUL,
+ * and the field's line is not read again. */
+static int parse_number(csv_t *c, int col, char *s, char *e, double *v) {
+  char q[64], *end;
+  *v = 0.0;
+  while (s < e && is_pad(*s, c->delim))
+    s++;
+  while (e > s && is_pad(e[-1], c->delim))
+    e--;
+  if (s == e)
+    return tb_errf(c->err, TB_EFORMAT, "%s:%ld: column %d: expected a number, got an empty field",
+                   c->path, c->line, col);
+  *e = '\0';
+  /* strtod follows the C locale's decimal point, which is '.' unless the
+   * program called setlocale(); the library never does. */
+  *v = strtod(s, &end);
+  if (end != e)
+    return tb_errf(c->err, TB_EFORMAT, "%s:%ld: column %d: expected a number, got %s", c->path,
+                   c->line, col, quote_field(q, sizeof(q), s, (size_t)(e - s)));
+  if (!isfinite(*v))
+    return tb_errf(c->err, TB_ENONFINITE,
+                   "%s:%ld: column %d: expected a finite number, got %s (inf and nan are "
+                   "not accepted)",
+                   c->path, c->line, col, quote_field(q, sizeof(q), s, (size_t)(e - s)));
+  if (fabs(*v) > FLT_MAX)
+    return tb_errf(c->err, TB_ERANGE, "%s:%ld: column %d: %s is out of the float32 range", c->path,
+                   c->line, col, quote_field(q, sizeof(q), s, (size_t)(e - s)));
+  return 0;
+}
+
+/* Fills row `row` of d from line l, which must have n_cols fields. */
+static int parse_row(csv_t *c, const line_t *l, int n_cols, int label, int classes, tb_dataset_t *d,
+                     int row, double *max_label) {
+  char *s = l->s, q[64];
+  long got = count_fields(l, c->delim);
+  if (got != n_cols)
+    return tb_errf(c->err, TB_EFORMAT, "%s:%ld: expected %d columns, got %ld", c->path, c->line,
+                   n_cols, got);
+  for (int col = 0; col < n_cols; col++) {
+    char *e = s;
+    double v;
+    int r;
+    while (e < l->e && *e != c->delim)
+      e++;
+    if (col == label && classes) {
+      /* Quote the raw text now: parse_number trims and terminates it. */
+      quote_field(q, sizeof(q), s, (size_t)(e - s));
+    }
+    r = parse_number(c, col + 1, s, e, &v);
+    if (r != 0)
+      return r;
+    if (col == label) {
+      if (classes && !(v >= 0.0 && v <= TB_DATA_MAX_LABEL && v == floor(v)))
+        return tb_errf(c->err, TB_EFORMAT,
+                       "%s:%ld: column %d: expected a class label (an integer from 0 to %d), "
+                       "got %s",
+                       c->path, c->line, col + 1, TB_DATA_MAX_LABEL, q);
+      d->y[row] = (float)v;
+      if (v > *max_label)
+        *max_label = v;
+    } else {
+      int j = col < label ? col : col - 1;
+      d->x[(size_t)row * d->n_features + j] = (float)v;
+    }
+    s = e + 1;
+  }
+  return 0;
+}
+
+int tb_csv_load(const char *path, const tb_csv_opts_t *opts, tb_dataset_t **out, tb_err_t *err) {
+  static const tb_csv_opts_t zero_opts;
+  tb_dataset_t *d = NULL;
+  char *buf = NULL, *p, *end, *data_start;
+  size_t len;
+  long n_rows = 0, n_cols = 0, first_line = 0, skipped = 0;
+  int label, row = 0, r;
+  double max_label = 0.0;
+  line_t l;
+  csv_t c;
+  if (out != NULL)
+    *out = NULL;
+  if (err != NULL)
+    err->msg[0] = '\0';
+  if (opts == NULL)
+    opts = &zero_opts;
+  if (path == NULL || out == NULL)
+    return tb_errf(err, TB_EINVAL, "csv: a path and an output are required");
+  c.path = path;
+  c.delim = opts->delimiter != 0 ? opts->delimiter : ',';
+  c.line = 0;
+  c.err = err;
+  if (c.delim == '\n' || c.delim == '\r')
+    return tb_errf(err, TB_EINVAL, "%s: the delimiter cannot be a line break", path);
+  if (opts->skip_rows < 0)
+    return tb_errf(err, TB_EINVAL, "%s: skip_rows must be >= 0, got %d", path, opts->skip_rows);
+
+  r = read_all(path, &buf, &len, err);
+  if (r != 0)
+    goto fail;
+  end = buf + len;
+  p = buf;
+  /* A UTF-8 byte order mark, as spreadsheet programs write. */
+  if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
+    p += 3;
+  data_start = p;
+
+  /* Pass 1: count the data rows and take the column count from the first. */
+  for (long ln = 1; next_line(&p, end, &l); ln++) {
+    if (skipped < opts->skip_rows) {
+      skipped++;
+      continue;
+    }
+    if (is_blank(&l, c.delim))
+      continue;
+    if (n_rows == 0) {
+      first_line = ln;
+      n_cols = count_fields(&l, c.delim);
+    }
+    n_rows++;
+  }
+  if (n_rows == 0) {
+    r = tb_errf(err, TB_EFORMAT, "%s: no data rows (the file is empty%s)", path,
+                opts->skip_rows > 0 ? " after the skipped rows" : "");
+    goto fail;
+  }
+  if (n_rows > INT_MAX || n_cols > INT_MAX) {
+    r = tb_errf(err, TB_ERANGE, "%s: %ld rows of %ld columns is too large", path, n_rows, n_cols);
+    goto fail;
+  }
+  if (n_cols < 2) {
+    r = tb_errf(err, TB_EFORMAT,
+                "%s:%ld: expected at least 2 columns (a label and a feature), got %ld", path,
+                first_line, n_cols);
+    goto fail;
+  }
+  label = opts->label_col < 0 ? (int)n_cols + opts->label_col : opts->label_col;
+  if (opts->label_col < -n_cols || opts->label_col >= n_cols) {
+    r = tb_errf(err, TB_ERANGE, "%s:%ld: label column %d is out of range for %ld columns", path,
+                first_line, opts->label_col, n_cols);
+    goto fail;
+  }
+  if ((long long)n_rows * (n_cols - 1) > INT_MAX) {
+    r = tb_errf(err, TB_ERANGE, "%s: %ld rows of %ld features is too large", path, n_rows,
+                n_cols - 1);
+    goto fail;
+  }
+  d = tb_dataset_new((int)n_rows, (int)n_cols - 1, 1);
+  if (d == NULL) {
+    r = tb_errf(err, TB_ENOMEM, "%s: out of memory for %ld rows", path, n_rows);
+    goto fail;
+  }
+
+  /* Pass 2: parse, in place. */
+  p = data_start;
+  skipped = 0;
+  for (c.line = 1; next_line(&p, end, &l); c.line++) {
+    if (skipped < opts->skip_rows) {
+      skipped++;
+      continue;
+    }
+    if (is_blank(&l, c.delim))
+      continue;
+    r = parse_row(&c, &l, (int)n_cols, label, opts->classes, d, row, &max_label);
+    if (r != 0)
+      goto fail;
+    row++;
+  }
+  if (opts->classes)
+    d->n_classes = (int)max_label + 1;
+  free(buf);
+  *out = d;
+  return 0;
+
+fail:
+  free(buf);
+  tb_dataset_free(d);
+  return r;
+}
+
+static uint32_t be32(const unsigned char *b) {
+  return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+/* An IDX header, checked against the file's length. */
+typedef struct idx_s {
+  uint32_t count;  /* the first dimension: images or labels */
+  int item;        /* elements per item: the product of the other dimensions */
+  char shape[96];  /* the other dimensions, "28x28", for messages */
+  size_t data_len; /* bytes after the header */
+  const unsigned char *data;
+} idx_t;
+
+/* Parses the header of an IDX file of unsigned bytes in buf. Images have
+ * two or more dimensions, labels exactly one. */
+static int idx_header(const char *path, const unsigned char *buf, size_t len, int labels, idx_t *h,
+                      tb_err_t *err) {
+  const char *what = labels ? "labels" : "images";
+  uint32_t magic, want_magic = labels ? 0x801 : 0x803;
+  unsigned nd;
+  uint64_t item = 1;
+  size_t o = 0;
+  int empty = 0;
+  memset(h, 0, sizeof(*h));
+  if (len < 4)
+    return tb_errf(err, TB_ETRUNCATED, "%s: truncated: %zu bytes, an IDX header needs at least 4",
+                   path, len);
+  magic = be32(buf);
+  nd = buf[3];
+  if (buf[0] != 0 || buf[1] != 0 || (labels ? nd != 1 : nd < 2))
+    return tb_errf(err, TB_EFORMAT,
+                   "%s: bad magic 0x%08X: expected an IDX %s file (0x%08X, unsigned bytes)", path,
+                   (unsigned)magic, what, (unsigned)want_magic);
+  if (buf[2] != 0x08)
+    return tb_errf(err, TB_EFORMAT,
+                   "%s: bad magic 0x%08X: element type 0x%02X is not supported (only 0x08, "
+                   "unsigned byte)",
+                   path, (unsigned)magic, buf[2]);
+  if (len < 4 + 4 * (size_t)nd)
+    return tb_errf(err, TB_ETRUNCATED,
+                   "%s: truncated: the header has %u dimensions (%zu bytes) but the file holds "
+                   "%zu bytes",
+                   path, nd, 4 + 4 * (size_t)nd, len);
+  h->count = be32(buf + 4);
+  for (unsigned k = 1; k < nd; k++) {
+    uint32_t dim = be32(buf + 4 + 4 * k);
+    int w = snprintf(h->shape + o, sizeof(h->shape) - o, "%s%u", k > 1 ? "x" : "", (unsigned)dim);
+    o = w > 0 && o + (size_t)w < sizeof(h->shape) ? o + (size_t)w : sizeof(h->shape) - 1;
+    /* item stays <= INT_MAX before each step, so item * dim < 2^63; past
+     * that it is only reported, and a zero anywhere still means empty. */
+    if (item <= INT_MAX)
+      item *= dim;
+    empty |= dim == 0;
+  }
+  if (h->count == 0)
+    return tb_errf(err, TB_EFORMAT, "%s: header says 0 %s: no data", path, what);
+  if (empty)
+    return tb_errf(err, TB_EFORMAT, "%s: header says each image is %s: no pixels", path, h->shape);
+  if (item > INT_MAX || h->count > INT_MAX || (uint64_t)h->count * item > INT_MAX)
+    return tb_errf(err, TB_ERANGE,
+                   "%s: header says %u %s of %s: more than the %d values a dataset may hold", path,
+                   (unsigned)h->count, what, h->shape, INT_MAX);
+  h->item = (int)item;
+  h->data = buf + 4 + 4 * (size_t)nd;
+  h->data_len = len - (4 + 4 * (size_t)nd);
+  if (h->data_len != (uint64_t)h->count * item) {
+    int code = h->data_len < (uint64_t)h->count * item ? TB_ETRUNCATED : TB_EFORMAT;
+    const char *problem = code == TB_ETRUNCATED ? "truncated" : "trailing bytes";
+    if (labels)
+      return tb_errf(err, code,
+                     "%s: %s: header says %u labels but the file holds %zu bytes of "
+                     "label data",
+                     path, problem, (unsigned)h->count, h->data_len);
+    return tb_errf(err, code,
+                   "%s: %s: header says %u images of %s but the file holds %zu bytes of pixel "
+                   "data",
+                   path, problem, (unsigned)h->count, h->shape, h->data_len);
+  }
+  return 0;
+}
+
+int tb_idx_load(const char *images_path, const char *labels_path, tb_dataset_t **out,
+                tb_err_t *err) {
+  tb_dataset_t *d = NULL;
+  char *buf = NULL;
+  size_t len;
+  idx_t h;
+  int r, max_label = 0;
+  if (out != NULL)
+    *out = NULL;
+  if (err != NULL)
+    err->msg[0] = '\0';
+  if (images_path == NULL || out == NULL)
+    return tb_errf(err, TB_EINVAL, "idx: an images path and an output are required");
+
+  r = read_all(images_path, &buf, &len, err);
+  if (r != 0)
+    goto fail;
+  r = idx_header(images_path, (const unsigned char *)buf, len, 0, &h, err);
+  if (r != 0)
+    goto fail;
+  d = tb_dataset_new((int)h.count, h.item, labels_path != NULL ? 1 : 0);
+  if (d == NULL) {
+    r = tb_errf(err, TB_ENOMEM, "%s: out of memory for %u images", images_path, (unsigned)h.count);
+    goto fail;
+  }
+  for (size_t i = 0; i < h.data_len; i++)
+    d->x[i] = (float)h.data[i];
+  free(buf);
+  buf = NULL;
+
+  if (labels_path != NULL) {
+    uint32_t n_images = h.count;
+    r = read_all(labels_path, &buf, &len, err);
+    if (r != 0)
+      goto fail;
+    r = idx_header(labels_path, (const unsigned char *)buf, len, 1, &h, err);
+    if (r != 0)
+      goto fail;
+    if (h.count != n_images) {
+      r = tb_errf(err, TB_ESHAPE, "%s holds %u labels but %s holds %u images", labels_path,
+                  (unsigned)h.count, images_path, (unsigned)n_images);
+      goto fail;
+    }
+    for (size_t i = 0; i < h.data_len; i++) {
+      d->y[i] = (float)h.data[i];
+      if (h.data[i] > max_label)
+        max_label = h.data[i];
+    }
+    d->n_classes = max_label + 1;
+  }
+  free(buf);
+  *out = d;
+  return 0;
+
+fail:
+  free(buf);
+  tb_dataset_free(d);
+  return r;
+}
