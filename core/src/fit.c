@@ -40,8 +40,7 @@ static void gather(tb_model_t *m, const tb_dataset_t *d, const int *idx, int fro
   }
 }
 
-static int check_data(const tb_model_t *m, const tb_dataset_t *d, const char *what,
-                      tb_err_t *err) {
+static int check_data(const tb_model_t *m, const tb_dataset_t *d, const char *what, tb_err_t *err) {
   if (d == NULL || d->n <= 0)
     return tb_errf(err, TB_EINVAL, "%s: no rows", what);
   if (d->n_features != m->n_inputs)
@@ -56,8 +55,8 @@ static int check_data(const tb_model_t *m, const tb_dataset_t *d, const char *wh
     for (int i = 0; i < d->n; i++) {
       float v = d->y[i];
       if (!(v >= 0.0f && v < (float)k) || v != floorf(v))
-        return tb_errf(err, TB_ERANGE, "%s: row %d: label %g is not a class index in [0, %d)",
-                       what, i, (double)v, k);
+        return tb_errf(err, TB_ERANGE, "%s: row %d: label %g is not a class index in [0, %d)", what,
+                       i, (double)v, k);
     }
   }
   return 0;
@@ -112,8 +111,9 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
   if (m == NULL || o == NULL || !m->compiled)
     return tb_errf(err, TB_ESTATE, "fit: the model is not compiled");
   if (o->epochs < 0 || o->batch_size <= 0 || o->initial_epoch < 0 || o->validation_freq < 0)
-    return tb_errf(err, TB_EINVAL, "fit: epochs, batch_size, initial_epoch and validation_freq "
-                                   "must be non-negative (batch_size positive)");
+    return tb_errf(err, TB_EINVAL,
+                   "fit: epochs, batch_size, initial_epoch and validation_freq "
+                   "must be non-negative (batch_size positive)");
   if (o->validation_split != 0.0 && o->validation_data != NULL)
     return tb_errf(err, TB_EINVAL, "fit: give validation_split or validation_data, not both");
   if ((r = check_data(m, data, "fit data", err)) != 0)

@@ -46,11 +46,11 @@ struct tb_model_s {
   long iterations; /* optimizer steps taken (Keras's optimizer.iterations) */
   double lr;
 
-  int cap_rows;   /* buffers hold this many rows */
-  float *dout;    /* gradient of the loss w.r.t. the last output */
-  float *xbuf;    /* gathered batch inputs for fit */
-  float *ybuf;    /* gathered batch targets */
-  int y_width;    /* width of y the loss expects (1 for sparse) */
+  int cap_rows; /* buffers hold this many rows */
+  float *dout;  /* gradient of the loss w.r.t. the last output */
+  float *xbuf;  /* gathered batch inputs for fit */
+  float *ybuf;  /* gathered batch targets */
+  int y_width;  /* width of y the loss expects (1 for sparse) */
 
   /* running metrics since tb_model_reset_metrics() */
   double m_loss_sum, m_acc_sum, m_mse_sum, m_mae_sum;
@@ -66,8 +66,8 @@ void tb__sgemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *
 /* layers.c */
 void tb__act_forward(tb_act_t act, float alpha, const float *z, float *a, int rows, int cols);
 /* g (in: dL/da, out: dL/dz), given z and a. */
-void tb__act_backward(tb_act_t act, float alpha, const float *z, const float *a, float *g,
-                      int rows, int cols);
+void tb__act_backward(tb_act_t act, float alpha, const float *z, const float *a, float *g, int rows,
+                      int cols);
 const float *tb__forward(tb_model_t *m, const float *x, int n, bool training);
 void tb__backward(tb_model_t *m, const float *x, int n);
 int tb__ensure_rows(tb_model_t *m, int rows);

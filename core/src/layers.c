@@ -56,8 +56,8 @@ void tb__act_forward(tb_act_t act, float alpha, const float *z, float *a, int ro
   }
 }
 
-void tb__act_backward(tb_act_t act, float alpha, const float *z, const float *a, float *g,
-                      int rows, int cols) {
+void tb__act_backward(tb_act_t act, float alpha, const float *z, const float *a, float *g, int rows,
+                      int cols) {
   long n = (long)rows * cols;
   switch (act) {
   case TB_ACT_LINEAR:

@@ -192,7 +192,8 @@ int tb_model_compile(tb_model_t *m, const tb_compile_opts_t *o, tb_err_t *err) {
     return tb_errf(err, TB_ERANGE, "compile: learning rate must be finite and positive, got %g",
                    o->optim.lr);
   if (o->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY && (o->metrics & ~TB_METRIC_ACCURACY))
-    return tb_errf(err, TB_EINVAL, "compile: mse/mae metrics need dense targets, not sparse labels");
+    return tb_errf(err, TB_EINVAL,
+                   "compile: mse/mae metrics need dense targets, not sparse labels");
   int k = tb_model_n_outputs(m);
   if ((o->loss == TB_LOSS_CATEGORICAL_CROSSENTROPY ||
        o->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY) &&
@@ -297,7 +298,8 @@ static void human_bytes(double b, char *buf, size_t len) {
 void tb_model_summary(const tb_model_t *m, FILE *f) {
   fprintf(f, "Model: \"sequential\"\n");
   fprintf(f, "%-32s %-24s %12s\n", "Layer (type)", "Output Shape", "Param #");
-  fprintf(f, "%.*s\n", 70, "======================================================================");
+  fprintf(f, "%.*s\n", 70,
+          "======================================================================");
   for (int i = 0; i < m->n_layers; i++) {
     const tb__layer_t *l = &m->layers[i];
     char title[64], shape[32], params[32];
@@ -307,7 +309,8 @@ void tb_model_summary(const tb_model_t *m, FILE *f) {
     with_commas(p, params, sizeof(params));
     fprintf(f, "%-32s %-24s %12s\n", title, shape, params);
   }
-  fprintf(f, "%.*s\n", 70, "======================================================================");
+  fprintf(f, "%.*s\n", 70,
+          "======================================================================");
   char total[32], bytes[32];
   long n = tb_model_n_params(m);
   with_commas(n, total, sizeof(total));

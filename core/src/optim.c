@@ -60,8 +60,7 @@ void tb__optim_step(tb_model_t *m) {
   case TB_OPT_ADAM: {
     double t = (double)(m->iterations + 1);
     float b1 = (float)o->beta_1, b2 = (float)o->beta_2, eps = (float)o->epsilon;
-    float alpha =
-        (float)(m->lr * sqrt(1.0 - pow(o->beta_2, t)) / (1.0 - pow(o->beta_1, t)));
+    float alpha = (float)(m->lr * sqrt(1.0 - pow(o->beta_2, t)) / (1.0 - pow(o->beta_1, t)));
     float *mm = m->slot1, *vv = m->slot2;
     for (long i = 0; i < n; i++) {
       mm[i] += (g[i] - mm[i]) * (1.0f - b1);

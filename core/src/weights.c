@@ -96,15 +96,20 @@ int tb_model_load_weights(tb_model_t *m, const char *path, tb_err_t *err) {
   FILE *f = fopen(path, "rb");
   if (f == NULL)
     return tb_errf(err, -errno, "%s: cannot open: %s", path, strerror(errno));
-  size_t want = file_size(m);
-  /* Read one byte more than expected to notice trailing garbage. */
-  if ((buf = malloc(want + 1)) == NULL) {
+  /* Read up to what the model needs plus a header's worth, to tell a file
+   * for another model from a truncated one. */
+  size_t cap = file_size(m) + 4096;
+  if ((buf = malloc(cap)) == NULL) {
     r = tb_errf(err, TB_ENOMEM, "%s: out of memory", path);
     goto out;
   }
-  size_t got = fread(buf, 1, want + 1, f);
+  size_t got = fread(buf, 1, cap, f);
   if (ferror(f)) {
     r = tb_errf(err, TB_EIO, "%s: read error", path);
+    goto out;
+  }
+  if (got >= 4 && memcmp(buf, "TBWT", 4) != 0) {
+    r = tb_errf(err, TB_EFORMAT, "%s: not a trainbus weights file (bad magic)", path);
     goto out;
   }
   if (got < 12) {
@@ -112,19 +117,28 @@ int tb_model_load_weights(tb_model_t *m, const char *path, tb_err_t *err) {
                 path, got);
     goto out;
   }
-  if (memcmp(buf, "TBWT", 4) != 0) {
-    r = tb_errf(err, TB_EFORMAT, "%s: not a trainbus weights file (bad magic)", path);
-    goto out;
-  }
   if (get32(buf + 4) != TB_WEIGHTS_VERSION) {
     r = tb_errf(err, TB_EVERSION, "%s: weights format version %u, this build reads version %u",
                 path, get32(buf + 4), TB_WEIGHTS_VERSION);
     goto out;
   }
+  /* The size the file's own header declares. */
   uint32_t n_layers = get32(buf + 8);
-  if (n_layers != (uint32_t)m->n_layers) {
-    r = tb_errf(err, TB_ESHAPE, "%s: the file has %u layers but the model has %d", path, n_layers,
-                m->n_layers);
+  size_t head = 12 + 16 * (size_t)n_layers + 8;
+  if (n_layers > 1u << 20 || got < head) {
+    r = tb_errf(err, TB_ETRUNCATED, "%s: truncated in the header (%zu bytes)", path, got);
+    goto out;
+  }
+  uint64_t np = (uint64_t)get32(buf + head - 8) | (uint64_t)get32(buf + head - 4) << 32;
+  if (np > (uint64_t)1 << 40) {
+    r = tb_errf(err, TB_EFORMAT, "%s: implausible parameter count %llu", path,
+                (unsigned long long)np);
+    goto out;
+  }
+  size_t want = head + 4 * (size_t)np + 4;
+  if (want > cap) {
+    r = tb_errf(err, TB_ESHAPE, "%s: %llu parameters in the file, the model has %ld", path,
+                (unsigned long long)np, m->n_params);
     goto out;
   }
   if (got < want) {
@@ -140,6 +154,11 @@ int tb_model_load_weights(tb_model_t *m, const char *path, tb_err_t *err) {
     r = tb_errf(err, TB_ECHECKSUM, "%s: checksum mismatch: the file is corrupt", path);
     goto out;
   }
+  if (n_layers != (uint32_t)m->n_layers) {
+    r = tb_errf(err, TB_ESHAPE, "%s: the file has %u layers but the model has %d", path, n_layers,
+                m->n_layers);
+    goto out;
+  }
   const unsigned char *p = buf + 12;
   for (int i = 0; i < m->n_layers; i++, p += 16) {
     const tb__layer_t *l = &m->layers[i];
@@ -151,7 +170,6 @@ int tb_model_load_weights(tb_model_t *m, const char *path, tb_err_t *err) {
       goto out;
     }
   }
-  uint64_t np = (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
   if (np != (uint64_t)m->n_params) {
     r = tb_errf(err, TB_ESHAPE, "%s: %llu parameters in the file, the model has %ld", path,
                 (unsigned long long)np, m->n_params);

@@ -56,10 +56,10 @@ bool tb_hook_is_batch(tb_hook_t hook);
 /* What a hook sees: Keras's self.params, self.model and the stop flags. */
 typedef struct tb_ctx_s {
   /* params, set by fit/evaluate/predict (or by a manual loop) */
-  int epochs;     /* total epochs of this fit */
-  int steps;      /* batches per epoch (train), or per evaluate/predict call */
-  int batch_size; /* rows per full batch */
-  int verbose;    /* 0 silent, 1 progress bar, 2 one line per epoch */
+  int epochs;            /* total epochs of this fit */
+  int steps;             /* batches per epoch (train), or per evaluate/predict call */
+  int batch_size;        /* rows per full batch */
+  int verbose;           /* 0 silent, 1 progress bar, 2 one line per epoch */
   tb_model_t *model;     /* may be NULL in a manual loop without a model */
   tb_control_t *control; /* cross-thread control block; may be NULL */
 
@@ -139,7 +139,6 @@ void tb_callbacks_remove(tb_callbacks_t *l, tb_callback_t *cb);
  * and becomes an empty logs). Sets ctx->hook and, for epoch and batch hooks,
  * ctx->epoch / ctx->batch. Stops at the first hook that fails, records its name
  * in ctx->failed and returns its code. l may be NULL. */
-int tb_callbacks_fire(tb_callbacks_t *l, tb_ctx_t *ctx, tb_hook_t hook, int index,
-                      tb_logs_t *logs);
+int tb_callbacks_fire(tb_callbacks_t *l, tb_ctx_t *ctx, tb_hook_t hook, int index, tb_logs_t *logs);
 
 #endif

@@ -72,15 +72,15 @@ typedef struct tb_compile_opts_s {
 } tb_compile_opts_t;
 
 typedef struct tb_fit_opts_s {
-  int epochs;             /* default 1 */
-  int batch_size;         /* default 32 */
-  int initial_epoch;      /* default 0 */
-  bool shuffle;           /* reshuffle the training rows every epoch */
-  double validation_split; /* last fraction of the data, taken before shuffling */
+  int epochs;                          /* default 1 */
+  int batch_size;                      /* default 32 */
+  int initial_epoch;                   /* default 0 */
+  bool shuffle;                        /* reshuffle the training rows every epoch */
+  double validation_split;             /* last fraction of the data, taken before shuffling */
   const tb_dataset_t *validation_data; /* alternative to validation_split */
-  int validation_freq;    /* validate every N epochs (1-based, Keras); default 1 */
-  int verbose;            /* copied into ctx->verbose */
-  tb_control_t *control;  /* optional: read at every batch boundary */
+  int validation_freq;                 /* validate every N epochs (1-based, Keras); default 1 */
+  int verbose;                         /* copied into ctx->verbose */
+  tb_control_t *control;               /* optional: read at every batch boundary */
 } tb_fit_opts_t;
 
 void tb_fit_opts_defaults(tb_fit_opts_t *o);

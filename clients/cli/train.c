@@ -1,0 +1,184 @@
+/* `trainbus train`: runs a job in this process with a progress bar, plain
+ * epoch lines, or every event as a JSON line. */
+#include "cli.h"
+
+#include "trainbus/callbacks.h"
+#include "trainbus/job.h"
+#include "trainbus/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: trainbus train [JOB.json] [options]\n"
+             "\n"
+             "Trains a job in this process. Without JOB.json, trains the built-in demo job\n"
+             "(two interleaved spirals, a small MLP, a few seconds).\n"
+             "\n"
+             "options:\n"
+             "  --json               print every event as one JSON line on stdout\n"
+             "  --verbose N          0 quiet, 1 progress bar, 2 one line per epoch\n"
+             "                       (default: 1 on a terminal, 2 otherwise)\n"
+             "  --epochs N           override the job's epochs\n"
+             "  --threads N          OpenBLAS threads (default: the job's, else 1)\n"
+             "  --save-weights PATH  write the trained weights to PATH\n"
+             "  --print-job          print the job (the demo's JSON without JOB) and exit\n"
+             "  -h, --help           this help\n"
+             "\n"
+             "exit codes: 0 trained, 1 training failed, 2 bad arguments or bad job\n");
+}
+
+/* A JSON number, or the protocol's strings for non-finite values. */
+static void json_num(FILE *f, double v) {
+  if (isnan(v))
+    fputs("\"NaN\"", f);
+  else if (isinf(v))
+    fputs(v > 0 ? "\"Infinity\"" : "\"-Infinity\"", f);
+  else
+    fprintf(f, "%.17g", v);
+}
+
+static int json_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *logs) {
+  FILE *f = cb->user;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  fprintf(f, "{\"event\":\"%s\",\"epoch\":%d,\"batch\":%d,\"time\":%.6f,\"logs\":{",
+          tb_hook_name(ctx->hook), ctx->epoch, tb_hook_is_batch(ctx->hook) ? index : -1,
+          (double)ts.tv_sec + ts.tv_nsec * 1e-9);
+  for (int i = 0; i < logs->n; i++) {
+    fprintf(f, "%s\"%s\":", i ? "," : "", logs->names[i]);
+    json_num(f, logs->values[i]);
+  }
+  fputs("}}\n", f);
+  return 0;
+}
+
+int tb_cli_train(int argc, char **argv) {
+  const char *job_path = NULL, *save = NULL;
+  int verbose = isatty(STDOUT_FILENO) ? 1 : 2, epochs = 0, threads = 0;
+  bool json = false, print_job = false;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    bool has_val = i + 1 < argc;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return TB_EXIT_OK;
+    } else if (strcmp(a, "--json") == 0) {
+      json = true;
+    } else if (strcmp(a, "--print-job") == 0) {
+      print_job = true;
+    } else if ((strcmp(a, "--verbose") == 0 || strcmp(a, "--epochs") == 0 ||
+                strcmp(a, "--threads") == 0) &&
+               has_val) {
+      char *end;
+      long v = strtol(argv[++i], &end, 10);
+      long lo = strcmp(a, "--verbose") == 0 ? 0 : 1, hi = strcmp(a, "--verbose") == 0 ? 2 : 1000000;
+      if (*end != '\0' || end == argv[i] || v < lo || v > hi) {
+        fprintf(stderr, "trainbus train: %s: expected an integer in [%ld, %ld], got '%s'\n", a, lo,
+                hi, argv[i]);
+        return TB_EXIT_USAGE;
+      }
+      if (strcmp(a, "--verbose") == 0)
+        verbose = (int)v;
+      else if (strcmp(a, "--epochs") == 0)
+        epochs = (int)v;
+      else
+        threads = (int)v;
+    } else if (strcmp(a, "--save-weights") == 0 && has_val) {
+      save = argv[++i];
+    } else if (a[0] == '-') {
+      fprintf(stderr, "trainbus train: unknown option or missing value: %s (see --help)\n", a);
+      return TB_EXIT_USAGE;
+    } else if (job_path == NULL) {
+      job_path = a;
+    } else {
+      fprintf(stderr, "trainbus train: one job at a time (got '%s' and '%s')\n", job_path, a);
+      return TB_EXIT_USAGE;
+    }
+  }
+
+  tb_err_t err = {{0}};
+  tb_job_t *job = NULL;
+  int r;
+  if (job_path == NULL) {
+    const char *demo = tb_job_demo_json();
+    if (print_job) {
+      fputs(demo, stdout);
+      return TB_EXIT_OK;
+    }
+    r = tb_job_parse(demo, strlen(demo), "demo", NULL, &job, &err);
+  } else {
+    r = tb_job_load(job_path, &job, &err);
+  }
+  if (r != 0) {
+    fprintf(stderr, "trainbus train: %s\n", err.msg);
+    return TB_EXIT_USAGE;
+  }
+  if (print_job) {
+    fprintf(stderr, "trainbus train: --print-job prints the demo job only\n");
+    tb_job_free(job);
+    return TB_EXIT_USAGE;
+  }
+  tb_set_num_threads(threads > 0 ? threads : job->threads > 0 ? job->threads : 1);
+  if (threads > 0)
+    job->threads = threads;
+  if ((r = tb_job_prepare(job, &err)) != 0) {
+    fprintf(stderr, "trainbus train: %s\n", err.msg);
+    tb_job_free(job);
+    return TB_EXIT_USAGE;
+  }
+  if (epochs > 0)
+    job->fit.epochs = epochs;
+  job->fit.verbose = json ? 0 : verbose;
+
+  tb_callbacks_t cbs;
+  tb_callbacks_init(&cbs);
+  tb_callback_t *bar = NULL, jsoncb = {.name = "json", .user = stdout};
+  if (json) {
+    for (int i = 0; i < TB_HOOK_COUNT; i++)
+      jsoncb.hooks[i] = json_hook;
+    tb_callbacks_add(&cbs, &jsoncb);
+  } else {
+    printf("Job: %s (%d training rows%s)\n", job->name, job->train->n,
+           job->fit.validation_split > 0 ? ", validation_split applies" : "");
+    tb_model_summary(job->model, stdout);
+    if (verbose > 0) {
+      bar = tb_progbar_new(verbose, stdout);
+      if (bar == NULL || tb_callbacks_add(&cbs, bar) != 0) {
+        fprintf(stderr, "trainbus train: out of memory\n");
+        r = TB_ENOMEM;
+        goto out;
+      }
+    }
+  }
+
+  tb_logs_t last;
+  if ((r = tb_model_fit(job->model, job->train, &job->fit, &cbs, &last, &err)) != 0) {
+    fprintf(stderr, "trainbus train: %s\n", err.msg);
+    goto out;
+  }
+  if (job->test != NULL) {
+    tb_logs_t test;
+    if ((r = tb_model_evaluate(job->model, job->test, job->fit.batch_size, json ? 0 : verbose, &cbs,
+                               &test, &err)) != 0) {
+      fprintf(stderr, "trainbus train: %s\n", err.msg);
+      goto out;
+    }
+    if (!json) {
+      printf("test:");
+      for (int i = 0; i < test.n; i++)
+        printf(" %s %.4f", test.names[i], test.values[i]);
+      printf("\n");
+    }
+  }
+  if (save != NULL && (r = tb_model_save_weights(job->model, save, &err)) != 0)
+    fprintf(stderr, "trainbus train: %s\n", err.msg);
+out:
+  tb_callbacks_release(&cbs);
+  tb_callback_free(bar);
+  tb_job_free(job);
+  return r == 0 ? TB_EXIT_OK : TB_EXIT_FAILED;
+}
