@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -498,6 +499,16 @@ static void test_csv_files(void **state) {
   snprintf(want, sizeof(want), "%s: cannot read: %s", tmpdir, strerror(EISDIR));
   check_msg(err.msg, want);
 
+  /* Present but unreadable (root reads anything, so only as a user). */
+  if (geteuid() != 0) {
+    tmp_path(p, sizeof(p), "locked.csv");
+    write_bytes(p, "1,2\n", 4);
+    assert_int_equal(chmod(p, 0), 0);
+    assert_int_equal(tb_csv_load(p, NULL, &d, &err), -EACCES);
+    snprintf(want, sizeof(want), "%s: cannot open: %s", p, strerror(EACCES));
+    check_msg(err.msg, want);
+  }
+
   assert_int_equal(tb_csv_load(NULL, NULL, &d, &err), TB_EINVAL);
   assert_int_equal(tb_csv_load(p, NULL, NULL, &err), TB_EINVAL);
   o.delimiter = '\n';
@@ -788,6 +799,107 @@ static void test_fashion_mnist(void **state) {
   }
 }
 
+/* Random inputs, drawn from a seeded tb_rng_t so a failure replays: each
+ * load succeeds or fails with a message, and ASan watches every byte read.
+ * Half the CSV files are rows of plausible tokens (so many load), half are
+ * raw bytes; IDX files get small random dimensions and a body whose length
+ * is usually right, sometimes off by a little. */
+static size_t random_csv(tb_rng_t *rng, char *buf, size_t cap) {
+  static const char *tokens[] = {"0", "1", "2", "-3.5", "1e3", " 4 ", "7", "abc", "", "inf", "1.5"};
+  static const char bytes[] = "0123456789.,;-+eE \t\r\n\nxnaif\"\x00\xff";
+  size_t len = 0;
+  if (tb_rng_below(rng, 2) == 0) {
+    len = tb_rng_below(rng, (uint32_t)cap);
+    for (size_t i = 0; i < len; i++)
+      buf[i] = bytes[tb_rng_below(rng, sizeof(bytes) - 1)];
+    return len;
+  }
+  int rows = (int)tb_rng_below(rng, 6), cols = 1 + (int)tb_rng_below(rng, 4);
+  for (int i = 0; i < rows; i++) {
+    int n = tb_rng_below(rng, 8) == 0 ? cols + 1 : cols;
+    for (int j = 0; j < n; j++) {
+      /* Mostly the first, well-formed tokens. */
+      uint32_t t = tb_rng_below(rng, 10) == 0 ? tb_rng_below(rng, 11) : tb_rng_below(rng, 7);
+      len += (size_t)snprintf(buf + len, cap - len, "%s%s", j > 0 ? "," : "", tokens[t]);
+    }
+    len += (size_t)snprintf(buf + len, cap - len, tb_rng_below(rng, 2) ? "\r\n" : "\n");
+  }
+  return len;
+}
+
+static size_t random_idx(tb_rng_t *rng, unsigned char *buf, size_t cap) {
+  unsigned nd = 1 + tb_rng_below(rng, 3);
+  uint32_t dims[3];
+  size_t body = 1, len;
+  buf[0] = buf[1] = 0;
+  buf[2] = tb_rng_below(rng, 10) == 0 ? 0x0D : 0x08;
+  buf[3] = (unsigned char)nd;
+  for (unsigned k = 0; k < nd; k++) {
+    dims[k] = tb_rng_below(rng, 20) == 0 ? (uint32_t)tb_rng_u64(rng) : tb_rng_below(rng, 5);
+    buf[4 + 4 * k] = (unsigned char)(dims[k] >> 24);
+    buf[5 + 4 * k] = (unsigned char)(dims[k] >> 16);
+    buf[6 + 4 * k] = (unsigned char)(dims[k] >> 8);
+    buf[7 + 4 * k] = (unsigned char)dims[k];
+    body = dims[k] < 64 && body < 64 ? body * dims[k] : 9999;
+  }
+  if (tb_rng_below(rng, 4) == 0)
+    body += tb_rng_below(rng, 3) - 1u; /* one short, exact, or one over */
+  len = 4 + 4 * nd + body;
+  if (len > cap || tb_rng_below(rng, 16) == 0)
+    len = tb_rng_below(rng, (uint32_t)cap);
+  for (size_t i = 4 + 4 * nd; i < len; i++)
+    buf[i] = (unsigned char)tb_rng_u64(rng);
+  return len;
+}
+
+static void test_random_inputs(void **state) {
+  char csv[600];
+  unsigned char idx[300];
+  char p[512], q[512];
+  int csv_ok = 0, idx_ok = 0;
+  tb_rng_t rng;
+  tb_rng_seed(&rng, 2024);
+  tmp_path(p, sizeof(p), "rand.csv");
+  tmp_path(q, sizeof(q), "rand.idx");
+  for (int it = 0; it < 2000; it++) {
+    tb_csv_opts_t o = {.skip_rows = (int)tb_rng_below(&rng, 2),
+                       .label_col = (int)tb_rng_below(&rng, 5) - 2,
+                       .classes = (int)tb_rng_below(&rng, 2)};
+    tb_dataset_t *d = (tb_dataset_t *)1;
+    tb_err_t err = {{0}};
+    size_t len = random_csv(&rng, csv, sizeof(csv));
+    int r;
+    write_bytes(p, csv, len);
+    r = tb_csv_load(p, &o, &d, &err);
+    if (r == 0) {
+      assert_true(d->n >= 1 && d->n_features >= 1);
+      csv_ok++;
+      tb_dataset_free(d);
+    } else {
+      assert_null(d);
+      assert_true(err.msg[0] != '\0');
+    }
+
+    len = random_idx(&rng, idx, sizeof(idx));
+    write_bytes(q, idx, len);
+    d = (tb_dataset_t *)1;
+    r = tb_idx_load(q, NULL, &d, &err);
+    if (r == 0) {
+      assert_int_equal(4 + 4 * (size_t)idx[3] + (size_t)d->n * d->n_features, len);
+      for (int i = 0; i < d->n * d->n_features; i++)
+        assert_true(d->x[i] == (float)idx[4 + 4 * idx[3] + i]);
+      idx_ok++;
+      tb_dataset_free(d);
+    } else {
+      assert_null(d);
+      assert_true(err.msg[0] != '\0');
+    }
+  }
+  /* Both paths were taken often enough to mean something. */
+  assert_true(csv_ok > 100 && csv_ok < 1900);
+  assert_true(idx_ok > 100 && idx_ok < 1900);
+}
+
 /* ---- generators -------------------------------------------------------- */
 
 static void test_gen_seed(void **state) {
@@ -1024,6 +1136,7 @@ int main(void) {
       cmocka_unit_test(test_idx_good),
       cmocka_unit_test(test_idx_malformed),
       cmocka_unit_test(test_idx_every_prefix),
+      cmocka_unit_test(test_random_inputs),
       cmocka_unit_test(test_fashion_mnist),
       cmocka_unit_test(test_gen_seed),
       cmocka_unit_test(test_gen_spirals),
