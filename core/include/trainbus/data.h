@@ -5,7 +5,10 @@
  * and y (n rows of n_outputs). Class labels are stored as their index in a
  * single column (n_outputs == 1, n_classes > 0), the form Keras's
  * sparse_categorical_crossentropy takes; tb_dataset_one_hot() widens them for
- * categorical_crossentropy. */
+ * categorical_crossentropy.
+ *
+ * Nothing here keeps global state: any function may run on any thread, as
+ * long as one dataset or scaler is not written by two threads at once. */
 #ifndef TRAINBUS_DATA_H
 #define TRAINBUS_DATA_H
 
@@ -138,11 +141,11 @@ typedef struct tb_scaler_s {
   float *mult;
 } tb_scaler_t;
 
-/* Fits s (caller-owned struct, zeroed at entry) to train's features;
- * `divisor` is read only by TB_SCALE_DIVIDE, where it must be finite and
- * nonzero. MINMAX and STANDARD need train->n >= 1. Statistics are computed in
- * double. Returns 0, TB_EINVAL or TB_ENOMEM; on failure s holds no memory.
- * Release with tb_scaler_free(). */
+/* Fits s (a caller-owned struct, overwritten at entry: free a fitted one
+ * first) to train's features; `divisor` is read only by TB_SCALE_DIVIDE,
+ * where it must be finite and nonzero. MINMAX and STANDARD need train->n >= 1.
+ * Statistics are computed in double. Returns 0, TB_EINVAL or TB_ENOMEM; on
+ * failure s holds no memory. Release with tb_scaler_free(). */
 int tb_scaler_fit(tb_scaler_t *s, tb_scale_t mode, double divisor, const tb_dataset_t *train);
 /* Scales d's x in place (y is untouched). TB_ESHAPE, leaving d unchanged,
  * when d has a different feature count from the data s was fitted on;
