@@ -1,0 +1,164 @@
+/* Job files: the demo parses and trains; every kind of bad job is refused
+ * before training with a message naming the field's path. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "trainbus/job.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_demo_parses_and_trains(void **state) {
+  (void)state;
+  tb_job_t *job;
+  tb_err_t err = {{0}};
+  const char *demo = tb_job_demo_json();
+  assert_int_equal(tb_job_parse(demo, strlen(demo), "demo", NULL, &job, &err), 0);
+  assert_string_equal(job->name, "demo-spirals");
+  assert_int_equal(job->n_layers, 4);
+  assert_int_equal(tb_job_prepare(job, &err), 0);
+  assert_int_equal(job->train->n, 4000);
+  assert_int_equal(tb_model_n_inputs(job->model), 2);
+  job->fit.epochs = 3;
+  job->fit.verbose = 0;
+  tb_logs_t last;
+  assert_int_equal(tb_model_fit(job->model, job->train, &job->fit, NULL, &last, &err), 0);
+  double acc;
+  assert_true(tb_logs_get(&last, "val_accuracy", &acc));
+  assert_true(acc > 0.6);
+  tb_job_free(job);
+}
+
+/* Each bad job and the exact message it must produce. */
+static void test_bad_jobs(void **state) {
+  (void)state;
+#define BASE_MODEL "\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":2,\"activation\":\"softmax\"}]}"
+#define BASE_DATA "\"data\":{\"source\":\"spirals\"}"
+  static const struct {
+    const char *json;
+    const char *message;
+  } cases[] = {
+      {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":4},{\"type\":"
+       "\"dense\",\"units\":4},{\"type\":\"dense\",\"units\":-3}]},\"loss\":\"mse\"}",
+       "j: model.layers[2].units: expected a positive integer, got -3"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"epoch\":3}",
+       "j: epoch: unknown field (known: name, seed, threads, data, model, loss, metrics, "
+       "optimizer, epochs, batch_size, validation_split, validation_freq, shuffle, verbose, "
+       "callbacks)"},
+      {"{" BASE_DATA "," BASE_MODEL "}", "j: loss: missing (required)"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"hinge\"}",
+       "j: loss: expected one of binary_crossentropy, categorical_crossentropy, "
+       "sparse_categorical_crossentropy, mse, mae, got \"hinge\""},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"epochs\":2.5}",
+       "j: epochs: expected an integer in [1, 1000000], got 2.5"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"optimizer\":{\"name\":\"adam\","
+       "\"learning_rate\":-1}}",
+       "j: optimizer.learning_rate: expected a finite positive number, got -1"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"optimizer\":{\"name\":\"adam\","
+       "\"momentum\":0.9}}",
+       "j: optimizer.momentum: not a parameter of adam (only sgd rmsprop)"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"validation_split\":1.5}",
+       "j: validation_split: expected a number in [0, 1), got 1.5"},
+      {"{\"data\":{\"source\":\"parquet\"}," BASE_MODEL ",\"loss\":\"mse\"}",
+       "j: data.source: expected one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\", got "
+       "\"parquet\""},
+      {"{\"data\":{\"source\":\"csv\"}," BASE_MODEL ",\"loss\":\"mse\"}",
+       "j: data.path: missing (required)"},
+      {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"conv2d\"}]},\"loss\":\"mse\"}",
+       "j: model.layers[0].type: expected \"dense\", \"dropout\" or \"activation\", got "
+       "\"conv2d\""},
+      {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":2,\"activation\":"
+       "\"gelu\"}]},\"loss\":\"mse\"}",
+       "j: model.layers[0].activation: expected one of linear, relu, leaky_relu, sigmoid, tanh, "
+       "softmax, got \"gelu\""},
+      {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":2},{\"type\":"
+       "\"dropout\",\"rate\":0.5}]},\"loss\":\"mse\"}",
+       "j: model.layers[1]: the last layer cannot be dropout"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"loss\":\"mae\"}",
+       "j: loss: duplicate field"},
+      {"{" BASE_DATA ",\n  " BASE_MODEL ",\n  \"loss\": mse}", "j:3:11: not valid JSON"},
+      {"[1,2]", "j: (top level): expected an object, got [1,2]"},
+      {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\"} x",
+       "j: trailing characters after the JSON object"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    tb_job_t *job = (tb_job_t *)1;
+    tb_err_t err = {{0}};
+    int r = tb_job_parse(cases[i].json, strlen(cases[i].json), "j", NULL, &job, &err);
+    if (r == 0 || strcmp(err.msg, cases[i].message) != 0)
+      fail_msg("case %zu: got %d \"%s\", want \"%s\"", i, r, err.msg, cases[i].message);
+    assert_null(job);
+  }
+}
+
+/* Errors found only when preparing: data files and shapes. */
+static void test_prepare_errors(void **state) {
+  (void)state;
+  char dir[] = "/tmp/tb_jobXXXXXX", path[256];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/job.json", dir);
+  FILE *f = fopen(path, "w");
+  fputs("{\"data\":{\"source\":\"csv\",\"path\":\"missing.csv\"},\"model\":{\"layers\":"
+        "[{\"type\":\"dense\",\"units\":2,\"activation\":\"softmax\"}]},"
+        "\"loss\":\"sparse_categorical_crossentropy\"}",
+        f);
+  fclose(f);
+  tb_job_t *job;
+  tb_err_t err = {{0}};
+  assert_int_equal(tb_job_load(path, &job, &err), 0);
+  assert_int_not_equal(tb_job_prepare(job, &err), 0);
+  /* relative data paths resolve against the job file's folder */
+  char want[512];
+  snprintf(want, sizeof(want), "%s/missing.csv", dir);
+  assert_non_null(strstr(err.msg, want));
+  tb_job_free(job);
+
+  /* a CSV with 3 classes and a 2-unit softmax */
+  char csv[256];
+  snprintf(csv, sizeof(csv), "%s/d.csv", dir);
+  f = fopen(csv, "w");
+  fputs("a,b,label\n1,2,0\n3,4,1\n5,6,2\n", f);
+  fclose(f);
+  f = fopen(path, "w");
+  fputs("{\"data\":{\"source\":\"csv\",\"path\":\"d.csv\",\"skip_rows\":1},\"model\":"
+        "{\"layers\":[{\"type\":\"dense\",\"units\":2,\"activation\":\"softmax\"}]},"
+        "\"loss\":\"sparse_categorical_crossentropy\"}",
+        f);
+  fclose(f);
+  assert_int_equal(tb_job_load(path, &job, &err), 0);
+  assert_int_equal(tb_job_prepare(job, &err), TB_ESHAPE);
+  assert_non_null(strstr(err.msg, "3 classes but the last layer has 2 units"));
+  tb_job_free(job);
+
+  /* the same data with categorical_crossentropy and 3 units is one-hot encoded */
+  f = fopen(path, "w");
+  fputs("{\"data\":{\"source\":\"csv\",\"path\":\"d.csv\",\"skip_rows\":1,\"scale\":\"minmax\"},"
+        "\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":3,\"activation\":\"softmax\"}]},"
+        "\"loss\":\"categorical_crossentropy\",\"epochs\":2,\"batch_size\":2}",
+        f);
+  fclose(f);
+  assert_int_equal(tb_job_load(path, &job, &err), 0);
+  assert_int_equal(tb_job_prepare(job, &err), 0);
+  assert_int_equal(job->train->n_outputs, 3);
+  assert_float_equal(job->train->x[0], 0.0, 0); /* min-max scaled */
+  assert_float_equal(job->train->x[4], 1.0, 0);
+  job->fit.verbose = 0;
+  assert_int_equal(tb_model_fit(job->model, job->train, &job->fit, NULL, NULL, &err), 0);
+  tb_job_free(job);
+  remove(csv);
+  remove(path);
+  rmdir(dir);
+}
+
+int main(void) {
+  tb_set_num_threads(1);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_demo_parses_and_trains),
+      cmocka_unit_test(test_bad_jobs),
+      cmocka_unit_test(test_prepare_errors),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
