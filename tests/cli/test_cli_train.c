@@ -1,0 +1,141 @@
+/* `trainbus train` and the manual-loop example, run as programs. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Runs a shell command; returns its exit code and its output (stdout and
+ * stderr together) in a malloc'ed string. */
+static int run(const char *cmd, char **out) {
+  char full[4096];
+  snprintf(full, sizeof(full), "%s 2>&1", cmd);
+  FILE *p = popen(full, "r");
+  assert_non_null(p);
+  size_t len = 0, cap = 1 << 16;
+  char *buf = malloc(cap);
+  size_t n;
+  while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+    len += n;
+    if (cap - len < 4096)
+      buf = realloc(buf, cap *= 2);
+  }
+  buf[len] = '\0';
+  int status = pclose(p);
+  *out = buf;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int count(const char *hay, const char *needle) {
+  int n = 0;
+  for (const char *p = strstr(hay, needle); p != NULL; p = strstr(p + 1, needle))
+    n++;
+  return n;
+}
+
+#define TRAINBUS TB_BINARY_DIR "/trainbus"
+
+static void test_manual_loop_example(void **state) {
+  (void)state;
+  char *out;
+  assert_int_equal(run(TB_BINARY_DIR "/examples/manual_loop", &out), 0);
+  /* 60 epochs of 2 batches, every metric printed after each batch and epoch */
+  assert_int_equal(count(out, "train_batch_end "), 120);
+  assert_int_equal(count(out, "epoch_end "), 60);
+  assert_non_null(strstr(out, "epoch_end 59: loss="));
+  assert_non_null(strstr(out, "train_end -1: loss="));
+  /* the seed example is learnt: x = 1, 2 -> 0 and x = 3, 4 -> 1 */
+  float p[4];
+  const char *pr = strstr(out, "predictions:");
+  assert_non_null(pr);
+  assert_int_equal(sscanf(pr, "predictions: %f %f %f %f", &p[0], &p[1], &p[2], &p[3]), 4);
+  assert_true(p[0] < 0.5f && p[1] < 0.5f && p[2] > 0.5f && p[3] > 0.5f);
+  free(out);
+}
+
+static void test_train_json_events(void **state) {
+  (void)state;
+  char *out;
+  assert_int_equal(run(TRAINBUS " train --epochs 2 --json", &out), 0);
+  /* one JSON object per line, in Keras's order */
+  assert_true(strncmp(out, "{\"event\":\"train_begin\"", 22) == 0);
+  assert_int_equal(count(out, "\"event\":\"epoch_begin\""), 2);
+  assert_int_equal(count(out, "\"event\":\"epoch_end\""), 2);
+  assert_int_equal(count(out, "\"event\":\"train_batch_end\""), 2 * 100);
+  assert_int_equal(count(out, "\"event\":\"test_end\""), 2);
+  assert_int_equal(count(out, "\"event\":\"train_end\""), 1);
+  assert_non_null(strstr(out, "\"val_accuracy\":"));
+  const char *last = strstr(out, "{\"event\":\"train_end\"");
+  assert_non_null(last);
+  assert_int_equal(count(last, "\n"), 1); /* train_end is the last line */
+  free(out);
+}
+
+static void test_train_plain_output(void **state) {
+  (void)state;
+  char *out;
+  char dir[] = "/tmp/tb_cliXXXXXX", cmd[512], path[256];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/w.tbw", dir);
+  snprintf(cmd, sizeof(cmd), TRAINBUS " train --epochs 2 --save-weights %s", path);
+  assert_int_equal(run(cmd, &out), 0);
+  /* the model summary, then one line per epoch when not on a terminal */
+  assert_non_null(strstr(out, "Total params: 17,154"));
+  assert_non_null(strstr(out, "Epoch 1/2\n100/100 - "));
+  assert_non_null(strstr(out, "Epoch 2/2\n100/100 - "));
+  assert_non_null(strstr(out, " - val_accuracy: "));
+  assert_int_equal(access(path, F_OK), 0);
+  remove(path);
+  rmdir(dir);
+  free(out);
+}
+
+static void test_train_errors(void **state) {
+  (void)state;
+  char *out;
+  char dir[] = "/tmp/tb_cliXXXXXX", cmd[512], path[256];
+  assert_non_null(mkdtemp(dir));
+  snprintf(path, sizeof(path), "%s/bad.json", dir);
+  FILE *f = fopen(path, "w");
+  fputs("{\"data\":{\"source\":\"seed\"},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":-3}"
+        "]},\"loss\":\"mse\"}",
+        f);
+  fclose(f);
+  snprintf(cmd, sizeof(cmd), TRAINBUS " train %s", path);
+  assert_int_equal(run(cmd, &out), 2);
+  assert_non_null(strstr(out, "model.layers[0].units: expected a positive integer, got -3"));
+  assert_null(strstr(out, "Epoch")); /* refused before anything trains */
+  free(out);
+
+  assert_int_equal(run(TRAINBUS " train /nonexistent/job.json", &out), 2);
+  assert_non_null(strstr(out, "/nonexistent/job.json: cannot open: No such file"));
+  free(out);
+  assert_int_equal(run(TRAINBUS " train --epochs zero", &out), 2);
+  assert_non_null(strstr(out, "--epochs: expected an integer"));
+  free(out);
+  assert_int_equal(run(TRAINBUS " train --bogus", &out), 2);
+  free(out);
+  assert_int_equal(run(TRAINBUS " frobnicate", &out), 2);
+  assert_non_null(strstr(out, "unknown command 'frobnicate'"));
+  free(out);
+  assert_int_equal(run(TRAINBUS " train --help", &out), 0);
+  assert_non_null(strstr(out, "--save-weights"));
+  free(out);
+  remove(path);
+  rmdir(dir);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_manual_loop_example),
+      cmocka_unit_test(test_train_json_events),
+      cmocka_unit_test(test_train_plain_output),
+      cmocka_unit_test(test_train_errors),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
