@@ -427,6 +427,9 @@ static int decode_id(const cJSON *v, tb_id_t *id, tb_proto_err_t *err) {
   char got[64];
   if (v == NULL)
     return 0;
+  if (cJSON_IsNull(v))
+    return tb__errf(err, TB_PROTO_EINVALID_REQUEST,
+                    "id: null is not accepted; use an integer or a string");
   if (cJSON_IsString(v)) {
     size_t n = strlen(v->valuestring);
     if (n >= TB_PROTO_ID_MAX)
@@ -497,10 +500,8 @@ int tb_req_decode(const char *line, size_t len, tb_req_t *out, tb_proto_err_t *e
     goto fail;
   }
   if (out->id.kind == TB_ID_NONE) {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
     rc = tb__errf(err, TB_PROTO_EINVALID_REQUEST,
-                  id ? "id: null is not accepted; use an integer or a string"
-                     : "id: missing; every request needs an id (clients send no notifications)");
+                  "id: missing; every request needs an id (clients send no notifications)");
     goto fail;
   }
   for (const cJSON *c = root->child; c; c = c->next) {
@@ -546,4 +547,20 @@ void tb_req_free(tb_req_t *r) {
     return;
   cJSON_Delete(r->submit.job);
   memset(r, 0, sizeof *r);
+}
+
+int tb_req_authorize(const tb_req_t *r, tb_role_t role, tb_proto_err_t *err) {
+  tb_role_t need = tb_method_role(r->method);
+  if (r->method == TB_METHOD_SUBSCRIBE && r->subscribe.n_lockstep > 0)
+    need = TB_ROLE_CONTROLLER;
+  if (need <= role)
+    return 0;
+  if (role == TB_ROLE_NONE)
+    return tb__errf(err, TB_PROTO_EUNAUTHORIZED,
+                    "%s: authenticate first (send auth with a token and a role)",
+                    tb_method_name(r->method));
+  return tb__errf(err, TB_PROTO_EFORBIDDEN, "%s%s: needs the %s role, this connection is %s",
+                  tb_method_name(r->method),
+                  r->method == TB_METHOD_SUBSCRIBE ? " with lockstep" : "", tb_role_name(need),
+                  tb_role_name(role));
 }

@@ -394,6 +394,12 @@ typedef struct tb_smsg_s {
  * answer with (TB_ID_NONE: answer with null). Call tb_req_free(out) after
  * either outcome. err may be NULL. */
 int tb_req_decode(const char *line, size_t len, tb_req_t *out, tb_proto_err_t *err);
+/* Whether a connection holding role may make request r: 0, or
+ * TB_PROTO_EUNAUTHORIZED (role NONE: auth first) or TB_PROTO_EFORBIDDEN (an
+ * observer calling a control method, or subscribing with lockstep), with
+ * err->msg naming the method and the role needed. Pure; the server calls it
+ * after tb_req_decode and before routing. */
+int tb_req_authorize(const tb_req_t *r, tb_role_t role, tb_proto_err_t *err);
 /* Releases what tb_req_decode allocated (submit.job) and zeroes *r. NULL-safe. */
 void tb_req_free(tb_req_t *r);
 

@@ -1,0 +1,9 @@
+/* libFuzzer entry for the framer; see fuzz_body.h. */
+#include "fuzz_body.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  tb_fuzz_frame(data, size);
+  return 0;
+}
