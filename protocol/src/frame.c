@@ -10,7 +10,11 @@
  *
  * The line length limit is checked per byte, so an oversize line is refused as
  * soon as byte max_line + 1 arrives, not when its newline (which may never
- * come) does. */
+ * come) does. The one exception: when that byte is inside a multi-byte
+ * character, the framer waits for the character's last byte (at most three
+ * more) and then reports either the length or the broken UTF-8, so that the
+ * result never depends on how the stream was cut into reads (the framer fuzz
+ * target checks exactly this). */
 #include "internal.h"
 
 int tb_frame_next(const char *buf, size_t len, size_t *scan_from, size_t max_line,
@@ -48,11 +52,8 @@ int tb_frame_next(const char *buf, size_t len, size_t *scan_from, size_t max_lin
     int n = tb__utf8_seq(s + i, len - i);
     if (n == 0)
       return TB_PROTO_EPARSE;
-    if (n < 0) {
-      if (len > max_line)
-        return TB_PROTO_ETOO_LARGE; /* the sequence would end past the limit */
-      break;                        /* cut short: resume at the lead byte */
-    }
+    if (n < 0)
+      break; /* cut short: resume at the lead byte */
     if (i + (size_t)n > max_line)
       return TB_PROTO_ETOO_LARGE;
     i += (size_t)n;

@@ -91,7 +91,10 @@ typedef struct tb_proto_err_s {
  *                        *line_len == 0; callers skip it.
  *   TB_PROTO_NEED_MORE   no complete line yet; read more and call again.
  *   TB_PROTO_ETOO_LARGE  more than max_line bytes arrived without a newline
- *                        (detected as soon as byte max_line + 1 arrives).
+ *                        (detected as soon as byte max_line + 1 arrives, or
+ *                        the end of the UTF-8 character it starts or
+ *                        continues: the verdict never depends on how the
+ *                        stream was split into reads).
  *   TB_PROTO_EPARSE      invalid UTF-8 (overlong forms, surrogates, code points
  *                        above U+10FFFF, stray continuation bytes), a raw
  *                        control byte other than TAB, or a CR not followed by LF.
