@@ -172,7 +172,10 @@ int tb_gen_seed(tb_dataset_t **out) {
 /* The CS231n spiral, two arms: point i of N has radius r = i / (N - 1) and
  * angle t = 4 r (radians) plus gaussian noise on the angle; class 1 is class 0
  * turned by pi. Each row draws exactly one normal, in row order, so the
- * stream of draws does not depend on the noise level. */
+ * stream of draws does not depend on the noise level. The pairs of rows are
+ * then shuffled (pairs stay class 0, class 1): in radius order a tail split,
+ * which is what Keras's validation_split takes, would hold only the outer end
+ * of the arms, and validation would measure extrapolation. */
 int tb_gen_spirals(int n_per_class, double noise, uint64_t seed, tb_dataset_t **out) {
   tb_dataset_t *d;
   tb_rng_t rng;
@@ -195,6 +198,13 @@ int tb_gen_spirals(int n_per_class, double noise, uint64_t seed, tb_dataset_t **
       d->x[row * 2 + 1] = (float)(r * cos(t));
       d->y[row] = (float)c;
     }
+  }
+  for (int i = n_per_class - 1; i > 0; i--) {
+    int j = (int)tb_rng_below(&rng, (uint32_t)i + 1);
+    float t[4];
+    memcpy(t, d->x + 4 * (size_t)i, sizeof(t));
+    memcpy(d->x + 4 * (size_t)i, d->x + 4 * (size_t)j, sizeof(t));
+    memcpy(d->x + 4 * (size_t)j, t, sizeof(t));
   }
   *out = d;
   return 0;

@@ -639,6 +639,15 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
       return tb_errf(err, TB_ESHAPE, "job %s: %s has %d features but data has %d", job->name,
                      names[i], sets[i]->n_features, job->train->n_features);
 
+  /* Every set counts the classes of the training set (or more): a test file
+   * that lacks the highest class must still be one-hot encoded as wide. */
+  int n_classes = 0;
+  for (int i = 0; i < 3; i++)
+    if (sets[i] != NULL && sets[i]->n_classes > n_classes)
+      n_classes = sets[i]->n_classes;
+  for (int i = 0; i < 3; i++)
+    if (sets[i] != NULL && sets[i]->n_classes > 0)
+      sets[i]->n_classes = n_classes;
   /* Categorical crossentropy wants one-hot rows; class labels are widened. */
   if (job->compile.loss == TB_LOSS_CATEGORICAL_CROSSENTROPY)
     for (int i = 0; i < 3; i++)

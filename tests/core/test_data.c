@@ -952,16 +952,24 @@ static void test_gen_spirals(void **state) {
   assert_int_equal(tb_gen_spirals(100, 0.2, 43, &c), 0);
   assert_false(same_data(a, c));
 
-  /* Without noise: radius i / (N - 1), and class 1 is class 0 turned by pi. */
+  /* Without noise: the radii are i / (N - 1) in a shuffled order (each once),
+   * and class 1 is class 0 turned by pi. */
   assert_int_equal(tb_gen_spirals(50, 0.0, 7, &z), 0);
+  int seen[50] = {0}, in_order = 0;
   for (int i = 0; i < 50; i++) {
     const float *p0 = z->x + 4 * i, *p1 = p0 + 2;
-    double r = i / 49.0;
-    assert_true(fabs(hypot(p0[0], p0[1]) - r) < 1e-6);
+    double r = hypot(p0[0], p0[1]);
+    int k = (int)lround(r * 49.0);
+    assert_true(k >= 0 && k < 50 && fabs(r - k / 49.0) < 1e-6);
+    seen[k]++;
+    in_order += k == i;
     assert_true(fabs(p1[0] + p0[0]) < 1e-6 && fabs(p1[1] + p0[1]) < 1e-6);
-    if (i > 0) /* angle 4 r: x = r sin t, y = r cos t */
+    if (k > 0) /* angle 4 r: x = r sin t, y = r cos t */
       assert_true(fabs(atan2(p0[0], p0[1]) - atan2(sin(4 * r), cos(4 * r))) < 1e-5);
   }
+  for (int k = 0; k < 50; k++)
+    assert_int_equal(seen[k], 1);
+  assert_true(in_order < 10); /* shuffled, so a tail split is not the outer end */
   tb_dataset_free(z);
   assert_int_equal(tb_gen_spirals(1, 0.0, 7, &z), 0);
   assert_int_equal(z->n, 2);
