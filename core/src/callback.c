@@ -1,6 +1,7 @@
 /* The callback list: an array of borrowed pointers dispatched in order. */
 #include "trainbus/callback.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,5 +119,14 @@ int tb_callbacks_fire(tb_callbacks_t *l, tb_ctx_t *ctx, tb_hook_t hook, int inde
       return r < 0 ? r : TB_ECALLBACK;
     }
   }
+  return 0;
+}
+
+int tb_ctx_request_checkpoint(tb_ctx_t *ctx, const char *path) {
+  if (path == NULL || strlen(path) >= sizeof(ctx->ckpt_requests[0]))
+    return TB_EINVAL;
+  if (ctx->n_ckpt_requests >= 4)
+    return TB_ERANGE;
+  snprintf(ctx->ckpt_requests[ctx->n_ckpt_requests++], sizeof(ctx->ckpt_requests[0]), "%s", path);
   return 0;
 }

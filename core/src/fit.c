@@ -94,26 +94,71 @@ static int run_test(tb_model_t *m, const tb_dataset_t *d, int bs, tb_callbacks_t
   return 0;
 }
 
-static int apply_control(tb_ctx_t *ctx) {
-  if (ctx->control == NULL)
+/* Writes the checkpoints callbacks asked for during the last dispatch. */
+static int flush_requests(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs,
+                          const tb_fit_opts_t *o, tb_err_t *err) {
+  int r = 0;
+  for (int i = 0; i < ctx->n_ckpt_requests && r == 0; i++)
+    r = tb__checkpoint_save(m, ctx, cbs, o->job_id, ctx->ckpt_requests[i], err);
+  ctx->n_ckpt_requests = 0;
+  return r;
+}
+
+/* The fit's own checkpoints: <dir>/latest.tbck at epoch ends (and every
+ * checkpoint_every batches), plus a named file when control asks for one. */
+static int own_checkpoint(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs,
+                          const tb_fit_opts_t *o, bool named, tb_err_t *err) {
+  char path[1200];
+  int r;
+  if (o->checkpoint_dir == NULL)
     return 0;
-  return tb_control_apply(ctx->control, ctx, NULL);
+  if (named) {
+    snprintf(path, sizeof(path), "%s/checkpoint-e%04d-b%05d.tbck", o->checkpoint_dir,
+             m->pos.epoch, m->pos.next_batch);
+    if ((r = tb__checkpoint_save(m, ctx, cbs, o->job_id, path, err)) != 0)
+      return r;
+  }
+  snprintf(path, sizeof(path), "%s/%s", o->checkpoint_dir, TB_CHECKPOINT_LATEST);
+  char keep[sizeof(ctx->last_checkpoint)];
+  memcpy(keep, ctx->last_checkpoint, sizeof(keep));
+  r = tb__checkpoint_save(m, ctx, cbs, o->job_id, path, err);
+  if (named) /* report the named file, not latest */
+    memcpy(ctx->last_checkpoint, keep, sizeof(keep));
+  return r;
+}
+
+/* At a batch boundary: apply the control block, then write whatever
+ * checkpoints are due. */
+static int boundary(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const tb_fit_opts_t *o,
+                    bool batch_due, tb_err_t *err) {
+  tb_applied_t a = {0};
+  int r;
+  if (ctx->control != NULL)
+    tb_control_apply(ctx->control, ctx, &a);
+  if ((r = flush_requests(m, ctx, cbs, o, err)) != 0)
+    return r;
+  if (a.checkpoint && o->checkpoint_dir == NULL)
+    return tb_errf(err, TB_ESTATE, "checkpoint requested but the run has no checkpoint directory");
+  if (a.checkpoint || batch_due)
+    return own_checkpoint(m, ctx, cbs, o, a.checkpoint, err);
+  return 0;
 }
 
 int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o,
                  tb_callbacks_t *cbs, tb_logs_t *last, tb_err_t *err) {
   tb_dataset_t *train_part = NULL, *val_part = NULL;
   const tb_dataset_t *train = data, *val = NULL;
-  int *idx = NULL;
+  tb_callbacks_t list;
   int r;
+  tb_callbacks_init(&list);
   if (last != NULL)
     tb_logs_clear(last);
   if (m == NULL || o == NULL || !m->compiled)
     return tb_errf(err, TB_ESTATE, "fit: the model is not compiled");
-  if (o->epochs < 0 || o->batch_size <= 0 || o->initial_epoch < 0 || o->validation_freq < 0)
-    return tb_errf(err, TB_EINVAL,
-                   "fit: epochs, batch_size, initial_epoch and validation_freq "
-                   "must be non-negative (batch_size positive)");
+  if (o->epochs < 0 || o->batch_size <= 0 || o->initial_epoch < 0 || o->validation_freq < 0 ||
+      o->checkpoint_every < 0)
+    return tb_errf(err, TB_EINVAL, "fit: epochs, batch_size, initial_epoch, validation_freq and "
+                                   "checkpoint_every must be non-negative (batch_size positive)");
   if (o->validation_split != 0.0 && o->validation_data != NULL)
     return tb_errf(err, TB_EINVAL, "fit: give validation_split or validation_data, not both");
   if ((r = check_data(m, data, "fit data", err)) != 0)
@@ -129,18 +174,33 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
       return r;
   }
 
+  /* The dispatch list: the caller's callbacks, then History (Keras appends
+   * its History after the user's callbacks). */
+  for (int i = 0; cbs != NULL && i < cbs->n; i++)
+    if ((r = tb_callbacks_add(&list, cbs->items[i])) != 0)
+      goto oom;
+  if ((r = tb_callbacks_add(&list, &m->history_cb)) != 0)
+    goto oom;
+  if ((r = tb__check_state_names(&list, err)) != 0)
+    goto done;
+
   int bs = o->batch_size, n = train->n, steps = (n + bs - 1) / bs;
   int freq = o->validation_freq > 0 ? o->validation_freq : 1;
-  if ((r = tb__ensure_rows(m, bs < n ? bs : n)) != 0) {
-    tb_errf(err, r, "fit: out of memory for batch buffers");
-    goto done;
-  }
-  if ((idx = malloc((size_t)n * sizeof(int))) == NULL) {
-    r = tb_errf(err, TB_ENOMEM, "fit: out of memory");
-    goto done;
-  }
+  if ((r = tb__ensure_rows(m, bs < n ? bs : n)) != 0)
+    goto oom;
+  int *idx = realloc(m->pos.idx, (size_t)n * sizeof(int));
+  if (idx == NULL)
+    goto oom;
+  m->pos.idx = idx;
   for (int i = 0; i < n; i++)
     idx[i] = i;
+  m->pos.n = n;
+  m->pos.steps = steps;
+  m->pos.epoch = o->initial_epoch;
+  m->pos.next_batch = 0;
+  m->pos.mid_epoch = false;
+  m->pos.stop = false;
+  tb_logs_clear(&m->pos.train_logs);
 
   tb_ctx_t ctx;
   tb_ctx_init(&ctx);
@@ -151,72 +211,102 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
   ctx.model = m;
   ctx.control = o->control;
   ctx.stop_training = false;
+  if (o->resume_from != NULL)
+    snprintf(ctx.resume_path, sizeof(ctx.resume_path), "%s", o->resume_from);
 
-  tb_logs_t logs, epoch_logs, val_logs, train_logs;
+  tb_logs_t logs, epoch_logs, val_logs;
   tb_logs_clear(&logs);
-  tb_logs_clear(&train_logs);
-  if ((r = tb_callbacks_fire(cbs, &ctx, TB_HOOK_TRAIN_BEGIN, -1, &logs)) != 0) {
+  if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_TRAIN_BEGIN, -1, &logs)) != 0) {
     fail_hook(&ctx, r, err);
     goto done;
   }
-  /* A request made before training starts applies to the first batch. */
-  apply_control(&ctx);
-
-  for (int epoch = o->initial_epoch; epoch < o->epochs; epoch++) {
-    tb_model_reset_metrics(m);
-    tb_logs_clear(&logs);
-    if ((r = tb_callbacks_fire(cbs, &ctx, TB_HOOK_EPOCH_BEGIN, epoch, &logs)) != 0) {
-      fail_hook(&ctx, r, err);
+  /* Resume right after train_begin, which resets the callbacks' state (as
+   * Keras's BackupAndRestore restores in on_train_begin). */
+  if (ctx.resume_path[0] != '\0') {
+    if ((r = tb__checkpoint_load(m, &ctx, &list, o->job_id, ctx.resume_path, err)) != 0)
       goto done;
-    }
-    if (o->shuffle)
-      tb_rng_shuffle(&m->rng, idx, n);
-    for (int b = 0; b < steps; b++) {
-      int rows = b == steps - 1 ? n - b * bs : bs;
+    ctx.stop_training = m->pos.stop;
+  }
+  /* A request made before training starts applies to the first batch. */
+  if ((r = boundary(m, &ctx, &list, o, false, err)) != 0)
+    goto done;
+
+  for (int epoch = m->pos.epoch; epoch < o->epochs && !m->pos.stop; epoch++) {
+    m->pos.epoch = epoch;
+    if (!m->pos.mid_epoch) {
+      tb_model_reset_metrics(m);
       tb_logs_clear(&logs);
-      if ((r = tb_callbacks_fire(cbs, &ctx, TB_HOOK_TRAIN_BATCH_BEGIN, b, &logs)) != 0) {
+      if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_EPOCH_BEGIN, epoch, &logs)) != 0) {
         fail_hook(&ctx, r, err);
         goto done;
       }
-      gather(m, train, o->shuffle ? idx : NULL, b * bs, rows);
+      if (o->shuffle)
+        tb_rng_shuffle(&m->rng, m->pos.idx, n);
+      m->pos.mid_epoch = true;
+      m->pos.next_batch = 0;
+      if ((r = flush_requests(m, &ctx, &list, o, err)) != 0)
+        goto done;
+    } else {
+      ctx.epoch = epoch; /* resumed inside this epoch: it has begun already */
+    }
+    for (int b = m->pos.next_batch; b < steps && !ctx.stop_training; b++) {
+      int rows = b == steps - 1 ? n - b * bs : bs;
+      tb_logs_clear(&logs);
+      if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_TRAIN_BATCH_BEGIN, b, &logs)) != 0) {
+        fail_hook(&ctx, r, err);
+        goto done;
+      }
+      gather(m, train, o->shuffle ? m->pos.idx : NULL, b * bs, rows);
       if ((r = tb_model_train_step(m, m->xbuf, m->ybuf, rows, &logs)) != 0) {
         tb_errf(err, r, "fit: epoch %d batch %d: %s", epoch, b, tb_strerror(r));
         goto done;
       }
-      if ((r = tb_callbacks_fire(cbs, &ctx, TB_HOOK_TRAIN_BATCH_END, b, &logs)) != 0) {
+      if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_TRAIN_BATCH_END, b, &logs)) != 0) {
         fail_hook(&ctx, r, err);
         goto done;
       }
-      apply_control(&ctx);
-      if (ctx.stop_training)
-        break;
+      m->pos.next_batch = b + 1;
+      bool due = o->checkpoint_every > 0 && m->iterations % o->checkpoint_every == 0;
+      if ((r = boundary(m, &ctx, &list, o, due, err)) != 0)
+        goto done;
     }
     /* Epoch logs are the epoch's means, captured before validation. */
     tb_logs_clear(&epoch_logs);
     tb__metrics_logs(m, &epoch_logs);
     if (val != NULL && (epoch + 1) % freq == 0) {
-      if ((r = run_test(m, val, bs, cbs, &ctx, &val_logs, err)) != 0)
+      if ((r = run_test(m, val, bs, &list, &ctx, &val_logs, err)) != 0)
         goto done;
       tb_logs_merge(&epoch_logs, &val_logs, "val_");
     }
+    /* The rate the epoch trained with, so History, CSVLogger and the bus see
+     * every change, whoever made it. */
+    tb_logs_set(&epoch_logs, "lr", m->lr);
     ctx.batch = -1;
-    if ((r = tb_callbacks_fire(cbs, &ctx, TB_HOOK_EPOCH_END, epoch, &epoch_logs)) != 0) {
+    if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_EPOCH_END, epoch, &epoch_logs)) != 0) {
       fail_hook(&ctx, r, err);
       goto done;
     }
-    train_logs = epoch_logs;
-    if (ctx.stop_training)
-      break;
+    m->pos.train_logs = epoch_logs;
+    m->pos.epoch = epoch + 1;
+    m->pos.next_batch = 0;
+    m->pos.mid_epoch = false;
+    m->pos.stop = ctx.stop_training;
+    if ((r = flush_requests(m, &ctx, &list, o, err)) != 0 ||
+        (r = own_checkpoint(m, &ctx, &list, o, false, err)) != 0)
+      goto done;
   }
-  if ((r = tb_callbacks_fire(cbs, &ctx, TB_HOOK_TRAIN_END, -1, &train_logs)) != 0) {
+  if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_TRAIN_END, -1, &m->pos.train_logs)) != 0) {
     fail_hook(&ctx, r, err);
     goto done;
   }
   if (last != NULL)
-    *last = train_logs;
+    *last = m->pos.train_logs;
+  goto done;
 
+oom:
+  r = tb_errf(err, TB_ENOMEM, "fit: out of memory");
 done:
-  free(idx);
+  tb_callbacks_release(&list);
   tb_dataset_free(train_part);
   tb_dataset_free(val_part);
   return r;

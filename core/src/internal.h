@@ -56,7 +56,29 @@ struct tb_model_s {
   double m_loss_sum, m_acc_sum, m_mse_sum, m_mae_sum;
   long m_count;
   bool fused_softmax_ce; /* last activation softmax + (sparse) CCE on probabilities */
+
+  /* fit()'s position, saved in checkpoints: the current epoch, the next batch
+   * to run, whether the epoch has begun, and this epoch's row order. */
+  struct {
+    int epoch, next_batch, steps, n;
+    bool mid_epoch;
+    bool stop; /* stop_training was set when the checkpoint was taken */
+    int *idx;
+    tb_logs_t train_logs; /* the last finished epoch's logs */
+  } pos;
+  tb_history_t history;
+  tb_callback_t history_cb;
 };
+
+/* checkpoint.c */
+int tb__checkpoint_save(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const char *job_id,
+                        const char *path, tb_err_t *err);
+int tb__checkpoint_load(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const char *job_id,
+                        const char *path, tb_err_t *err);
+int tb__check_state_names(tb_callbacks_t *cbs, tb_err_t *err);
+/* history.c */
+void tb__history_init(tb_model_t *m);
+void tb__history_free(tb_model_t *m);
 
 /* blas.c: the one sgemm wrapper. C = alpha * op(A) * op(B) + beta * C, all
  * row-major; op(X) is X or X^T as ta / tb say; op(A) is m x k, op(B) k x n. */

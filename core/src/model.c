@@ -70,6 +70,7 @@ tb_model_t *tb_model_new(int n_inputs, uint64_t seed) {
   m->n_inputs = n_inputs;
   m->seed = seed;
   tb_rng_seed(&m->rng, seed);
+  tb__history_init(m);
   return m;
 }
 
@@ -91,6 +92,8 @@ void tb_model_free(tb_model_t *m) {
   free(m->dout);
   free(m->xbuf);
   free(m->ybuf);
+  free(m->pos.idx);
+  tb__history_free(m);
   free(m);
 }
 
@@ -253,6 +256,10 @@ int tb_model_set_lr(tb_model_t *m, double lr) {
 
 tb_rng_t *tb_model_rng(tb_model_t *m) {
   return &m->rng;
+}
+
+long tb_model_iterations(const tb_model_t *m) {
+  return m->iterations;
 }
 
 int tb_model_get_params(const tb_model_t *m, float *out, long n) {

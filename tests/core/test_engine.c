@@ -326,11 +326,18 @@ static void test_fit_hook_order(void **state) {
 
   /* Epoch logs: train means then val_ results; train_end gets the last. */
   const tb_logs_t *el = &rec.epoch_end_logs[1];
-  assert_int_equal(el->n, 4);
+  assert_int_equal(el->n, 5);
   assert_string_equal(el->names[0], "loss");
   assert_string_equal(el->names[1], "accuracy");
   assert_string_equal(el->names[2], "val_loss");
   assert_string_equal(el->names[3], "val_accuracy");
+  assert_string_equal(el->names[4], "lr"); /* the rate the epoch trained with */
+  assert_float_equal(el->values[4], 0.01, 0);
+  /* History (appended last) holds every epoch's logs. */
+  const tb_history_t *h = tb_model_history(m);
+  assert_int_equal(h->n, 2);
+  assert_int_equal(h->epochs[1], 1);
+  assert_memory_equal(&h->logs[1], el, sizeof(*el));
   assert_memory_equal(&rec.train_end_logs, el, sizeof(*el));
   assert_memory_equal(&last, el, sizeof(*el));
   /* The last batch's running means are the epoch's means. */

@@ -18,6 +18,7 @@
 #include "trainbus/control.h"
 #include "trainbus/error.h"
 #include "trainbus/logs.h"
+#include "trainbus/state.h"
 
 typedef struct tb_model_s tb_model_t;
 typedef struct tb_callback_s tb_callback_t;
@@ -82,6 +83,19 @@ typedef struct tb_ctx_s {
   /* Set by tb_callbacks_fire() when a hook fails: the callback's name. */
   const char *failed;
   tb_err_t err; /* a failing hook may explain itself here */
+
+  /* Checkpoint requests made during the current dispatch (by
+   * tb_ctx_request_checkpoint()); fit() writes them once every callback has
+   * run, so the file holds every callback's state after the hook. */
+  int n_ckpt_requests;
+  char ckpt_requests[4][1024];
+  /* A checkpoint to resume from, set by fit's options or by a callback in
+   * train_begin (BackupAndRestore); fit() restores it right after
+   * train_begin. */
+  char resume_path[1024];
+  bool resumed; /* true once fit() has restored a checkpoint */
+  /* The path of the last checkpoint fit() wrote, "" if none. */
+  char last_checkpoint[1024];
 } tb_ctx_t;
 
 /* Initialises ctx for a manual loop (all zero, epoch and batch -1). */
@@ -116,8 +130,20 @@ struct tb_callback_s {
   /* Optional: frees what the callback owns (and the callback itself if it was
    * allocated); called by tb_callback_free(). */
   void (*destroy)(tb_callback_t *cb);
+  /* Optional, for stateful callbacks: save and restore the state that makes a
+   * resumed run continue exactly (EarlyStopping's wait and best, ...). Keys
+   * are put under "cb.<name>." by the engine, so callbacks that keep state
+   * need distinct names; fit() refuses duplicates. load_state runs after
+   * train_begin. */
+  int (*save_state)(tb_callback_t *cb, tb_state_t *st);
+  int (*load_state)(tb_callback_t *cb, const tb_state_t *st);
   void *user;
 };
+
+/* Asks fit() to write a full checkpoint (weights, optimizer, RNG, position,
+ * history and every callback's state) to `path` when the current dispatch
+ * ends. At most four per dispatch; TB_ERANGE beyond, TB_EINVAL if too long. */
+int tb_ctx_request_checkpoint(tb_ctx_t *ctx, const char *path);
 
 /* Calls cb->destroy if set. NULL is a no-op. */
 void tb_callback_free(tb_callback_t *cb);

@@ -81,7 +81,24 @@ typedef struct tb_fit_opts_s {
   int validation_freq;                 /* validate every N epochs (1-based, Keras); default 1 */
   int verbose;                         /* copied into ctx->verbose */
   tb_control_t *control;               /* optional: read at every batch boundary */
+
+  /* Checkpoints and exact resume. */
+  const char *resume_from;    /* a checkpoint file to continue from, or NULL */
+  const char *checkpoint_dir; /* where periodic and requested checkpoints go, or NULL */
+  int checkpoint_every;       /* with checkpoint_dir: also every N batches (0: epoch ends only) */
+  const char *job_id;         /* a fingerprint of the job, stored in checkpoints and checked
+                                 on resume so that another job's checkpoint is refused */
 } tb_fit_opts_t;
+
+/* Keras's History: every epoch's logs, in order. fit() appends the model's
+ * History to the callback list (last, as Keras does) and clears it at
+ * train_begin; a resumed fit restores it from the checkpoint. */
+typedef struct tb_history_s {
+  int n;        /* epochs recorded */
+  int *epochs;  /* 0-based epoch numbers */
+  tb_logs_t *logs;
+  int cap;
+} tb_history_t;
 
 void tb_fit_opts_defaults(tb_fit_opts_t *o);
 
@@ -115,6 +132,10 @@ double tb_model_lr(const tb_model_t *m);
 int tb_model_set_lr(tb_model_t *m, double lr);
 /* The model's RNG (shuffles, dropout), e.g. to save or restore its state. */
 tb_rng_t *tb_model_rng(tb_model_t *m);
+/* The History of the last fit(); valid until the next fit() or free. */
+const tb_history_t *tb_model_history(const tb_model_t *m);
+/* The optimizer steps taken so far (Keras's optimizer.iterations). */
+long tb_model_iterations(const tb_model_t *m);
 
 /* Keras's fit / evaluate / predict, firing every hook of `cbs` (may be NULL)
  * in Keras's order. fit() leaves the last epoch's logs in *last (may be NULL).
@@ -147,5 +168,10 @@ int tb_model_set_params(tb_model_t *m, const float *in, long n);
  * a temporary file and renames it. */
 int tb_model_save_weights(const tb_model_t *m, const char *path, tb_err_t *err);
 int tb_model_load_weights(tb_model_t *m, const char *path, tb_err_t *err);
+
+/* Checkpoints written by fit() hold weights, optimizer state, learning rate,
+ * RNG state, epoch and batch position, history and every stateful callback's
+ * state; see docs/CALLBACKS.md. The newest in a directory is "latest.tbck". */
+#define TB_CHECKPOINT_LATEST "latest.tbck"
 
 #endif
