@@ -94,7 +94,10 @@ static int decode_event(const cJSON *p, tb_smsg_t *m, tb_proto_err_t *err) {
   double secs = 0;
   if (v != NULL && (!cJSON_IsNumber(v) || read_num(v, &secs) != 0))
     return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.time: expected a number");
-  /* Seconds with six decimals: rounding recovers the exact microseconds. */
+  /* Seconds with six decimals: rounding recovers the exact microseconds. The
+   * bound (about 292,000 years) keeps the conversion defined. */
+  if (!(fabs(secs) < 9.2e12))
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.time: out of range");
   ev->time_us = (int64_t)llround(secs * 1e6);
 
   v = cJSON_GetObjectItemCaseSensitive(p, "lockstep");
@@ -193,8 +196,12 @@ static int decode_response(cJSON *root, tb_smsg_t *m, tb_proto_err_t *err) {
     m->id.kind = TB_ID_STR;
     snprintf(m->id.str, sizeof m->id.str, "%s", id->valuestring);
   } else if (cJSON_IsNumber(id)) {
+    /* Range-checked before the conversion, which is undefined out of range. */
+    double d = id->valuedouble;
+    if (!(d >= -(double)TB_PROTO_INT_MAX && d <= (double)TB_PROTO_INT_MAX && d == floor(d)))
+      return tb__errf(err, TB_PROTO_EINVALID_REQUEST, "id: expected an integer within 2^53");
     m->id.kind = TB_ID_INT;
-    m->id.num = (int64_t)id->valuedouble;
+    m->id.num = (int64_t)d;
   } else if (id != NULL && !cJSON_IsNull(id)) {
     return tb__errf(err, TB_PROTO_EINVALID_REQUEST, "id: expected an integer, a string or null");
   }
