@@ -186,14 +186,15 @@ int tb__checkpoint_load(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const
       (r = tb_state_get_bytes(&s, "fit.train_logs", &tl, &tl_len)) != 0 ||
       (r = tb_state_get_bytes(&s, "fit.metric_sums", &sums, &sums_len)) != 0 ||
       (r = tb_state_get_i64(&s, "fit.metric_count", &count)) != 0) {
-    r = tb_errf(err, r, "checkpoint %s: an entry is missing or has the wrong size "
-                        "(another model or optimizer?)",
+    r = tb_errf(err, r,
+                "checkpoint %s: an entry is missing or has the wrong size "
+                "(another model or optimizer?)",
                 path);
     goto out;
   }
-  if (kind != m->opts.optim.kind || rng_len != sizeof(m->rng) ||
-      tl_len != sizeof(tb_logs_t) || sums_len != 4 * sizeof(double) || n_idx != m->pos.n ||
-      epoch < 0 || next_batch < 0 || next_batch > m->pos.steps || !(lr > 0)) {
+  if (kind != m->opts.optim.kind || rng_len != sizeof(m->rng) || tl_len != sizeof(tb_logs_t) ||
+      sums_len != 4 * sizeof(double) || n_idx != m->pos.n || epoch < 0 || next_batch < 0 ||
+      next_batch > m->pos.steps || !(lr > 0)) {
     r = tb_errf(err, TB_ESTATE,
                 "checkpoint %s does not fit this run (optimizer %s, %ld training rows in the "
                 "checkpoint, %d here)",

@@ -95,8 +95,8 @@ static int run_test(tb_model_t *m, const tb_dataset_t *d, int bs, tb_callbacks_t
 }
 
 /* Writes the checkpoints callbacks asked for during the last dispatch. */
-static int flush_requests(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs,
-                          const tb_fit_opts_t *o, tb_err_t *err) {
+static int flush_requests(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const tb_fit_opts_t *o,
+                          tb_err_t *err) {
   int r = 0;
   for (int i = 0; i < ctx->n_ckpt_requests && r == 0; i++)
     r = tb__checkpoint_save(m, ctx, cbs, o->job_id, ctx->ckpt_requests[i], err);
@@ -106,15 +106,15 @@ static int flush_requests(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs,
 
 /* The fit's own checkpoints: <dir>/latest.tbck at epoch ends (and every
  * checkpoint_every batches), plus a named file when control asks for one. */
-static int own_checkpoint(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs,
-                          const tb_fit_opts_t *o, bool named, tb_err_t *err) {
+static int own_checkpoint(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const tb_fit_opts_t *o,
+                          bool named, tb_err_t *err) {
   char path[1200];
   int r;
   if (o->checkpoint_dir == NULL)
     return 0;
   if (named) {
-    snprintf(path, sizeof(path), "%s/checkpoint-e%04d-b%05d.tbck", o->checkpoint_dir,
-             m->pos.epoch, m->pos.next_batch);
+    snprintf(path, sizeof(path), "%s/checkpoint-e%04d-b%05d.tbck", o->checkpoint_dir, m->pos.epoch,
+             m->pos.next_batch);
     if ((r = tb__checkpoint_save(m, ctx, cbs, o->job_id, path, err)) != 0)
       return r;
   }
@@ -157,8 +157,9 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
     return tb_errf(err, TB_ESTATE, "fit: the model is not compiled");
   if (o->epochs < 0 || o->batch_size <= 0 || o->initial_epoch < 0 || o->validation_freq < 0 ||
       o->checkpoint_every < 0)
-    return tb_errf(err, TB_EINVAL, "fit: epochs, batch_size, initial_epoch, validation_freq and "
-                                   "checkpoint_every must be non-negative (batch_size positive)");
+    return tb_errf(err, TB_EINVAL,
+                   "fit: epochs, batch_size, initial_epoch, validation_freq and "
+                   "checkpoint_every must be non-negative (batch_size positive)");
   if (o->validation_split != 0.0 && o->validation_data != NULL)
     return tb_errf(err, TB_EINVAL, "fit: give validation_split or validation_data, not both");
   if ((r = check_data(m, data, "fit data", err)) != 0)

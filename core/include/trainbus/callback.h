@@ -92,7 +92,7 @@ typedef struct tb_ctx_s {
   /* A checkpoint to resume from, set by fit's options or by a callback in
    * train_begin (BackupAndRestore); fit() restores it right after
    * train_begin. */
-  char resume_path[1024];
+  char resume_path[1200];
   bool resumed; /* true once fit() has restored a checkpoint */
   /* The path of the last checkpoint fit() wrote, "" if none. */
   char last_checkpoint[1024];

@@ -94,8 +94,8 @@ typedef struct tb_fit_opts_s {
  * History to the callback list (last, as Keras does) and clears it at
  * train_begin; a resumed fit restores it from the checkpoint. */
 typedef struct tb_history_s {
-  int n;        /* epochs recorded */
-  int *epochs;  /* 0-based epoch numbers */
+  int n;       /* epochs recorded */
+  int *epochs; /* 0-based epoch numbers */
   tb_logs_t *logs;
   int cap;
 } tb_history_t;
