@@ -1,6 +1,6 @@
 /* LearningRateScheduler (keras/src/callbacks/learning_rate_scheduler.py):
  * at every epoch_begin the rate becomes schedule(epoch, current rate); the
- * result must be finite and positive. Named schedules give job files Keras's
+ * result must be finite and non-negative. Named schedules give job files Keras's
  * common shapes (step decay, ExponentialDecay, CosineDecay with warmup,
  * PiecewiseConstantDecay) counted in epochs. */
 #include "internal.h"
@@ -68,10 +68,10 @@ static int sc_epoch_begin(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t
   if (ctx->model == NULL)
     return 0;
   double lr = s->fn(epoch, tb_model_lr(ctx->model), s->user);
-  if (!(isfinite(lr) && lr > 0))
+  if (!(isfinite(lr) && lr >= 0))
     return tb_errf(&ctx->err, TB_ERANGE,
                    "the schedule gave learning rate %g at epoch %d; it must be finite and "
-                   "positive",
+                   "non-negative",
                    lr, epoch);
   tb_model_set_lr(ctx->model, lr);
   if (s->verbose > 0)

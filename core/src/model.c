@@ -248,7 +248,9 @@ double tb_model_lr(const tb_model_t *m) {
 }
 
 int tb_model_set_lr(tb_model_t *m, double lr) {
-  if (!(isfinite(lr) && lr > 0.0))
+  /* 0 is allowed here: schedules such as CosineDecay with alpha 0 end there.
+   * Requests from outside (the control block) must be positive. */
+  if (!(isfinite(lr) && lr >= 0.0))
     return TB_ERANGE;
   m->lr = lr;
   return 0;

@@ -127,7 +127,7 @@ long tb_model_n_params(const tb_model_t *m);
 void tb_model_summary(const tb_model_t *m, FILE *f);
 
 /* The learning rate now, and a direct change (takes effect at the next
- * optimizer step). TB_ERANGE for a rate that is not finite and positive. */
+ * optimizer step). TB_ERANGE for a rate that is not finite and non-negative. */
 double tb_model_lr(const tb_model_t *m);
 int tb_model_set_lr(tb_model_t *m, double lr);
 /* The model's RNG (shuffles, dropout), e.g. to save or restore its state. */
