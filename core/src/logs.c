@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Clearing zeroes the whole map (about 1.8 KB, tens of nanoseconds), so two
+ * logs with the same entries are equal byte for byte and a saved copy holds no
+ * stale bytes. */
 void tb_logs_clear(tb_logs_t *l) {
-  l->n = 0;
+  memset(l, 0, sizeof(*l));
 }
 
 static int find(const tb_logs_t *l, const char *name) {
@@ -46,6 +49,8 @@ void tb_logs_del(tb_logs_t *l, const char *name) {
   memmove(l->names[i], l->names[i + 1], (size_t)(l->n - i - 1) * TB_LOGS_NAME_MAX);
   memmove(&l->values[i], &l->values[i + 1], (size_t)(l->n - i - 1) * sizeof(double));
   l->n--;
+  memset(l->names[l->n], 0, TB_LOGS_NAME_MAX);
+  l->values[l->n] = 0;
 }
 
 int tb_logs_merge(tb_logs_t *dst, const tb_logs_t *src, const char *prefix) {

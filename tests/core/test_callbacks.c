@@ -30,9 +30,9 @@ typedef struct script_s {
   tb_model_t *m;
   tb_ctx_t ctx;
   tb_callbacks_t list;
-  double lr_after[16];   /* the rate after each epoch_end */
-  int stopped_at;        /* first epoch whose epoch_end set stop_training, or -1 */
-  int rc;                /* the first failing hook's code */
+  double lr_after[16]; /* the rate after each epoch_end */
+  int stopped_at;      /* first epoch whose epoch_end set stop_training, or -1 */
+  int rc;              /* the first failing hook's code */
 } script_t;
 
 /* Fires train_begin, then for each epoch epoch_begin and epoch_end with logs
@@ -301,12 +301,14 @@ static void test_named_schedules(void **state) {
                       .warmup_target = 1.0,
                       .warmup_epochs = 2,
                       .decay_epochs = 4};
-  double want_cos[] = {0.1, 0.55, 1.0, 0.5 * (1 + cos(3.141592653589793 / 4)), 0.5, 0.5 * (1 + cos(3 * 3.141592653589793 / 4)),
+  double want_cos[] = {0.1, 0.55,
+                       1.0, 0.5 * (1 + cos(3.141592653589793 / 4)),
+                       0.5, 0.5 * (1 + cos(3 * 3.141592653589793 / 4)),
                        0.0, 0.0};
   for (int e = 0; e < 8; e++)
     assert_float_equal(tb_schedule_eval(&co, e, 0.0), want_cos[e], 1e-12);
-  tb_schedule_t pw = {.kind = TB_SCHED_PIECEWISE, .n_boundaries = 2, .boundaries = {2, 4},
-                      .values = {1, .5, .1}};
+  tb_schedule_t pw = {
+      .kind = TB_SCHED_PIECEWISE, .n_boundaries = 2, .boundaries = {2, 4}, .values = {1, .5, .1}};
   double want_pw[] = {1, 1, 1, .5, .5, .1};
   for (int e = 0; e < 6; e++)
     assert_float_equal(tb_schedule_eval(&pw, e, 9), want_pw[e], 0);
@@ -368,12 +370,11 @@ static void test_filepath_format(void **state) {
   tb_logs_set(&logs, "val_loss", 0.12345);
   char out[256];
   tb_err_t err = {{0}};
-  assert_int_equal(tb_format_filepath("w-{epoch:02d}-{val_loss:.3f}.tbw", 3, 0, &logs, out,
-                                      sizeof(out), &err),
-                   0);
+  assert_int_equal(
+      tb_format_filepath("w-{epoch:02d}-{val_loss:.3f}.tbw", 3, 0, &logs, out, sizeof(out), &err),
+      0);
   assert_string_equal(out, "w-03-0.123.tbw");
-  assert_int_equal(tb_format_filepath("b{batch}-e{epoch}", 2, 7, &logs, out, sizeof(out), &err),
-                   0);
+  assert_int_equal(tb_format_filepath("b{batch}-e{epoch}", 2, 7, &logs, out, sizeof(out), &err), 0);
   assert_string_equal(out, "b7-e2");
   assert_int_equal(tb_format_filepath("{val_acc}", 1, 0, &logs, out, sizeof(out), &err),
                    TB_ENOTFOUND);

@@ -35,7 +35,8 @@ static void test_demo_parses_and_trains(void **state) {
 /* Each bad job and the exact message it must produce. */
 static void test_bad_jobs(void **state) {
   (void)state;
-#define BASE_MODEL "\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":2,\"activation\":\"softmax\"}]}"
+#define BASE_MODEL                                                                                 \
+  "\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":2,\"activation\":\"softmax\"}]}"
 #define BASE_DATA "\"data\":{\"source\":\"spirals\"}"
   static const struct {
     const char *json;
