@@ -25,6 +25,9 @@ static void usage(FILE *f) {
              "  --epochs N           override the job's epochs\n"
              "  --threads N          OpenBLAS threads (default: the job's, else 1)\n"
              "  --save-weights PATH  write the trained weights to PATH\n"
+             "  --resume DIR         continue from DIR/latest.tbck (written by a run with\n"
+             "                       checkpoint_dir DIR, or by BackupAndRestore); later\n"
+             "                       checkpoints go to DIR too\n"
              "  --print-job          print the job (the demo's JSON without JOB) and exit\n"
              "  -h, --help           this help\n"
              "\n"
@@ -57,7 +60,7 @@ static int json_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *log
 }
 
 int tb_cli_train(int argc, char **argv) {
-  const char *job_path = NULL, *save = NULL;
+  const char *job_path = NULL, *save = NULL, *resume = NULL;
   int verbose = isatty(STDOUT_FILENO) ? 1 : 2, epochs = 0, threads = 0;
   bool json = false, print_job = false;
   for (int i = 1; i < argc; i++) {
@@ -89,6 +92,8 @@ int tb_cli_train(int argc, char **argv) {
         threads = (int)v;
     } else if (strcmp(a, "--save-weights") == 0 && has_val) {
       save = argv[++i];
+    } else if (strcmp(a, "--resume") == 0 && has_val) {
+      resume = argv[++i];
     } else if (a[0] == '-') {
       fprintf(stderr, "trainbus train: unknown option or missing value: %s (see --help)\n", a);
       return TB_EXIT_USAGE;
@@ -132,11 +137,22 @@ int tb_cli_train(int argc, char **argv) {
   }
   if (epochs > 0)
     job->fit.epochs = epochs;
+  char resume_path[1200];
+  if (resume != NULL) {
+    snprintf(resume_path, sizeof(resume_path), "%s/%s", resume, TB_CHECKPOINT_LATEST);
+    job->fit.resume_from = resume_path;
+    job->fit.checkpoint_dir = resume;
+  }
   job->fit.verbose = json ? 0 : verbose;
 
   tb_callbacks_t cbs;
   tb_callbacks_init(&cbs);
   tb_callback_t *bar = NULL, jsoncb = {.name = "json", .user = stdout};
+  if (tb_job_add_callbacks(job, &cbs) != 0) {
+    fprintf(stderr, "trainbus train: out of memory\n");
+    r = TB_ENOMEM;
+    goto out;
+  }
   if (json) {
     for (int i = 0; i < TB_HOOK_COUNT; i++)
       jsoncb.hooks[i] = json_hook;

@@ -18,27 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* mkdir -p of the directory part of path. */
-static int make_parent(const char *path) {
-  char dir[1200];
-  snprintf(dir, sizeof(dir), "%s", path);
-  char *slash = strrchr(dir, '/');
-  if (slash == NULL || slash == dir)
-    return 0;
-  *slash = '\0';
-  for (char *p = dir + 1; *p; p++) {
-    if (*p != '/')
-      continue;
-    *p = '\0';
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-      return -errno;
-    *p = '/';
-  }
-  if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-    return -errno;
-  return 0;
-}
-
 /* Python's str.format for the few specs file names use: {key}, {key:d},
  * {key:02d}, {key:.3f}, {key:e}, {key:g}. */
 int tb_format_filepath(const char *pattern, int epoch1, int batch1, const tb_logs_t *logs,
@@ -154,7 +133,7 @@ static int mcp_save(mcp_t *c, tb_ctx_t *ctx, int epoch, int batch1, const tb_log
   } else if (c->o.verbose > 0) {
     printf("\nEpoch %d: saving model to %s\n", epoch + 1, path);
   }
-  if ((r = make_parent(path)) != 0)
+  if ((r = tb__make_parent(path)) != 0)
     return tb_errf(&ctx->err, r, "cannot create the folder of %s: %s", path, tb_strerror(r));
   if (c->o.save_weights_only) {
     if (ctx->model == NULL)
@@ -326,7 +305,7 @@ static int csv_open(csv_t *c, tb_ctx_t *ctx, bool *header) {
       c->length = (long)st.st_size;
     }
   }
-  int r = make_parent(c->filename);
+  int r = tb__make_parent(c->filename);
   if (r != 0 || (c->f = fopen(c->filename, mode)) == NULL)
     return tb_errf(&ctx->err, r ? r : -errno, "cannot open %s: %s", c->filename,
                    strerror(r ? -r : errno));
@@ -482,7 +461,7 @@ static int bk_train_begin(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t
 }
 
 static int bk_request(backup_t *b, tb_ctx_t *ctx) {
-  int r = make_parent(b->path);
+  int r = tb__make_parent(b->path);
   if (r != 0)
     return tb_errf(&ctx->err, r, "cannot create %s: %s", b->dir, tb_strerror(r));
   return tb_ctx_request_checkpoint(ctx, b->path);

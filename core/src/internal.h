@@ -70,6 +70,9 @@ struct tb_model_s {
   tb_callback_t history_cb;
 };
 
+/* state.c: mkdir -p of the folder part of a file path. */
+int tb__make_parent(const char *path);
+
 /* checkpoint.c */
 int tb__checkpoint_save(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const char *job_id,
                         const char *path, tb_err_t *err);

@@ -6,6 +6,8 @@
  * the disk; tb_job_prepare() does the loading. */
 #include "trainbus/job.h"
 
+#include "jsonget.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -16,160 +18,19 @@
  * mistake (a dataset pasted in), and refusing it keeps memory bounded. */
 #define TB_JOB_MAX_BYTES (1 << 20)
 
-typedef struct parse_s {
-  const char *origin;
-  const char *base_dir;
-  tb_err_t *err;
-} parse_t;
-
-/* A short rendering of a JSON value for messages. */
-static void show(const cJSON *v, char *buf, size_t len) {
-  if (v == NULL) {
-    snprintf(buf, len, "nothing");
-    return;
-  }
-  char *s = cJSON_PrintUnformatted(v);
-  if (s == NULL) {
-    snprintf(buf, len, "?");
-    return;
-  }
-  if (strlen(s) > 40)
-    snprintf(buf, len, "%.37s...", s);
-  else
-    snprintf(buf, len, "%s", s);
-  cJSON_free(s);
-}
-
-static int bad(parse_t *p, const char *path, const char *expected, const cJSON *got) {
-  char g[64];
-  show(got, g, sizeof(g));
-  return tb_errf(p->err, TB_EINVAL, "%s: %s: expected %s, got %s", p->origin, path, expected, g);
-}
-
-/* Refuses any key of obj not in allowed (NULL-terminated). */
-static int only_keys(parse_t *p, const cJSON *obj, const char *path, const char *const *allowed) {
-  for (const cJSON *it = obj->child; it != NULL; it = it->next) {
-    bool ok = false;
-    for (int i = 0; allowed[i] != NULL && !ok; i++)
-      ok = strcmp(it->string, allowed[i]) == 0;
-    if (!ok) {
-      char list[512] = "";
-      for (int i = 0; allowed[i] != NULL; i++) {
-        strncat(list, i ? ", " : "", sizeof(list) - strlen(list) - 1);
-        strncat(list, allowed[i], sizeof(list) - strlen(list) - 1);
-      }
-      return tb_errf(p->err, TB_EINVAL, "%s: %s%s%s: unknown field (known: %s)", p->origin, path,
-                     path[0] ? "." : "", it->string, list);
-    }
-    /* cJSON keeps duplicate keys; the first would win silently. */
-    for (const cJSON *o = obj->child; o != it; o = o->next)
-      if (strcmp(o->string, it->string) == 0)
-        return tb_errf(p->err, TB_EINVAL, "%s: %s%s%s: duplicate field", p->origin, path,
-                       path[0] ? "." : "", it->string);
-  }
-  return 0;
-}
-
-static void join(char *out, size_t len, const char *path, const char *key) {
-  snprintf(out, len, "%s%s%s", path, path[0] ? "." : "", key);
-}
-
-/* Integer field in [lo, hi]; absent leaves *out unchanged unless required. */
-static int get_int(parse_t *p, const cJSON *obj, const char *path, const char *key, long lo,
-                   long hi, bool required, long *out) {
-  char fp[256];
-  join(fp, sizeof(fp), path, key);
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-  if (v == NULL) {
-    if (required)
-      return tb_errf(p->err, TB_EINVAL, "%s: %s: missing (required)", p->origin, fp);
-    return 0;
-  }
-  char what[96];
-  if (lo == 1 && hi == INT32_MAX)
-    snprintf(what, sizeof(what), "a positive integer");
-  else if (lo == 0 && hi == INT32_MAX)
-    snprintf(what, sizeof(what), "a non-negative integer");
-  else
-    snprintf(what, sizeof(what), "an integer in [%ld, %ld]", lo, hi);
-  if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
-      v->valuedouble < (double)lo || v->valuedouble > (double)hi)
-    return bad(p, fp, what, v);
-  *out = (long)v->valuedouble;
-  return 0;
-}
-
-static int get_num(parse_t *p, const cJSON *obj, const char *path, const char *key, double lo,
-                   double hi, bool lo_open, const char *what, double *out) {
-  char fp[256];
-  join(fp, sizeof(fp), path, key);
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-  if (v == NULL)
-    return 0;
-  if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble > hi ||
-      (lo_open ? v->valuedouble <= lo : v->valuedouble < lo))
-    return bad(p, fp, what, v);
-  *out = v->valuedouble;
-  return 0;
-}
-
-static int get_bool(parse_t *p, const cJSON *obj, const char *path, const char *key, bool *out) {
-  char fp[256];
-  join(fp, sizeof(fp), path, key);
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-  if (v == NULL)
-    return 0;
-  if (!cJSON_IsBool(v))
-    return bad(p, fp, "true or false", v);
-  *out = cJSON_IsTrue(v);
-  return 0;
-}
-
-static int get_str(parse_t *p, const cJSON *obj, const char *path, const char *key, char *out,
-                   size_t len, bool required) {
-  char fp[256];
-  join(fp, sizeof(fp), path, key);
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-  if (v == NULL) {
-    if (required)
-      return tb_errf(p->err, TB_EINVAL, "%s: %s: missing (required)", p->origin, fp);
-    return 0;
-  }
-  if (!cJSON_IsString(v) || v->valuestring[0] == '\0')
-    return bad(p, fp, "a non-empty string", v);
-  if (strlen(v->valuestring) >= len)
-    return tb_errf(p->err, TB_EINVAL, "%s: %s: longer than %zu bytes", p->origin, fp, len - 1);
-  snprintf(out, len, "%s", v->valuestring);
-  return 0;
-}
-
-/* A path relative to the job file's folder. */
-static int get_path(parse_t *p, const cJSON *obj, const char *path, const char *key, char *out,
-                    size_t len, bool required) {
-  char raw[1024] = "";
-  int r = get_str(p, obj, path, key, raw, sizeof(raw), required);
-  if (r != 0 || raw[0] == '\0')
-    return r;
-  if (raw[0] == '/' || p->base_dir == NULL || p->base_dir[0] == '\0')
-    snprintf(out, len, "%s", raw);
-  else if ((size_t)snprintf(out, len, "%s/%s", p->base_dir, raw) >= len)
-    return tb_errf(p->err, TB_EINVAL, "%s: %s.%s: path too long", p->origin, path, key);
-  return 0;
-}
-
 static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t seed,
                       tb_data_spec_t *s, bool main_set, tb_job_t *job) {
   int r;
   char src[32] = "";
   if (!cJSON_IsObject(d))
-    return bad(p, path, "an object", d);
+    return tb__jp_bad(p, path, "an object", d);
   static const char *const keys[] = {"source",     "n_per_class",  "noise",  "n",      "classes",
                                      "features",   "std",          "seed",   "path",   "delimiter",
                                      "skip_rows",  "label_column", "images", "labels", "scale",
                                      "validation", "test",         NULL};
-  if ((r = only_keys(p, d, path, keys)) != 0)
+  if ((r = tb__jp_only_keys(p, d, path, keys)) != 0)
     return r;
-  if ((r = get_str(p, d, path, "source", src, sizeof(src), true)) != 0)
+  if ((r = tb__jp_get_str(p, d, path, "source", src, sizeof(src), true)) != 0)
     return r;
   s->seed = seed;
   long v;
@@ -179,68 +40,71 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
   } else if (strcmp(src, "spirals") == 0) {
     s->source = TB_SRC_SPIRALS;
     v = 500;
-    if ((r = get_int(p, d, path, "n_per_class", 1, 10000000, false, &v)) != 0)
+    if ((r = tb__jp_get_int(p, d, path, "n_per_class", 1, 10000000, false, &v)) != 0)
       return r;
     s->n_per_class = (int)v;
     s->noise = 0.2;
-    if ((r = get_num(p, d, path, "noise", 0, 100, false, "a number in [0, 100]", &s->noise)) != 0)
+    if ((r = tb__jp_get_num(p, d, path, "noise", 0, 100, false, "a number in [0, 100]",
+                            &s->noise)) != 0)
       return r;
   } else if (strcmp(src, "blobs") == 0) {
     s->source = TB_SRC_BLOBS;
     long n = 600, k = 3, f = 2;
-    if ((r = get_int(p, d, path, "n", 1, 100000000, false, &n)) != 0 ||
-        (r = get_int(p, d, path, "classes", 2, 100000, false, &k)) != 0 ||
-        (r = get_int(p, d, path, "features", 1, 100000, false, &f)) != 0)
+    if ((r = tb__jp_get_int(p, d, path, "n", 1, 100000000, false, &n)) != 0 ||
+        (r = tb__jp_get_int(p, d, path, "classes", 2, 100000, false, &k)) != 0 ||
+        (r = tb__jp_get_int(p, d, path, "features", 1, 100000, false, &f)) != 0)
       return r;
     s->n = (int)n;
     s->classes = (int)k;
     s->features = (int)f;
     s->std = 1.0;
-    if ((r = get_num(p, d, path, "std", 0, 1e6, true, "a positive number", &s->std)) != 0)
+    if ((r = tb__jp_get_num(p, d, path, "std", 0, 1e6, true, "a positive number", &s->std)) != 0)
       return r;
   } else if (strcmp(src, "csv") == 0) {
     s->source = TB_SRC_CSV;
-    if ((r = get_path(p, d, path, "path", s->path, sizeof(s->path), true)) != 0)
+    if ((r = tb__jp_get_path(p, d, path, "path", s->path, sizeof(s->path), true)) != 0)
       return r;
     char delim[8] = ",";
-    if ((r = get_str(p, d, path, "delimiter", delim, sizeof(delim), false)) != 0)
+    if ((r = tb__jp_get_str(p, d, path, "delimiter", delim, sizeof(delim), false)) != 0)
       return r;
     if (strlen(delim) != 1) {
-      join(fp, sizeof(fp), path, "delimiter");
-      return bad(p, fp, "a single character", cJSON_GetObjectItemCaseSensitive(d, "delimiter"));
+      tb__jp_join(fp, sizeof(fp), path, "delimiter");
+      return tb__jp_bad(p, fp, "a single character",
+                        cJSON_GetObjectItemCaseSensitive(d, "delimiter"));
     }
     s->csv.delimiter = delim[0];
     v = 0;
-    if ((r = get_int(p, d, path, "skip_rows", 0, INT32_MAX, false, &v)) != 0)
+    if ((r = tb__jp_get_int(p, d, path, "skip_rows", 0, INT32_MAX, false, &v)) != 0)
       return r;
     s->csv.skip_rows = (int)v;
     v = -1;
-    if ((r = get_int(p, d, path, "label_column", -100000, 100000, false, &v)) != 0)
+    if ((r = tb__jp_get_int(p, d, path, "label_column", -100000, 100000, false, &v)) != 0)
       return r;
     s->csv.label_col = (int)v;
     const cJSON *cl = cJSON_GetObjectItemCaseSensitive(d, "classes");
     s->csv.classes = 1;
     if (cl != NULL) {
       if (!cJSON_IsBool(cl)) {
-        join(fp, sizeof(fp), path, "classes");
-        return bad(p, fp, "true (labels are class indices) or false (regression targets)", cl);
+        tb__jp_join(fp, sizeof(fp), path, "classes");
+        return tb__jp_bad(p, fp, "true (labels are class indices) or false (regression targets)",
+                          cl);
       }
       s->csv.classes = cJSON_IsTrue(cl);
     }
   } else if (strcmp(src, "idx") == 0) {
     s->source = TB_SRC_IDX;
-    if ((r = get_path(p, d, path, "images", s->images, sizeof(s->images), true)) != 0 ||
-        (r = get_path(p, d, path, "labels", s->labels, sizeof(s->labels), true)) != 0)
+    if ((r = tb__jp_get_path(p, d, path, "images", s->images, sizeof(s->images), true)) != 0 ||
+        (r = tb__jp_get_path(p, d, path, "labels", s->labels, sizeof(s->labels), true)) != 0)
       return r;
   } else {
-    join(fp, sizeof(fp), path, "source");
-    return bad(p, fp, "one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\"",
-               cJSON_GetObjectItemCaseSensitive(d, "source"));
+    tb__jp_join(fp, sizeof(fp), path, "source");
+    return tb__jp_bad(p, fp, "one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\"",
+                      cJSON_GetObjectItemCaseSensitive(d, "source"));
   }
   v = (long)s->seed;
   const cJSON *sd = cJSON_GetObjectItemCaseSensitive(d, "seed");
   if (sd != NULL) {
-    if ((r = get_int(p, d, path, "seed", 0, INT32_MAX, false, &v)) != 0)
+    if ((r = tb__jp_get_int(p, d, path, "seed", 0, INT32_MAX, false, &v)) != 0)
       return r;
     s->seed = (uint64_t)v;
   }
@@ -250,7 +114,7 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(d, main_only[i]);
     if (x == NULL)
       continue;
-    join(fp, sizeof(fp), path, main_only[i]);
+    tb__jp_join(fp, sizeof(fp), path, main_only[i]);
     if (!main_set)
       return tb_errf(p->err, TB_EINVAL, "%s: %s: only allowed in the top-level data object",
                      p->origin, fp);
@@ -268,8 +132,8 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
         job->scale = TB_SCALE_DIVIDE;
         job->scale_divisor = cJSON_GetObjectItemCaseSensitive(x, "divide")->valuedouble;
       } else {
-        return bad(p, fp, "\"none\", \"minmax\", \"standard\" or {\"divide\": a non-zero number}",
-                   x);
+        return tb__jp_bad(
+            p, fp, "\"none\", \"minmax\", \"standard\" or {\"divide\": a non-zero number}", x);
       }
     } else {
       tb_data_spec_t *sub = i == 1 ? &job->val_spec : &job->test_spec;
@@ -284,12 +148,12 @@ static int parse_layers(parse_t *p, const cJSON *model, tb_job_t *job) {
   int r;
   static const char *const mkeys[] = {"layers", NULL};
   if (!cJSON_IsObject(model))
-    return bad(p, "model", "an object with a \"layers\" array", model);
-  if ((r = only_keys(p, model, "model", mkeys)) != 0)
+    return tb__jp_bad(p, "model", "an object with a \"layers\" array", model);
+  if ((r = tb__jp_only_keys(p, model, "model", mkeys)) != 0)
     return r;
   const cJSON *layers = cJSON_GetObjectItemCaseSensitive(model, "layers");
   if (!cJSON_IsArray(layers) || cJSON_GetArraySize(layers) == 0)
-    return bad(p, "model.layers", "a non-empty array of layers", layers);
+    return tb__jp_bad(p, "model.layers", "a non-empty array of layers", layers);
   int n = cJSON_GetArraySize(layers);
   if (n > (int)(sizeof(job->layers) / sizeof(job->layers[0])))
     return tb_errf(p->err, TB_EINVAL, "%s: model.layers: at most %zu layers, got %d", p->origin,
@@ -300,29 +164,30 @@ static int parse_layers(parse_t *p, const cJSON *model, tb_job_t *job) {
     snprintf(path, sizeof(path), "model.layers[%d]", i);
     struct tb_job_layer_s *jl = &job->layers[i];
     if (!cJSON_IsObject(l))
-      return bad(p, path, "a layer object", l);
+      return tb__jp_bad(p, path, "a layer object", l);
     static const char *const lkeys[] = {"type", "units", "activation", "rate", NULL};
-    if ((r = only_keys(p, l, path, lkeys)) != 0 ||
-        (r = get_str(p, l, path, "type", type, sizeof(type), true)) != 0)
+    if ((r = tb__jp_only_keys(p, l, path, lkeys)) != 0 ||
+        (r = tb__jp_get_str(p, l, path, "type", type, sizeof(type), true)) != 0)
       return r;
-    if ((r = get_str(p, l, path, "activation", act, sizeof(act), false)) != 0)
+    if ((r = tb__jp_get_str(p, l, path, "activation", act, sizeof(act), false)) != 0)
       return r;
     int a = tb_act_from_name(act);
     if (a < 0) {
       char fp[96];
       snprintf(fp, sizeof(fp), "%s.activation", path);
-      return bad(p, fp, "one of linear, relu, leaky_relu, sigmoid, tanh, softmax",
-                 cJSON_GetObjectItemCaseSensitive(l, "activation"));
+      return tb__jp_bad(p, fp, "one of linear, relu, leaky_relu, sigmoid, tanh, softmax",
+                        cJSON_GetObjectItemCaseSensitive(l, "activation"));
     }
     jl->act = (tb_act_t)a;
     if (strcmp(type, "dense") == 0) {
       long units = 0;
       jl->type = TB_JOB_DENSE;
-      if ((r = get_int(p, l, path, "units", 1, 1 << 20, true, &units)) != 0) {
+      if ((r = tb__jp_get_int(p, l, path, "units", 1, 1 << 20, true, &units)) != 0) {
         if (cJSON_GetObjectItemCaseSensitive(l, "units") != NULL) {
           char fp[96];
           snprintf(fp, sizeof(fp), "%s.units", path);
-          return bad(p, fp, "a positive integer", cJSON_GetObjectItemCaseSensitive(l, "units"));
+          return tb__jp_bad(p, fp, "a positive integer",
+                            cJSON_GetObjectItemCaseSensitive(l, "units"));
         }
         return r;
       }
@@ -332,7 +197,8 @@ static int parse_layers(parse_t *p, const cJSON *model, tb_job_t *job) {
       jl->type = TB_JOB_DROPOUT;
       if (cJSON_GetObjectItemCaseSensitive(l, "rate") == NULL)
         return tb_errf(p->err, TB_EINVAL, "%s: %s.rate: missing (required)", p->origin, path);
-      if ((r = get_num(p, l, path, "rate", 0, 0.999999, false, "a number in [0, 1)", &rate)) != 0)
+      if ((r = tb__jp_get_num(p, l, path, "rate", 0, 0.999999, false, "a number in [0, 1)",
+                              &rate)) != 0)
         return r;
       jl->rate = (float)rate;
     } else if (strcmp(type, "activation") == 0) {
@@ -342,8 +208,8 @@ static int parse_layers(parse_t *p, const cJSON *model, tb_job_t *job) {
     } else {
       char fp[96];
       snprintf(fp, sizeof(fp), "%s.type", path);
-      return bad(p, fp, "\"dense\", \"dropout\" or \"activation\"",
-                 cJSON_GetObjectItemCaseSensitive(l, "type"));
+      return tb__jp_bad(p, fp, "\"dense\", \"dropout\" or \"activation\"",
+                        cJSON_GetObjectItemCaseSensitive(l, "type"));
     }
     if (jl->type != TB_JOB_DENSE && cJSON_GetObjectItemCaseSensitive(l, "units") != NULL)
       return tb_errf(p->err, TB_EINVAL, "%s: %s.units: only dense layers have units", p->origin,
@@ -371,29 +237,29 @@ static int parse_optimizer(parse_t *p, const cJSON *o, tb_optim_opts_t *opt) {
                          : NULL;
   int kind = tb_optim_from_name(name);
   if (kind < 0)
-    return bad(p, cJSON_IsObject(o) ? "optimizer.name" : "optimizer",
-               "one of \"sgd\", \"adam\", \"rmsprop\"",
-               cJSON_IsObject(o) ? cJSON_GetObjectItem(o, "name") : o);
+    return tb__jp_bad(p, cJSON_IsObject(o) ? "optimizer.name" : "optimizer",
+                      "one of \"sgd\", \"adam\", \"rmsprop\"",
+                      cJSON_IsObject(o) ? cJSON_GetObjectItem(o, "name") : o);
   tb_optim_defaults(opt, (tb_optim_kind_t)kind);
   if (cJSON_IsString(o))
     return 0;
   static const char *const keys[] = {"name",   "learning_rate", "momentum", "nesterov", "beta_1",
                                      "beta_2", "epsilon",       "rho",      NULL};
-  if ((r = only_keys(p, o, "optimizer", keys)) != 0)
+  if ((r = tb__jp_only_keys(p, o, "optimizer", keys)) != 0)
     return r;
   const char *pos = "a finite positive number";
-  if ((r = get_num(p, o, "optimizer", "learning_rate", 0, 1e6, true, pos, &opt->lr)) != 0 ||
-      (r = get_num(p, o, "optimizer", "momentum", 0, 1, false, "a number in [0, 1]",
-                   &opt->momentum)) != 0 ||
-      (r = get_bool(p, o, "optimizer", "nesterov", &opt->nesterov)) != 0 ||
-      (r = get_num(p, o, "optimizer", "beta_1", 0, 0.999999999, false, "a number in [0, 1)",
-                   &opt->beta_1)) != 0 ||
-      (r = get_num(p, o, "optimizer", "beta_2", 0, 0.999999999, false, "a number in [0, 1)",
-                   &opt->beta_2)) != 0 ||
-      (r = get_num(p, o, "optimizer", "epsilon", 0, 1, true, "a number in (0, 1]",
-                   &opt->epsilon)) != 0 ||
-      (r = get_num(p, o, "optimizer", "rho", 0, 0.999999999, false, "a number in [0, 1)",
-                   &opt->rho)) != 0)
+  if ((r = tb__jp_get_num(p, o, "optimizer", "learning_rate", 0, 1e6, true, pos, &opt->lr)) != 0 ||
+      (r = tb__jp_get_num(p, o, "optimizer", "momentum", 0, 1, false, "a number in [0, 1]",
+                          &opt->momentum)) != 0 ||
+      (r = tb__jp_get_bool(p, o, "optimizer", "nesterov", &opt->nesterov)) != 0 ||
+      (r = tb__jp_get_num(p, o, "optimizer", "beta_1", 0, 0.999999999, false, "a number in [0, 1)",
+                          &opt->beta_1)) != 0 ||
+      (r = tb__jp_get_num(p, o, "optimizer", "beta_2", 0, 0.999999999, false, "a number in [0, 1)",
+                          &opt->beta_2)) != 0 ||
+      (r = tb__jp_get_num(p, o, "optimizer", "epsilon", 0, 1, true, "a number in (0, 1]",
+                          &opt->epsilon)) != 0 ||
+      (r = tb__jp_get_num(p, o, "optimizer", "rho", 0, 0.999999999, false, "a number in [0, 1)",
+                          &opt->rho)) != 0)
     return r;
   static const char *const only[][2] = {{"momentum", "sgd rmsprop"}, {"nesterov", "sgd"},
                                         {"beta_1", "adam"},          {"beta_2", "adam"},
@@ -413,15 +279,15 @@ static int parse_loss(parse_t *p, const cJSON *root, tb_compile_opts_t *c) {
   const cJSON *name = cJSON_IsObject(l) ? cJSON_GetObjectItemCaseSensitive(l, "name") : l;
   int kind = cJSON_IsString(name) ? tb_loss_from_name(name->valuestring) : -1;
   if (kind < 0)
-    return bad(p, cJSON_IsObject(l) ? "loss.name" : "loss",
-               "one of binary_crossentropy, categorical_crossentropy, "
-               "sparse_categorical_crossentropy, mse, mae",
-               name);
+    return tb__jp_bad(p, cJSON_IsObject(l) ? "loss.name" : "loss",
+                      "one of binary_crossentropy, categorical_crossentropy, "
+                      "sparse_categorical_crossentropy, mse, mae",
+                      name);
   c->loss = (tb_loss_kind_t)kind;
   if (cJSON_IsObject(l)) {
     static const char *const keys[] = {"name", "from_logits", NULL};
-    if ((r = only_keys(p, l, "loss", keys)) != 0 ||
-        (r = get_bool(p, l, "loss", "from_logits", &c->from_logits)) != 0)
+    if ((r = tb__jp_only_keys(p, l, "loss", keys)) != 0 ||
+        (r = tb__jp_get_bool(p, l, "loss", "from_logits", &c->from_logits)) != 0)
       return r;
     if (c->from_logits && kind >= TB_LOSS_MSE)
       return tb_errf(p->err, TB_EINVAL, "%s: loss.from_logits: only crossentropies take logits",
@@ -430,7 +296,7 @@ static int parse_loss(parse_t *p, const cJSON *root, tb_compile_opts_t *c) {
   const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "metrics");
   if (m != NULL) {
     if (!cJSON_IsArray(m))
-      return bad(p, "metrics", "an array of metric names", m);
+      return tb__jp_bad(p, "metrics", "an array of metric names", m);
     int i = 0;
     for (const cJSON *it = m->child; it != NULL; it = it->next, i++) {
       char path[32];
@@ -443,10 +309,32 @@ static int parse_loss(parse_t *p, const cJSON *root, tb_compile_opts_t *c) {
       else if (cJSON_IsString(it) && strcmp(it->valuestring, "mae") == 0)
         c->metrics |= TB_METRIC_MAE;
       else
-        return bad(p, path, "\"accuracy\", \"mse\" or \"mae\"", it);
+        return tb__jp_bad(p, path, "\"accuracy\", \"mse\" or \"mae\"", it);
     }
   }
   return 0;
+}
+
+int tb__job_parse_callbacks(parse_t *p, const cJSON *arr, tb_job_t *job);
+
+/* FNV-1a 64 of the compact document without the fields that may change
+ * between a run and its resumption. */
+static void fingerprint(cJSON *root, char out[17]) {
+  static const char *const skip[] = {"epochs", "verbose", "checkpoint_dir"};
+  cJSON *copy = cJSON_Duplicate(root, true);
+  uint64_t h = 1469598103934665603ULL;
+  if (copy != NULL) {
+    for (size_t i = 0; i < sizeof(skip) / sizeof(skip[0]); i++)
+      cJSON_DeleteItemFromObjectCaseSensitive(copy, skip[i]);
+    char *text = cJSON_PrintUnformatted(copy);
+    for (const char *c = text; c != NULL && *c; c++) {
+      h ^= (unsigned char)*c;
+      h *= 1099511628211ULL;
+    }
+    cJSON_free(text);
+    cJSON_Delete(copy);
+  }
+  snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
 int tb_job_parse(const char *text, size_t len, const char *origin, const char *base_dir,
@@ -482,28 +370,42 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
     }
   }
   if (!cJSON_IsObject(root)) {
-    r = bad(&p, "(top level)", "an object", root);
+    r = tb__jp_bad(&p, "(top level)", "an object", root);
     goto fail;
   }
   if ((job = calloc(1, sizeof(*job))) == NULL) {
     r = tb_errf(err, TB_ENOMEM, "out of memory");
     goto fail;
   }
-  static const char *const keys[] = {"name",    "seed",       "threads",          "data",
-                                     "model",   "loss",       "metrics",          "optimizer",
-                                     "epochs",  "batch_size", "validation_split", "validation_freq",
-                                     "shuffle", "verbose",    "callbacks",        NULL};
-  if ((r = only_keys(&p, root, "", keys)) != 0)
+  static const char *const keys[] = {"name",
+                                     "seed",
+                                     "threads",
+                                     "data",
+                                     "model",
+                                     "loss",
+                                     "metrics",
+                                     "optimizer",
+                                     "epochs",
+                                     "batch_size",
+                                     "validation_split",
+                                     "validation_freq",
+                                     "shuffle",
+                                     "verbose",
+                                     "callbacks",
+                                     "checkpoint_dir",
+                                     "checkpoint_every",
+                                     NULL};
+  if ((r = tb__jp_only_keys(&p, root, "", keys)) != 0)
     goto fail;
   snprintf(job->name, sizeof(job->name), "job");
-  if ((r = get_str(&p, root, "", "name", job->name, sizeof(job->name), false)) != 0)
+  if ((r = tb__jp_get_str(&p, root, "", "name", job->name, sizeof(job->name), false)) != 0)
     goto fail;
   v = 42;
-  if ((r = get_int(&p, root, "", "seed", 0, INT32_MAX, false, &v)) != 0)
+  if ((r = tb__jp_get_int(&p, root, "", "seed", 0, INT32_MAX, false, &v)) != 0)
     goto fail;
   job->seed = (uint64_t)v;
   v = 0;
-  if ((r = get_int(&p, root, "", "threads", 0, 256, false, &v)) != 0)
+  if ((r = tb__jp_get_int(&p, root, "", "threads", 0, 256, false, &v)) != 0)
     goto fail;
   job->threads = (int)v;
 
@@ -526,26 +428,26 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
 
   tb_fit_opts_defaults(&job->fit);
   v = 1;
-  if ((r = get_int(&p, root, "", "epochs", 1, 1000000, false, &v)) != 0)
+  if ((r = tb__jp_get_int(&p, root, "", "epochs", 1, 1000000, false, &v)) != 0)
     goto fail;
   job->fit.epochs = (int)v;
   v = 32;
-  if ((r = get_int(&p, root, "", "batch_size", 1, 1 << 20, false, &v)) != 0)
+  if ((r = tb__jp_get_int(&p, root, "", "batch_size", 1, 1 << 20, false, &v)) != 0)
     goto fail;
   job->fit.batch_size = (int)v;
   v = 1;
-  if ((r = get_int(&p, root, "", "validation_freq", 1, 1000000, false, &v)) != 0)
+  if ((r = tb__jp_get_int(&p, root, "", "validation_freq", 1, 1000000, false, &v)) != 0)
     goto fail;
   job->fit.validation_freq = (int)v;
   v = 1;
-  if ((r = get_int(&p, root, "", "verbose", 0, 2, false, &v)) != 0)
+  if ((r = tb__jp_get_int(&p, root, "", "verbose", 0, 2, false, &v)) != 0)
     goto fail;
   job->fit.verbose = (int)v;
-  if ((r = get_bool(&p, root, "", "shuffle", &job->fit.shuffle)) != 0)
+  if ((r = tb__jp_get_bool(&p, root, "", "shuffle", &job->fit.shuffle)) != 0)
     goto fail;
   const cJSON *vs = cJSON_GetObjectItemCaseSensitive(root, "validation_split");
   if (vs != NULL && (!cJSON_IsNumber(vs) || !(vs->valuedouble >= 0.0 && vs->valuedouble < 1.0))) {
-    r = bad(&p, "validation_split", "a number in [0, 1)", vs);
+    r = tb__jp_bad(&p, "validation_split", "a number in [0, 1)", vs);
     goto fail;
   }
   if (vs != NULL)
@@ -556,13 +458,23 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
     goto fail;
   }
   const cJSON *cbs = cJSON_GetObjectItemCaseSensitive(root, "callbacks");
-  if (cbs != NULL) {
-    if (!cJSON_IsArray(cbs)) {
-      r = bad(&p, "callbacks", "an array", cbs);
-      goto fail;
-    }
-    job->callbacks_json = cJSON_Duplicate(cbs, true);
+  if (cbs != NULL && (r = tb__job_parse_callbacks(&p, cbs, job)) != 0)
+    goto fail;
+  if ((r = tb__jp_get_path(&p, root, "", "checkpoint_dir", job->checkpoint_dir,
+                           sizeof(job->checkpoint_dir), false)) != 0)
+    goto fail;
+  v = 0;
+  if ((r = tb__jp_get_int(&p, root, "", "checkpoint_every", 0, INT32_MAX, false, &v)) != 0)
+    goto fail;
+  job->fit.checkpoint_every = (int)v;
+  if (v > 0 && job->checkpoint_dir[0] == '\0') {
+    r = tb_errf(err, TB_EINVAL, "%s: checkpoint_every: needs checkpoint_dir", p.origin);
+    goto fail;
   }
+  if (job->checkpoint_dir[0] != '\0')
+    job->fit.checkpoint_dir = job->checkpoint_dir;
+  fingerprint(root, job->id);
+  job->fit.job_id = job->id;
   cJSON_Delete(root);
   *out = job;
   return 0;
@@ -719,7 +631,8 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
 void tb_job_free(tb_job_t *job) {
   if (job == NULL)
     return;
-  cJSON_Delete(job->callbacks_json);
+  for (int i = 0; i < job->n_callbacks; i++)
+    tb_callback_free(job->callbacks[i]);
   tb_model_free(job->model);
   tb_dataset_free(job->train);
   tb_dataset_free(job->val);

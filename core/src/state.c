@@ -6,11 +6,13 @@
  *
  * Little-endian throughout. Entries are kept in insertion order in an array;
  * a checkpoint has a few dozen, so lookups are linear. */
+#include "internal.h"
 #include "trainbus/state.h"
 #include "trainbus/error.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -146,6 +148,27 @@ long tb_state_count(const tb_state_t *s, const char *key) {
   }
 }
 
+/* mkdir -p of the directory part of path. */
+int tb__make_parent(const char *path) {
+  char dir[1200];
+  snprintf(dir, sizeof(dir), "%s", path);
+  char *slash = strrchr(dir, '/');
+  if (slash == NULL || slash == dir)
+    return 0;
+  *slash = '\0';
+  for (char *p = dir + 1; *p; p++) {
+    if (*p != '/')
+      continue;
+    *p = '\0';
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+      return -errno;
+    *p = '/';
+  }
+  if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+    return -errno;
+  return 0;
+}
+
 /* ---- file format -------------------------------------------------------- */
 
 typedef struct wbuf_s {
@@ -205,6 +228,8 @@ int tb_state_write(const tb_state_t *s, const char *path) {
 
   char tmp[4200];
   snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  if ((r = tb__make_parent(path)) != 0)
+    goto out;
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) {
     r = -errno;

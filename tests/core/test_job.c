@@ -48,7 +48,7 @@ static void test_bad_jobs(void **state) {
       {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"epoch\":3}",
        "j: epoch: unknown field (known: name, seed, threads, data, model, loss, metrics, "
        "optimizer, epochs, batch_size, validation_split, validation_freq, shuffle, verbose, "
-       "callbacks)"},
+       "callbacks, checkpoint_dir, checkpoint_every)"},
       {"{" BASE_DATA "," BASE_MODEL "}", "j: loss: missing (required)"},
       {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"hinge\"}",
        "j: loss: expected one of binary_crossentropy, categorical_crossentropy, "
@@ -154,12 +154,96 @@ static void test_prepare_errors(void **state) {
   rmdir(dir);
 }
 
+static void test_job_callbacks(void **state) {
+  (void)state;
+  const char *good =
+      "{\"data\":{\"source\":\"seed\"},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":1,"
+      "\"activation\":\"sigmoid\"}]},\"loss\":\"binary_crossentropy\",\"epochs\":3,"
+      "\"checkpoint_dir\":\"ck\",\"checkpoint_every\":2,\"callbacks\":["
+      "{\"type\":\"EarlyStopping\",\"monitor\":\"loss\",\"patience\":2,\"baseline\":0.5},"
+      "{\"type\":\"ReduceLROnPlateau\",\"monitor\":\"loss\",\"factor\":0.5,\"cooldown\":1},"
+      "{\"type\":\"LearningRateScheduler\",\"schedule\":\"piecewise\",\"boundaries\":[1],"
+      "\"values\":[0.1,0.01]},"
+      "{\"type\":\"ModelCheckpoint\",\"filepath\":\"w-{epoch}.tbw\",\"save_freq\":5},"
+      "{\"type\":\"CSVLogger\",\"filename\":\"log.csv\",\"separator\":\";\"},"
+      "{\"type\":\"TerminateOnNaN\"},"
+      "{\"type\":\"BackupAndRestore\",\"backup_dir\":\"bk\",\"name\":\"bk1\"}]}";
+  tb_job_t *job;
+  tb_err_t err = {{0}};
+  assert_int_equal(tb_job_parse(good, strlen(good), "j", "/base", &job, &err), 0);
+  assert_int_equal(job->n_callbacks, 7);
+  assert_string_equal(job->callbacks[0]->name, "EarlyStopping");
+  assert_string_equal(job->callbacks[6]->name, "bk1");
+  assert_string_equal(job->checkpoint_dir, "/base/ck");
+  assert_int_equal(job->fit.checkpoint_every, 2);
+  assert_int_equal(strlen(job->id), 16);
+  char id[17];
+  memcpy(id, job->id, sizeof(id));
+  tb_job_free(job);
+  /* epochs is not part of the fingerprint; the model is */
+  char *more = strdup(good);
+  memcpy(strstr(more, "\"epochs\":3"), "\"epochs\":9", 10);
+  assert_int_equal(tb_job_parse(more, strlen(more), "j", NULL, &job, &err), 0);
+  assert_string_equal(job->id, id);
+  tb_job_free(job);
+  memcpy(strstr(more, "\"units\":1"), "\"units\":2", 9);
+  assert_int_equal(tb_job_parse(more, strlen(more), "j", NULL, &job, &err), 0);
+  assert_string_not_equal(job->id, id);
+  tb_job_free(job);
+  free(more);
+
+#define HEAD                                                                                       \
+  "{\"data\":{\"source\":\"seed\"},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":1}]},"     \
+  "\"loss\":\"mse\",\"callbacks\":["
+  static const struct {
+    const char *json, *message;
+  } bad[] = {
+      {HEAD "{\"type\":\"Tensorboard\"}]}",
+       "j: callbacks[0].type: expected one of EarlyStopping, ReduceLROnPlateau, "
+       "LearningRateScheduler, ModelCheckpoint, CSVLogger, TerminateOnNaN, BackupAndRestore, got "
+       "\"Tensorboard\""},
+      {HEAD "{\"type\":\"EarlyStopping\",\"patience\":-1}]}",
+       "j: callbacks[0].patience: expected a non-negative integer, got -1"},
+      {HEAD "{\"type\":\"EarlyStopping\",\"patiense\":1}]}",
+       "j: callbacks[0].patiense: unknown field (known: type, name, monitor, min_delta, patience, "
+       "verbose, mode, baseline, restore_best_weights, start_from_epoch)"},
+      {HEAD "{\"type\":\"ReduceLROnPlateau\",\"factor\":1.5}]}",
+       "j: callbacks[0].factor: expected a number in (0, 1), got 1.5"},
+      {HEAD "{\"type\":\"ReduceLROnPlateau\",\"mode\":\"up\"}]}",
+       "j: callbacks[0].mode: expected \"auto\", \"min\" or \"max\", got \"up\""},
+      {HEAD "{\"type\":\"LearningRateScheduler\",\"schedule\":\"piecewise\",\"boundaries\":[2],"
+            "\"values\":[1]}]}",
+       "j: callbacks[0].values: expected an array with one more rate than boundaries, got [1]"},
+      {HEAD "{\"type\":\"ModelCheckpoint\"}]}", "j: callbacks[0].filepath: missing (required)"},
+      {HEAD "{\"type\":\"ModelCheckpoint\",\"filepath\":\"x\",\"save_freq\":\"batch\"}]}",
+       "j: callbacks[0].save_freq: expected \"epoch\" or a positive number of batches, got "
+       "\"batch\""},
+      {HEAD "{\"type\":\"ModelCheckpoint\",\"filepath\":\"w-{epoch:>3}\"}]}",
+       "j: callbacks[0]: ModelCheckpoint: filepath \"w-{epoch:>3}\": unsupported format spec "
+       "\">3\""},
+      {HEAD "{\"type\":\"CSVLogger\",\"filename\":\"a\",\"separator\":\";;\"}]}",
+       "j: callbacks[0].separator: expected a single character, got \";;\""},
+      {HEAD "]"
+            ",\"checkpoint_every\":3}",
+       "j: checkpoint_every: needs checkpoint_dir"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    job = NULL;
+    err.msg[0] = '\0';
+    int r = tb_job_parse(bad[i].json, strlen(bad[i].json), "j", NULL, &job, &err);
+    if (r == 0 || strcmp(err.msg, bad[i].message) != 0)
+      fail_msg("case %zu: got %d \"%s\", want \"%s\"", i, r, err.msg, bad[i].message);
+    assert_null(job);
+  }
+}
+
 int main(void) {
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_demo_parses_and_trains),
       cmocka_unit_test(test_bad_jobs),
       cmocka_unit_test(test_prepare_errors),
+      cmocka_unit_test(test_job_callbacks),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

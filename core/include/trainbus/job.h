@@ -10,6 +10,7 @@
 #define TRAINBUS_JOB_H
 
 #include <stdint.h>
+#include "trainbus/callback.h"
 #include "trainbus/data.h"
 #include "trainbus/error.h"
 #include "trainbus/model.h"
@@ -54,9 +55,17 @@ typedef struct tb_job_s {
   tb_compile_opts_t compile;
   tb_fit_opts_t fit; /* validation_data points at val below after prepare */
 
-  /* The callbacks list exactly as written (a cJSON array, owned), for the
-   * callback factory; NULL when absent. */
-  void *callbacks_json;
+  /* The job's "callbacks", built at parse time (they do no I/O until
+   * training), in order; owned by the job. */
+  int n_callbacks;
+  tb_callback_t *callbacks[32];
+
+  /* Checkpoints: "checkpoint_dir" and "checkpoint_every" (batches, 0: epoch
+   * ends only); fit.checkpoint_dir points here when set. */
+  char checkpoint_dir[1024];
+  /* A fingerprint of the job (FNV-1a of the document without "epochs",
+   * "verbose" and "checkpoint_dir"): checkpoints of another job are refused. */
+  char id[17];
 
   /* Filled by tb_job_prepare(); owned by the job. */
   tb_model_t *model;
@@ -72,6 +81,8 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
 int tb_job_load(const char *path, tb_job_t **out, tb_err_t *err);
 /* Loads data and builds the compiled model. */
 int tb_job_prepare(tb_job_t *job, tb_err_t *err);
+/* Adds the job's callbacks to a list, in the job's order. */
+int tb_job_add_callbacks(tb_job_t *job, tb_callbacks_t *list);
 void tb_job_free(tb_job_t *job);
 
 /* The built-in demo job (spirals, a small MLP, a few seconds), as JSON. */
