@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,12 +131,105 @@ static void test_train_errors(void **state) {
   rmdir(dir);
 }
 
+static void test_logging_callback_example(void **state) {
+  (void)state;
+  char *out;
+  assert_int_equal(run(TB_BINARY_DIR "/examples/logging_callback", &out), 0);
+  /* 5 epochs of 8 batches; every metric after each batch and epoch */
+  assert_int_equal(count(out, " batch "), 40);
+  assert_int_equal(count(out, " end: loss="), 5);
+  assert_int_equal(count(out, "val_accuracy="), 5);
+  assert_non_null(strstr(out, "epoch 4 batch 7: loss="));
+  free(out);
+}
+
+/* The plateau example's decisions, replayed from its own printed val_loss
+ * values with the rule it claims (halve after 2 epochs without improvement,
+ * epochs without validation skipped). */
+static void test_plateau_example(void **state) {
+  (void)state;
+  char *out;
+  assert_int_equal(run(TB_BINARY_DIR "/examples/plateau_lr", &out), 0);
+  double best = 1e300, lr = 0.5;
+  int wait = 0, skipped = 0, halvings = 0;
+  for (char *line = out; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    int epoch, off = 0;
+    double v;
+    if (sscanf(line, "epoch %d: %n", &epoch, &off) != 1 || off == 0)
+      continue;
+    if (strncmp(line + off, "no validation data", 18) == 0) {
+      skipped++;
+      continue;
+    }
+    if (sscanf(line + off, "val_loss %lf", &v) != 1)
+      continue;
+    const char *eol = strchr(line, '\n'), *arrow = strstr(line, "lr ->");
+    bool says_halved = arrow != NULL && (eol == NULL || arrow < eol);
+    bool halve = false;
+    if (v < best) {
+      best = v;
+      wait = 0;
+    } else if (++wait >= 2) {
+      halve = true;
+      wait = 0;
+      lr *= 0.5;
+      halvings++;
+    }
+    if (halve != says_halved)
+      fail_msg("epoch %d: the rule says %s", epoch, halve ? "halve" : "keep");
+  }
+  assert_int_equal(skipped, 15);
+  assert_true(halvings >= 2);
+  double final;
+  assert_int_equal(sscanf(strstr(out, "final lr"), "final lr %lf", &final), 1);
+  assert_float_equal(final, lr, 1e-12);
+  free(out);
+}
+
+/* kill -9 in the middle of `trainbus train`, then --resume: the same weights
+ * file and CSV log as a run that was never interrupted. */
+static void test_train_killed_and_resumed(void **state) {
+  (void)state;
+  char dir[] = "/tmp/tb_killXXXXXX", cmd[4096], *out;
+  assert_non_null(mkdtemp(dir));
+  snprintf(cmd, sizeof(cmd),
+           "cd %s && mkdir a b && cat > job.json <<'EOF'\n"
+           "{\"data\":{\"source\":\"blobs\",\"n\":20000,\"classes\":4,\"features\":16,"
+           "\"std\":3.0},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":64,"
+           "\"activation\":\"relu\"},{\"type\":\"dropout\",\"rate\":0.2},{\"type\":\"dense\","
+           "\"units\":4,\"activation\":\"softmax\"}]},\"loss\":\"sparse_categorical_crossentropy\","
+           "\"metrics\":[\"accuracy\"],\"epochs\":6,\"validation_split\":0.1,"
+           "\"checkpoint_dir\":\"ck\",\"checkpoint_every\":25,\"callbacks\":["
+           "{\"type\":\"ReduceLROnPlateau\",\"patience\":1,\"min_delta\":0.01},"
+           "{\"type\":\"CSVLogger\",\"filename\":\"log.csv\"}]}\n"
+           "EOF\n"
+           "cp job.json a/ && cp job.json b/ && "
+           "(cd a && " TRAINBUS " train job.json --save-weights w.tbw >/dev/null) && "
+           "cd b && (" TRAINBUS " train job.json >/dev/null & echo $! > pid; wait) & "
+           "for i in $(seq 1000); do [ -f b/ck/latest.tbck ] && break; sleep 0.01; done; "
+           "sleep 0.2; kill -9 $(cat b/pid); wait; "
+           "test -f b/ck/latest.tbck && ! grep -q '^5,' b/log.csv && echo KILLED_MID_RUN",
+           dir);
+  assert_int_equal(run(cmd, &out), 0);
+  assert_non_null(strstr(out, "KILLED_MID_RUN"));
+  free(out);
+  snprintf(cmd, sizeof(cmd),
+           "cd %s/b && " TRAINBUS " train job.json --resume ck --save-weights w.tbw && "
+           "cmp w.tbw ../a/w.tbw && cmp log.csv ../a/log.csv && echo SAME",
+           dir);
+  assert_int_equal(run(cmd, &out), 0);
+  assert_non_null(strstr(out, "SAME"));
+  free(out);
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_manual_loop_example),
-      cmocka_unit_test(test_train_json_events),
-      cmocka_unit_test(test_train_plain_output),
-      cmocka_unit_test(test_train_errors),
+      cmocka_unit_test(test_manual_loop_example),      cmocka_unit_test(test_train_json_events),
+      cmocka_unit_test(test_train_plain_output),       cmocka_unit_test(test_train_errors),
+      cmocka_unit_test(test_logging_callback_example), cmocka_unit_test(test_plateau_example),
+      cmocka_unit_test(test_train_killed_and_resumed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
