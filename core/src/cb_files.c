@@ -289,7 +289,9 @@ static int write_num(FILE *f, double v) {
 static int csv_open(csv_t *c, tb_ctx_t *ctx, bool *header) {
   const char *mode = "w";
   *header = true;
-  if (c->resume_pending) {
+  if (c->resume_pending && c->length == 0) {
+    /* The checkpoint predates the first row: start the file afresh. */
+  } else if (c->resume_pending) {
     /* Drop any rows written after the checkpoint, so resuming never
      * duplicates an epoch. */
     if (truncate(c->filename, c->length) != 0)
@@ -329,8 +331,11 @@ static int csv_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t 
       has_val |= strncmp(c->keys[i], "val_", 4) == 0;
     int n = c->n_keys;
     for (int i = 0; !has_val && i < n; i++)
-      if (strcmp(c->keys[i], "lr") != 0)
-        snprintf(c->keys[c->n_keys++], sizeof(c->keys[0]), "val_%s", c->keys[i]);
+      if (strcmp(c->keys[i], "lr") != 0) {
+        char base[TB_LOGS_NAME_MAX];
+        snprintf(base, sizeof(base), "%.47s", c->keys[i]);
+        snprintf(c->keys[c->n_keys++], sizeof(c->keys[0]), "val_%.47s", base);
+      }
   }
   if (c->f == NULL) {
     if ((r = csv_open(c, ctx, &header)) != 0)

@@ -611,7 +611,9 @@ static void test_weights_roundtrip(void **state) {
   assert_non_null(mkdtemp(dir));
   snprintf(path, sizeof(path), "%s/w.tbw", dir);
   tb_dataset_t *d;
-  tb_model_t *m = blob_model(&d, 30, 3), *m2 = blob_model(NULL == d ? &d : &d, 30, 4);
+  tb_dataset_t *d2, *d3;
+  tb_model_t *m = blob_model(&d, 30, 3), *m2 = blob_model(&d2, 30, 4);
+  tb_dataset_free(d2);
   long n = tb_model_n_params(m);
   float *p = malloc(n * sizeof(float)), *q = malloc(n * sizeof(float));
   tb_err_t err = {{0}};
@@ -650,7 +652,8 @@ static void test_weights_roundtrip(void **state) {
     fwrite(c, 1, cases[i].len, f);
     fclose(f);
     free(c);
-    tb_model_t *fresh = blob_model(&d, 30, 9);
+    tb_model_t *fresh = blob_model(&d3, 30, 9);
+    tb_dataset_free(d3);
     float *before = malloc(n * sizeof(float)), *after = malloc(n * sizeof(float));
     tb_model_get_params(fresh, before, n);
     err.msg[0] = '\0';

@@ -17,7 +17,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <unistd.h>
 
 enum { EPOCHS = 6 };
 
@@ -199,6 +198,9 @@ static void test_resume_mid_epoch(void **state) {
   /* 90 train rows / 16 = 6 batches an epoch; checkpoints every 2 steps: the
    * crash at epoch 2 batch 4 resumes from after batch 3 of that epoch */
   crash_and_resume(dir, 2, 2, 4, b);
+  assert_same(a, b);
+  /* before the first epoch ends: the CSV log does not exist yet */
+  crash_and_resume(dir, 2, 0, 3, b);
   assert_same(a, b);
   /* and from after the last batch of an epoch, before its validation */
   crash_and_resume(dir, 3, 3, 0, b); /* 18 steps: checkpoint after epoch 2 batch 5 */
