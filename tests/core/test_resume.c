@@ -142,6 +142,7 @@ static void baseline(const char *dir, int every, outcome_t *out) {
 static void crash_and_resume(const char *dir, int every, int epoch, int batch, outcome_t *out) {
   run_t r;
   setup(&r, dir, every);
+  remove(r.csv_path); /* a fresh run: no log from an earlier one */
   r.crash_epoch = epoch;
   r.crash_batch = batch;
   assert_int_equal(tb_model_fit(r.m, r.d, &r.f, &r.list, NULL, NULL), TB_EIO);
