@@ -4,6 +4,8 @@
 
 #include <stdio.h>
 
+#include "trainbus/client.h"
+
 /* Exit codes, documented in `trainbus --help` and docs/CLI.md. */
 enum {
   TB_EXIT_OK = 0,      /* done */
@@ -13,5 +15,46 @@ enum {
 };
 
 int tb_cli_train(int argc, char **argv);
+
+/* The network subcommands (remote.c, watch.c). argv[0] is the subcommand. */
+int tb_cli_status(int argc, char **argv);
+int tb_cli_runs(int argc, char **argv);
+int tb_cli_history(int argc, char **argv);
+int tb_cli_control(int argc, char **argv); /* set-lr, stop, pause, resume, checkpoint, cancel */
+int tb_cli_submit(int argc, char **argv);
+int tb_cli_watch(int argc, char **argv);
+
+/* Where to connect and as whom, from the options every network subcommand
+ * takes; see tb_cli_conn_opt. */
+typedef struct tb_cli_conn_s {
+  const char *cmd;       /* "trainbus watch", for messages */
+  const char *connect;   /* --connect, or NULL */
+  const char *token;     /* --token, or NULL */
+  const char *state_dir; /* --state-dir, or NULL */
+  const char *run;       /* --run, or NULL */
+  int timeout_ms;        /* --timeout SECONDS * 1000; 0 = the library's default */
+} tb_cli_conn_t;
+
+/* The options' help text, for each subcommand's usage. */
+extern const char tb_cli_conn_help[];
+
+/* Consumes argv[*i] (and its value) if it is a connection option: returns 1
+ * and advances *i past the value, 0 if argv[*i] is not one, or -1 after
+ * printing an error (a missing or bad value). */
+int tb_cli_conn_opt(tb_cli_conn_t *o, int argc, char **argv, int *i);
+
+/* Resolves address and token (options, then TRAINBUS_ADDR / TRAINBUS_TOKEN,
+ * then the files the daemon wrote in the state directory) and connects.
+ * Returns TB_EXIT_OK with *c set, or prints one line and returns an exit code. */
+int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c);
+
+/* The run to act on: --run, else the only run that is not in a final state.
+ * Returns TB_EXIT_OK, or prints one line and returns an exit code. */
+int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, char run[TB_PROTO_RUN_MAX]);
+
+/* Prints "CMD: message" for a failed call and returns its exit code: 1 when
+ * the daemon refused, 3 when it could not be reached or the connection broke,
+ * 2 for an argument the library refused. */
+int tb_cli_fail(const char *cmd, const tb_client_err_t *err);
 
 #endif

@@ -1,0 +1,73 @@
+/* Private to the client library: the connection struct and the helpers its
+ * files share. */
+#ifndef TB_CLIENT_INTERNAL_H
+#define TB_CLIENT_INTERNAL_H
+
+#include "trainbus/client.h"
+
+/* A notification line that arrived while a call waited, kept verbatim and
+ * decoded when tb_client_next hands it out (a decoded tb_smsg_t points into
+ * itself, so it cannot be moved around a queue). */
+typedef struct tb__line_s {
+  struct tb__line_s *next;
+  size_t len;
+  char text[];
+} tb__line_t;
+
+/* The last seq delivered per run, for deduplication and resuming. */
+typedef struct tb__seq_s {
+  char run[TB_PROTO_RUN_MAX];
+  int64_t last;
+} tb__seq_t;
+
+/* A subscription to renew on reconnect. */
+typedef struct tb__sub_s {
+  tb_req_t req;     /* the subscribe request as first sent */
+  int64_t id;       /* the server's id on the current connection */
+  int64_t next_seq; /* first live seq the server announced, 0 if none */
+} tb__sub_t;
+
+struct tb_client_s {
+  int fd; /* -1 while disconnected */
+  char addr[1024];
+  char token[TB_PROTO_TOKEN_MAX];
+  char name[TB_PROTO_TEXT_MAX];
+  tb_role_t want_role, role;
+  int connect_timeout_ms, call_timeout_ms;
+  tb_hello_t hello;
+
+  tb_buf_t rbuf;    /* bytes received, rpos.. not yet framed */
+  size_t rpos;      /* start of the current line in rbuf */
+  size_t scan_from; /* framer state for the current line */
+  bool eof;         /* the peer closed its side */
+  char bye_reason[TB_PROTO_NAME_MAX];
+
+  tb__line_t *q_head, *q_tail;
+  size_t n_queued;
+
+  tb__seq_t *seqs;
+  int n_seqs, cap_seqs;
+  tb__sub_t *subs;
+  int n_subs, cap_subs;
+
+  int64_t next_id;
+  tb_smsg_t scratch; /* decoding space for lines read during a call */
+};
+
+/* Fills err (may be NULL) with code, its name and a printf-style message;
+ * returns code. */
+int tb__cerr(tb_client_err_t *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* sock.c: opens a connected stream socket to addr within timeout_ms. Returns
+ * the descriptor (>= 0) or a negative code with err filled. */
+int tb__sock_open(const char *addr, int timeout_ms, tb_client_err_t *err);
+/* Writes all of buf, waiting for room up to deadline_ms (monotonic ms; < 0 no
+ * limit). 0, TB_CLIENT_ETIMEOUT or -errno. Never raises SIGPIPE. */
+int tb__sock_send(int fd, const char *buf, size_t len, int64_t deadline_ms);
+/* Monotonic clock in milliseconds. */
+int64_t tb__now_ms(void);
+/* A deadline timeout_ms from now; -1 (none) for a negative timeout. */
+int64_t tb__deadline(int timeout_ms);
+
+#endif
