@@ -1,0 +1,532 @@
+"""The blocking protocol client (see docs/PROTOCOL.md and docs/PYTHON.md).
+
+One Client is one connection. Calls send a request and wait for the response
+with the same id; notifications (events, dropped, bye) that arrive meanwhile
+are queued, and :meth:`Client.next_event` and subscription iterators hand them
+out in order. The client remembers the last seq it delivered per run and the
+subscriptions it made, so :meth:`Client.reconnect` resumes a watch with no gap
+and no duplicate (single-run subscriptions restart at last seq + 1, and
+anything at or below the last delivered seq is skipped).
+"""
+
+import collections
+import json
+import math
+import os
+import socket
+import time
+
+PROTOCOL_VERSION = 1
+FINAL_STATES = frozenset(("finished", "stopped", "cancelled", "failed"))
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_MAX_LINE = 16 * 1024 * 1024  # longer lines from a server are refused
+
+
+class TrainbusError(Exception):
+    """Any failure. ``name`` is a stable word (the server's ``data.name``, or
+    ``closed``, ``client_timeout``, ``bad_reply``, ``bad_address``,
+    ``connect_failed``, ``invalid_argument``), ``code`` the JSON-RPC code when
+    the server sent one, ``message`` a sentence."""
+
+    def __init__(self, name, message, code=None):
+        super().__init__(message)
+        self.name = name
+        self.message = message
+        self.code = code
+
+    def __str__(self):
+        return self.message
+
+
+class RemoteError(TrainbusError):
+    """The daemon refused the request (``no_such_run``, ``invalid_params``...)."""
+
+
+class ConnectionLost(TrainbusError):
+    """The daemon could not be reached, or the connection broke."""
+
+
+class Event(dict):
+    """An event's params object (``run``, ``seq``, ``event``, ``epoch``,
+    ``batch``, ``time``, ``logs``, ...), with attribute access for convenience:
+    ``ev.event``, ``ev.logs``. Missing attributes read as None. Non-finite log
+    values (sent as "NaN", "Infinity") are floats here."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        return self.get(name)
+
+
+def _state_dir(state_dir=None):
+    d = state_dir or os.environ.get("TRAINBUS_STATE_DIR")
+    return d if d else os.path.join(os.path.expanduser("~"), ".trainbus")
+
+
+def _read_first_line(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() or None
+    except OSError:
+        return None
+
+
+def resolve_address(addr=None, token=None, state_dir=None):
+    """(addr, token) from the arguments, else TRAINBUS_ADDR / TRAINBUS_TOKEN,
+    else the ``address`` and ``token`` files trainbusd writes in its state
+    directory (TRAINBUS_STATE_DIR, else ~/.trainbus). token may be None."""
+    d = _state_dir(state_dir)
+    addr = addr or os.environ.get("TRAINBUS_ADDR") or _read_first_line(os.path.join(d, "address"))
+    if not addr:
+        raise ConnectionLost(
+            "bad_address",
+            "no daemon address: pass addr=, set TRAINBUS_ADDR, or start trainbusd "
+            "(it writes %s/address)" % d,
+        )
+    if token is None:
+        token = os.environ.get("TRAINBUS_TOKEN") or _read_first_line(os.path.join(d, "token"))
+    return addr, token
+
+
+def _fix_numbers(params):
+    logs = params.get("logs")
+    if isinstance(logs, dict):
+        for k, v in logs.items():
+            if isinstance(v, str):
+                if v not in _NONFINITE:
+                    raise TrainbusError("bad_reply", "logs.%s: unexpected string %r" % (k, v))
+                logs[k] = _NONFINITE[v]
+    for k in ("value", "old"):
+        if isinstance(params.get(k), str) and params[k] in _NONFINITE:
+            params[k] = _NONFINITE[params[k]]
+    return params
+
+
+class Subscription:
+    """An iterator over the events of one subscribe call (really of the whole
+    connection: the server delivers each event once however many
+    subscriptions match it). Iteration ends after a final ``state`` event of
+    the run when the subscription names exactly one run, and reconnects by
+    itself when ``reconnect`` (seconds to keep trying) is set."""
+
+    def __init__(self, client, result, runs, timeout=None, reconnect=None, notices=False):
+        self.client = client
+        self.id = result.get("sub")
+        self.next_seq = result.get("next_seq", 0)
+        self._single = runs[0] if runs and len(runs) == 1 and "*" not in runs[0] else None
+        self._timeout = timeout
+        self._reconnect = reconnect
+        self._notices = notices
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while not self._done:
+            try:
+                msg = self.client.next_event(self._timeout, notices=True)
+            except ConnectionLost:
+                if not self._reconnect:
+                    raise
+                self.client.reconnect(retry_for=self._reconnect)
+                continue
+            if msg is None:  # timeout
+                raise StopIteration
+            kind = msg.get("_kind")
+            if kind == "event":
+                if (
+                    self._single
+                    and msg.get("run") == self._single
+                    and msg.get("event") == "state"
+                    and msg.get("state") in FINAL_STATES
+                ):
+                    self._done = True
+                return msg
+            if self._notices:
+                return msg
+        raise StopIteration
+
+
+class Client:
+    """A connection to a trainbus daemon.
+
+    addr: "HOST:PORT", "[V6]:PORT", "unix:PATH" or a path with a '/'; token:
+    the daemon's token (None: observers on loopback need none); role:
+    "observer" or "controller". Without addr/token they come from the
+    environment or the state directory (see :func:`resolve_address`).
+    timeout: seconds to wait for each call's answer (set_lr and checkpoint
+    answer once applied); connect_timeout: for connecting and the handshake.
+
+    Raises ConnectionLost when the daemon cannot be reached, RemoteError when
+    it refuses the auth (bad token). Usable as a context manager.
+    """
+
+    def __init__(self, addr=None, token=None, role="observer", name="trainbus-py",
+                 timeout=60.0, connect_timeout=5.0, state_dir=None):
+        if role not in ("observer", "controller"):
+            raise TrainbusError("invalid_argument", "role must be observer or controller")
+        self.addr, self.token = resolve_address(addr, token, state_dir)
+        self.want_role = role
+        self.name = name
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.role = None
+        self.hello = None
+        self._sock = None
+        self._buf = b""
+        self._eof = False
+        self._queue = collections.deque()
+        self._next_id = 0
+        self._last_seq = {}
+        self._subs = []  # [params dict, next_seq]
+        self.bye = None
+        self._open()
+
+    # ----------------------------------------------------------- plumbing --
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        """Closes the connection. Queued notifications stay readable."""
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        self._sock = None
+        self._buf = b""
+        self._eof = False
+
+    def _connect_socket(self):
+        a = self.addr
+        try:
+            if a.startswith("unix:") or "/" in a:
+                path = a[5:] if a.startswith("unix:") else a
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(self.connect_timeout)
+                s.connect(path)
+                return s
+            if a.startswith("["):
+                host, _, port = a[1:].partition("]:")
+            else:
+                host, _, port = a.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConnectionLost("bad_address",
+                                     "address %r: expected HOST:PORT, unix:PATH or a path" % a)
+            s = socket.create_connection((host, int(port)), timeout=self.connect_timeout)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return s
+        except ConnectionLost:
+            raise
+        except socket.gaierror as e:
+            raise ConnectionLost("bad_address", "cannot resolve %r: %s" % (a, e)) from None
+        except OSError as e:
+            raise ConnectionLost("connect_failed", "cannot connect to %s: %s" % (
+                a, e.strerror or e)) from None
+
+    def _open(self):
+        self.close()
+        self.bye = None
+        self._sock = self._connect_socket()
+        deadline = time.monotonic() + self.connect_timeout
+        line = self._read_line(deadline)
+        msg = self._decode(line)
+        if msg.get("method") != "hello":
+            self.close()
+            if msg.get("method") == "bye":
+                p = msg.get("params") or {}
+                raise ConnectionLost("closed", "%s: the server said bye (%s: %s)" % (
+                    self.addr, p.get("reason"), p.get("message")))
+            raise TrainbusError("bad_reply", "%s: not a trainbus server (no hello)" % self.addr)
+        self.hello = msg.get("params") or {}
+        if self.hello.get("protocol") != PROTOCOL_VERSION:
+            self.close()
+            raise TrainbusError("bad_reply", "%s: the server speaks protocol %r, this client %d" % (
+                self.addr, self.hello.get("protocol"), PROTOCOL_VERSION))
+        params = {"role": self.want_role, "client": self.name, "protocol": PROTOCOL_VERSION}
+        if self.token:
+            params["token"] = self.token
+        try:
+            res = self._call("auth", params, deadline)
+        except TrainbusError:
+            self.close()
+            raise
+        self.role = res.get("role")
+
+    def _read_line(self, deadline):
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line:
+                    return line
+                continue
+            if self._sock is None or self._eof:
+                self.close()
+                reason = (self.bye or {}).get("reason")
+                raise ConnectionLost("closed", "connection closed by the server" + (
+                    " (bye: %s)" % reason if reason else ""))
+            if len(self._buf) > _MAX_LINE:
+                self.close()
+                raise TrainbusError("bad_reply", "the server sent a line over %d bytes" % _MAX_LINE)
+            if deadline is None:
+                self._sock.settimeout(None)
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TrainbusError("client_timeout", "no answer from the server in time")
+                self._sock.settimeout(left)
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                raise TrainbusError("client_timeout", "no answer from the server in time") from None
+            except OSError as e:
+                self.close()
+                raise ConnectionLost("closed", "reading from the server: %s" % e) from None
+            if not data:
+                self._eof = True
+            self._buf += data
+
+    def _decode(self, line):
+        try:
+            msg = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            self.close()
+            raise TrainbusError("bad_reply", "the server sent an unreadable line: %s" % e) from None
+        if not isinstance(msg, dict):
+            self.close()
+            raise TrainbusError("bad_reply", "the server sent a line that is not an object")
+        return msg
+
+    def _send(self, obj):
+        if self._sock is None:
+            raise ConnectionLost("closed", "not connected")
+        try:
+            data = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        except ValueError as e:
+            raise TrainbusError("invalid_argument", "cannot send %s: %s" % (
+                obj.get("method"), e)) from None
+        try:
+            self._sock.settimeout(self.timeout)
+            self._sock.sendall(data)  # Python ignores SIGPIPE: errors come as EPIPE
+        except OSError as e:
+            self.close()
+            raise ConnectionLost("closed", "sending %s: %s" % (obj.get("method"), e)) from None
+
+    def _call(self, method, params, deadline):
+        self._next_id += 1
+        rid = self._next_id
+        self._send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+        while True:
+            line = self._read_line(deadline)
+            msg = self._decode(line)
+            if "id" in msg and "method" not in msg:
+                if msg["id"] is None and "error" in msg:
+                    raise self._error(msg["error"])
+                if msg["id"] != rid:
+                    continue  # the late answer to a call that timed out
+                if "error" in msg:
+                    raise self._error(msg["error"])
+                return msg.get("result")
+            if msg.get("method") == "bye":
+                self.bye = msg.get("params") or {}
+            self._queue.append(msg)
+
+    @staticmethod
+    def _error(e):
+        e = e if isinstance(e, dict) else {}
+        name = (e.get("data") or {}).get("name") or "error"
+        return RemoteError(name, e.get("message") or name, e.get("code"))
+
+    # -------------------------------------------------------------- calls --
+
+    def call(self, method, **params):
+        """Sends one request and returns its result (a dict). Raises
+        RemoteError when the daemon refuses, ConnectionLost when the
+        connection breaks, TrainbusError('client_timeout') after timeout."""
+        params = {k: v for k, v in params.items() if v is not None}
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        return self._call(method, params, deadline)
+
+    def ping(self):
+        return self.call("ping")
+
+    def status(self, run=None):
+        """A run object ({run, state, epoch, epochs, batch, last_seq, lr}), or
+        the daemon's status without run."""
+        return self.call("status", run=run)
+
+    def runs(self):
+        """Every run object, oldest first."""
+        return self.call("runs")["runs"]
+
+    def history(self, run, since_seq=None, limit=None):
+        """One page: {run, events: [Event...], next_seq}."""
+        res = self.call("history", run=run, since_seq=since_seq, limit=limit)
+        res["events"] = [Event(_fix_numbers(e)) for e in res.get("events", [])]
+        return res
+
+    def history_all(self, run, since_seq=0):
+        """Every retained event of run, paging until caught up."""
+        out = []
+        while True:
+            page = self.history(run, since_seq=since_seq, limit=10000)
+            out.extend(page["events"])
+            nxt = page.get("next_seq", since_seq)
+            if not page["events"] or nxt <= since_seq:
+                return out
+            since_seq = nxt
+
+    def set_lr(self, run, lr):
+        """Sets the learning rate; returns once applied ({run, old, lr,
+        applied_at} from current daemons, {ok: true} from older ones)."""
+        return self.call("set_lr", run=run, lr=float(lr))
+
+    def stop(self, run, reason=None):
+        return self.call("stop", run=run, reason=reason)
+
+    def pause(self, run):
+        return self.call("pause", run=run)
+
+    def resume(self, run):
+        return self.call("resume", run=run)
+
+    def checkpoint(self, run):
+        """Writes a checkpoint; returns once written ({run, path, applied_at})."""
+        return self.call("checkpoint", run=run)
+
+    def submit(self, job):
+        """Queues a job (a dict, or JSON text, as in a job file); returns the new run id."""
+        if isinstance(job, (str, bytes)):
+            job = json.loads(job)
+        return self.call("submit", job=job)["run"]
+
+    def cancel(self, run, reason=None):
+        return self.call("cancel", run=run, reason=reason)
+
+    def continue_(self, run, seq, set_lr=None, stop=False, pause=False, checkpoint=False):
+        """Answers lockstep event seq of run; the actions take effect before
+        training goes on. (Also reachable as ``getattr(client, "continue")``.)"""
+        actions = {}
+        if set_lr is not None:
+            actions["set_lr"] = float(set_lr)
+        if stop:
+            actions["stop"] = True
+        if pause:
+            actions["pause"] = True
+        if checkpoint:
+            actions["checkpoint"] = True
+        return self.call("continue", run=run, seq=seq, actions=actions or None)
+
+    # ------------------------------------------------------------- events --
+
+    def subscribe(self, runs=None, events=None, every=None, since_seq=None, lockstep=None,
+                  lockstep_timeout_ms=None, timeout=None, reconnect=None, notices=False):
+        """Subscribes and returns an iterator of :class:`Event`.
+
+        runs / events: lists of patterns ('*' globs; None = all); every: only
+        every N-th batch event; since_seq: replay from this seq (one run
+        only); lockstep: hook names the trainer waits at until you call
+        continue_ (controller); lockstep_timeout_ms: how long it waits.
+        Iterator options: timeout (seconds without an event before the
+        iteration stops; None waits forever), reconnect (seconds to keep
+        reconnecting after the connection breaks; None raises
+        ConnectionLost), notices (also yield 'dropped' and 'bye' notices,
+        dicts with _kind set to their name).
+        """
+        if isinstance(runs, str):
+            runs = [runs]
+        if isinstance(events, str):
+            events = [events]
+        params = {"runs": runs, "events": events, "every": every, "since_seq": since_seq,
+                  "lockstep": lockstep, "lockstep_timeout_ms": lockstep_timeout_ms}
+        params = {k: v for k, v in params.items() if v is not None}
+        res = self.call("subscribe", **params)
+        self._subs.append([params, res.get("next_seq", 0)])
+        return Subscription(self, res, runs, timeout, reconnect, notices)
+
+    def unsubscribe(self, sub=None):
+        """Drops one subscription (by id), or all of them."""
+        self.call("unsubscribe", sub=sub)
+        if sub is None:
+            self._subs = []
+
+    def last_seq(self, run):
+        """The last seq delivered for run (0 if none)."""
+        return self._last_seq.get(run, 0)
+
+    def next_event(self, timeout=None, notices=False):
+        """The next event (an :class:`Event`, with ``_kind`` 'event'), or None
+        after timeout seconds (None: wait forever). With notices, 'dropped'
+        and 'bye' notices are returned too (dicts with ``_kind`` set).
+        Events already delivered for their run are skipped. Raises
+        ConnectionLost when the connection is gone."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._queue:
+                msg = self._queue.popleft()
+            else:
+                try:
+                    msg = self._decode(self._read_line(deadline))
+                except TrainbusError as e:
+                    if e.name == "client_timeout":
+                        return None
+                    raise
+            method = msg.get("method")
+            params = msg.get("params") or {}
+            if method == "event":
+                ev = Event(_fix_numbers(params))
+                run, seq = ev.get("run"), ev.get("seq", 0)
+                if seq <= self._last_seq.get(run, 0):
+                    continue
+                self._last_seq[run] = seq
+                ev["_kind"] = "event"
+                return ev
+            if method in ("dropped", "bye"):
+                if method == "bye":
+                    self.bye = params
+                if notices:
+                    n = Event(params)
+                    n["_kind"] = method
+                    return n
+            # responses left over and unknown notifications are skipped
+
+    def reconnect(self, retry_for=0.0):
+        """Connects again and renews every subscription; single-run ones
+        resume at the last seq delivered + 1 (no gap, no duplicate). Retries
+        for retry_for seconds while the daemon cannot be reached. Raises
+        ConnectionLost when it stays unreachable, RemoteError when it
+        refuses (for example no_such_run after a restart without --resume)."""
+        give_up = time.monotonic() + (retry_for or 0)
+        delay = 0.1
+        while True:
+            try:
+                self._open()
+                break
+            except ConnectionLost:
+                if time.monotonic() + delay > give_up:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        for sub in self._subs:
+            params, next_seq = dict(sub[0]), sub[1]
+            runs = params.get("runs") or []
+            if len(runs) == 1 and "*" not in runs[0]:
+                last = self._last_seq.get(runs[0], 0)
+                if last:
+                    params["since_seq"] = last + 1
+                elif "since_seq" not in params and next_seq:
+                    params["since_seq"] = next_seq
+            else:
+                params.pop("since_seq", None)
+            self.call("subscribe", **params)
+
+
+setattr(Client, "continue", Client.continue_)
