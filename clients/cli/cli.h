@@ -48,9 +48,11 @@ int tb_cli_conn_opt(tb_cli_conn_t *o, int argc, char **argv, int *i);
  * Returns TB_EXIT_OK with *c set, or prints one line and returns an exit code. */
 int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c);
 
-/* The run to act on: --run, else the only run that is not in a final state.
+/* The run to act on: --run, else the only run that is not in a final state,
+ * else (when newest_ok: for commands that only read) the newest run.
  * Returns TB_EXIT_OK, or prints one line and returns an exit code. */
-int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, char run[TB_PROTO_RUN_MAX]);
+int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, bool newest_ok,
+                    char run[TB_PROTO_RUN_MAX]);
 
 /* Prints "CMD: message" for a failed call and returns its exit code: 1 when
  * the daemon refused, 3 when it could not be reached or the connection broke,

@@ -129,7 +129,8 @@ static bool state_final(tb_run_state_t s) {
   return s == TB_RUN_FINISHED || s == TB_RUN_STOPPED || s == TB_RUN_CANCELLED || s == TB_RUN_FAILED;
 }
 
-int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, char run[TB_PROTO_RUN_MAX]) {
+int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, bool newest_ok,
+                    char run[TB_PROTO_RUN_MAX]) {
   if (o->run) {
     snprintf(run, TB_PROTO_RUN_MAX, "%s", o->run);
     return TB_EXIT_OK;
@@ -148,6 +149,10 @@ int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, char run[TB_PROTO_RU
       snprintf(run, TB_PROTO_RUN_MAX, "%s", runs[i].id);
     size_t l = strlen(names);
     snprintf(names + l, sizeof names - l, "%s%s", l ? ", " : "", runs[i].id);
+  }
+  if (found == 0 && newest_ok && n > 0) {
+    snprintf(run, TB_PROTO_RUN_MAX, "%s", runs[n - 1].id);
+    found = 1;
   }
   free(runs);
   if (found == 1)
@@ -207,7 +212,7 @@ int tb_cli_status(int argc, char **argv) {
            "\n"
            "Prints a run's state, position (epoch is 1-based here, as in the progress\n"
            "bar), learning rate and last event seq. Without --run: the only run that has\n"
-           "not ended; when none has, the daemon's own status.\n"
+           "not ended, else the newest run; with no runs at all, the daemon's status.\n"
            "\n"
            "options:\n"
            "  --run ID             the run\n"
@@ -249,11 +254,12 @@ int tb_cli_status(int argc, char **argv) {
     for (int i = 0; i < n; i++)
       if (!state_final(runs[i].state) && active++ == 0)
         snprintf(r->run, sizeof r->run, "%s", runs[i].id);
+    /* None active: the newest run, which is what a user just watched end. */
+    if (active == 0 && n > 0)
+      snprintf(r->run, sizeof r->run, "%s", runs[n - 1].id);
     free(runs);
-    if (active > 1 && (ex = tb_cli_pick_run(&o, c, r->run)) != TB_EXIT_OK)
+    if (active > 1 && (ex = tb_cli_pick_run(&o, c, false, r->run)) != TB_EXIT_OK)
       goto out;
-    if (active != 1)
-      r->run[0] = '\0';
   } else {
     snprintf(r->run, sizeof r->run, "%s", o.run);
   }
@@ -275,7 +281,7 @@ int tb_cli_status(int argc, char **argv) {
   } else {
     const cJSON *srv = cJSON_GetObjectItemCaseSensitive(res, "server");
     const cJSON *nr = cJSON_GetObjectItemCaseSensitive(res, "runs");
-    printf("daemon %s at %s: %d runs, none active\n", cJSON_IsString(srv) ? srv->valuestring : "?",
+    printf("daemon %s at %s: %d runs\n", cJSON_IsString(srv) ? srv->valuestring : "?",
            o.connect ? o.connect : "(default address)",
            cJSON_IsNumber(nr) ? (int)nr->valuedouble : 0);
   }
@@ -415,7 +421,7 @@ int tb_cli_history(int argc, char **argv) {
   if (ex != TB_EXIT_OK)
     return ex;
   char run[TB_PROTO_RUN_MAX];
-  if ((ex = tb_cli_pick_run(&o, c, run)) != TB_EXIT_OK) {
+  if ((ex = tb_cli_pick_run(&o, c, true, run)) != TB_EXIT_OK) {
     tb_client_free(c);
     return ex;
   }
@@ -591,7 +597,7 @@ int tb_cli_control(int argc, char **argv) {
   if (ex != TB_EXIT_OK)
     return ex;
   char run[TB_PROTO_RUN_MAX];
-  if ((ex = tb_cli_pick_run(&o, c, run)) != TB_EXIT_OK) {
+  if ((ex = tb_cli_pick_run(&o, c, false, run)) != TB_EXIT_OK) {
     tb_client_free(c);
     return ex;
   }

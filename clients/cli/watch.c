@@ -89,7 +89,8 @@ static void draw(watch_t *w, const tb_event_t *ev, bool final) {
     len += snprintf(line + len, sizeof line - (size_t)len, "Epoch %lld", (long long)ev->epoch + 1);
     if (w->epochs > 0)
       len += snprintf(line + len, sizeof line - (size_t)len, "/%lld", (long long)w->epochs);
-    len += snprintf(line + len, sizeof line - (size_t)len, " - %lld steps", (long long)seen);
+    if (seen > 0)
+      len += snprintf(line + len, sizeof line - (size_t)len, " - %lld steps", (long long)seen);
   } else if (target > 0) {
     int digits = snprintf(NULL, 0, "%lld", (long long)target);
     int64_t shown = seen < target ? seen : target;
@@ -219,7 +220,7 @@ static bool show_event(watch_t *w, const tb_event_t *ev) {
       printf(" (%s)", ev->reason);
     printf("\n");
     fflush(stdout);
-  } else if (w->explicit_events || strcmp(n, "test_end") == 0) {
+  } else if (w->explicit_events) {
     print_generic(w, ev);
   }
   return end;
@@ -343,7 +344,7 @@ int tb_cli_watch(int argc, char **argv) {
   if (ex != TB_EXIT_OK)
     goto out;
   char run[TB_PROTO_RUN_MAX];
-  if ((ex = tb_cli_pick_run(&o, c, run)) != TB_EXIT_OK)
+  if ((ex = tb_cli_pick_run(&o, c, true, run)) != TB_EXIT_OK)
     goto out;
   w.run = run;
   tb_run_info_t info;
@@ -364,8 +365,8 @@ int tb_cli_watch(int argc, char **argv) {
    * knows when the run ends; --events narrows what is printed, not that. */
   const char *evs[TB_PROTO_SUB_EVENTS_MAX];
   int n_evs = 0;
-  static const char *const lines_default[] = {"epoch_begin", "epoch_end", "test_end", "state",
-                                              "control"};
+  /* Validation's test_end inside fit() is not shown, as in Keras. */
+  static const char *const lines_default[] = {"epoch_begin", "epoch_end", "state", "control"};
   if (w.explicit_events) {
     bool has_state = false;
     for (int i = 0; i < w.n_patterns; i++) {
