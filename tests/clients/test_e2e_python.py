@@ -1,0 +1,200 @@
+"""End to end: the Python package, its examples and the C example
+plateau_remote against the real trainbusd.
+
+The lockstep test is the point of RemoteCallback: the seed's plateau callback,
+run remotely in lockstep, must change the learning rate exactly where a local
+callback would, i.e. the epoch after the decision already trains with the new
+rate (its epoch_end logs carry it). The Python and the C versions of the
+callback, run against two identical deterministic runs, print the same lines."""
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+from contextlib import redirect_stdout
+
+from e2e_util import PLATEAU_JOB, SOURCE, Daemon, need_binaries, run_state, wait_for
+
+sys.path.insert(0, os.path.join(SOURCE, "clients", "python"))
+sys.path.insert(0, os.path.join(SOURCE, "clients", "python", "examples"))
+
+import trainbus  # noqa: E402
+
+
+def job_daemon(job, test):
+    d = Daemon(["--job", write_job(job, test)])
+    test.addCleanup(d.stop)
+    return d
+
+
+def write_job(job, test):
+    f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump(job, f)
+    f.close()
+    test.addCleanup(os.unlink, f.name)
+    return f.name
+
+
+class PythonE2E(unittest.TestCase):
+    def setUp(self):
+        need_binaries(self)
+
+    def plateau_python(self, d):
+        from plateau_lr import PlateauLR
+        out = io.StringIO()
+        with redirect_stdout(out):
+            state = trainbus.run_callback(PlateauLR(), addr=d.addr, token=d.token, run="r1",
+                                          lockstep=True)
+        return state, out.getvalue()
+
+    def epoch_logs(self, d):
+        with trainbus.Client(d.addr, d.token) as c:
+            return {e.epoch: e.logs for e in c.history_all("r1") if e.event == "epoch_end"}
+
+    def paused_daemon(self, job):
+        """A daemon whose run r1 (job) is held before its first epoch ends, so a
+        callback attached now sees every epoch: submit and pause are sent in
+        one write (pipelined), so the pause is there before training is."""
+        d = Daemon(["--no-job"])
+        self.addCleanup(d.stop)
+        s = socket.create_connection((d.addr.rsplit(":", 1)[0], d.port))
+        f = s.makefile("rb")
+        req = [{"jsonrpc": "2.0", "id": 1, "method": "auth",
+                "params": {"role": "controller", "token": d.token}},
+               {"jsonrpc": "2.0", "id": 2, "method": "submit", "params": {"job": job}},
+               {"jsonrpc": "2.0", "id": 3, "method": "pause", "params": {"run": "r1"}}]
+        s.sendall("".join(json.dumps(r) + "\n" for r in req).encode())
+        answers = {}
+        rid = 3
+        while True:  # pausing a queued run is invalid_state: ask again until it runs
+            m = json.loads(f.readline())
+            if "id" not in m:
+                continue
+            answers[m["id"]] = m
+            if m["id"] == rid:
+                if "queued" not in json.dumps(m.get("error", "")):
+                    break
+                rid += 1
+                s.sendall((json.dumps({"jsonrpc": "2.0", "id": rid, "method": "pause",
+                                       "params": {"run": "r1"}}) + "\n").encode())
+        s.close()
+        self.assertEqual(answers[2].get("result"), {"run": "r1"}, answers)
+        self.assertIn("result", answers[rid], answers)
+        self.assertTrue(wait_for(lambda: run_state(d) == "paused"))
+        with trainbus.Client(d.addr, d.token) as c:
+            self.assertEqual(
+                [e.epoch for e in c.history_all("r1") if e.event == "epoch_end"], [])
+        return d
+
+    def test_plateau_lockstep_applies_before_next_epoch(self):
+        d = self.paused_daemon(PLATEAU_JOB)
+        resumer = subprocess.Popen([sys.executable, "-c", (
+            "import time, trainbus; time.sleep(0.5); "
+            "trainbus.Client(%r, %r, role='controller').resume('r1')") % (d.addr, d.token)],
+            env=dict(os.environ, PYTHONPATH=os.path.join(SOURCE, "clients", "python")))
+        state, out = self.plateau_python(d)
+        resumer.wait(30)
+        self.assertEqual(state, "finished", out)
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "epoch 0: no validation data, skipped")
+        halvings = [l for l in lines if "has not improved" in l]
+        self.assertTrue(halvings, out)
+        logs = self.epoch_logs(d)
+        for l in halvings:
+            epoch = int(l.split()[1].rstrip(":"))
+            new_lr = float(l.rsplit("lr -> ", 1)[1])
+            # Lockstep: the very next epoch trains with the new rate.
+            self.assertAlmostEqual(logs[epoch + 1]["lr"], new_lr, msg=l)
+            self.assertGreater(logs[epoch]["lr"], new_lr)
+        return out
+
+    def test_c_and_python_plateau_agree(self):
+        py = self.test_plateau_lockstep_applies_before_next_epoch()
+        d = self.paused_daemon(PLATEAU_JOB)
+        c = subprocess.Popen([os.environ["PLATEAU_REMOTE"], "--connect", d.addr, "--token",
+                              d.token, "--run", "r1"], stdout=subprocess.PIPE, text=True)
+        wait_for(lambda: False, timeout=0.5)
+        with trainbus.Client(d.addr, d.token, role="controller") as cl:
+            cl.resume("r1")
+        out, _ = c.communicate(timeout=120)
+        self.assertEqual(c.returncode, 0, out)
+        self.assertEqual([l for l in out.splitlines() if l.startswith("epoch ")],
+                         [l for l in py.splitlines() if l.startswith("epoch ")])
+
+    def test_logging_callback_without_lockstep(self):
+        job = dict(PLATEAU_JOB, epochs=3, validation_freq=1)
+        d = self.paused_daemon(job)
+        p = subprocess.Popen([sys.executable, os.path.join(SOURCE, "clients", "python", "examples",
+                                                           "logging_callback.py"),
+                              "--connect", d.addr, "--token", d.token, "--run", "r1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ,
+                                      PYTHONPATH=os.path.join(SOURCE, "clients", "python")))
+        wait_for(lambda: False, timeout=0.7)
+        with trainbus.Client(d.addr, d.token, role="controller") as c:
+            c.resume("r1")
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        ends = [l for l in out.splitlines() if " end:" in l]
+        self.assertEqual([l.split()[1] for l in ends], ["0", "1", "2"])
+        self.assertIn("val_loss=", ends[0])
+        batches = [l for l in out.splitlines() if " batch " in l]
+        self.assertEqual(len(batches), 3 * 10)  # 300 training rows / 32 = 10 batches
+        self.assertIn("run ended: finished", out)
+
+    def test_lr_schedule_from_outside(self):
+        job = dict(PLATEAU_JOB, epochs=12)
+        d = self.paused_daemon(job)
+        p = subprocess.Popen([sys.executable, os.path.join(SOURCE, "clients", "python", "examples",
+                                                           "lr_schedule.py"),
+                              "--connect", d.addr, "--token", d.token, "--every-epochs", "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ,
+                                      PYTHONPATH=os.path.join(SOURCE, "clients", "python")))
+        wait_for(lambda: False, timeout=0.7)
+        with trainbus.Client(d.addr, d.token, role="controller") as c:
+            c.resume("r1")
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(len([l for l in out.splitlines() if l.startswith("after epoch")]), 3,
+                         out)
+        logs = self.epoch_logs(d)
+        self.assertEqual(logs[0]["lr"], 0.5)
+        self.assertEqual(logs[11]["lr"], 0.5 * 0.5 ** 2)  # the third change lands after the end
+
+    def test_client_calls_and_errors(self):
+        d = Daemon(["--epochs", "2000"])
+        self.addCleanup(d.stop)
+        with trainbus.Client(d.addr, d.token, role="controller") as c:
+            self.assertEqual(c.role, "controller")
+            self.assertEqual(c.ping()["pong"], True)
+            res = c.set_lr("r1", 0.001)
+            self.assertEqual(res.get("lr"), 0.001)
+            with self.assertRaises(trainbus.RemoteError) as cm:
+                c.set_lr("r1", -1)
+            self.assertEqual(cm.exception.name, "invalid_params")
+            with self.assertRaises(trainbus.RemoteError) as cm:
+                c.status("nope")
+            self.assertEqual(cm.exception.name, "no_such_run")
+            evs = []
+            for ev in c.subscribe(runs=["r1"], events=["epoch_end"], timeout=10):
+                evs.append(ev)
+                if len(evs) == 2:
+                    break
+            self.assertEqual(evs[1].epoch, evs[0].epoch + 1)
+            c.stop("r1")
+        with self.assertRaises(trainbus.RemoteError):
+            trainbus.Client(d.addr, "wrong", role="controller")
+        obs = trainbus.Client(d.addr, None)  # observers need no token on loopback
+        self.assertEqual(obs.role, "observer")
+        with self.assertRaises(trainbus.RemoteError) as cm:
+            obs.pause("r1")
+        self.assertIn(cm.exception.name, ("forbidden", "unauthorized"))
+        obs.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
