@@ -128,20 +128,51 @@ static int own_checkpoint(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, con
 }
 
 /* At a batch boundary: apply the control block, then write whatever
- * checkpoints are due. */
+ * checkpoints are due. A checkpoint asked for through the control block is
+ * reported back through it with the file's path; a shutdown request writes
+ * the latest checkpoint and leaves fit() with TB_EINTERRUPTED (or, with no
+ * checkpoint directory to resume from, stops the run as Keras would). */
 static int boundary(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const tb_fit_opts_t *o,
                     bool batch_due, tb_err_t *err) {
-  tb_applied_t a = {0};
   int r;
-  if (ctx->control != NULL)
-    tb_control_apply(ctx->control, ctx, &a);
-  if ((r = flush_requests(m, ctx, cbs, o, err)) != 0)
-    return r;
-  if (a.checkpoint && o->checkpoint_dir == NULL)
-    return tb_errf(err, TB_ESTATE, "checkpoint requested but the run has no checkpoint directory");
-  if (a.checkpoint || batch_due)
-    return own_checkpoint(m, ctx, cbs, o, a.checkpoint, err);
-  return 0;
+  for (;;) {
+    tb_applied_t a = {0};
+    if (ctx->control != NULL)
+      tb_control_apply(ctx->control, ctx, &a);
+    if ((r = flush_requests(m, ctx, cbs, o, err)) != 0)
+      return r;
+    if (a.shutdown && o->checkpoint_dir == NULL) {
+      ctx->stop_training = true;
+      a.shutdown = false;
+    }
+    if (a.checkpoint && o->checkpoint_dir == NULL)
+      return tb_errf(err, TB_ESTATE,
+                     "checkpoint requested but the run has no checkpoint directory");
+    if (a.checkpoint || a.shutdown || batch_due) {
+      if ((r = own_checkpoint(m, ctx, cbs, o, a.checkpoint, err)) != 0)
+        return r;
+      batch_due = false;
+    }
+    if (a.checkpoint || a.shutdown) {
+      tb_control_note_t n = {.action = a.checkpoint ? TB_CONTROL_CHECKPOINT : TB_CONTROL_SHUTDOWN,
+                             .by = a.checkpoint_by,
+                             .path = ctx->last_checkpoint,
+                             .epoch = ctx->epoch,
+                             .batch = ctx->batch};
+      tb_control_note(ctx->control, &n);
+      if (a.checkpoint && a.shutdown) {
+        n.action = TB_CONTROL_SHUTDOWN;
+        tb_control_note(ctx->control, &n);
+      }
+    }
+    if (a.shutdown)
+      return tb_errf(err, TB_EINTERRUPTED,
+                     "interrupted for shutdown at epoch %d batch %d; resume from %s", ctx->epoch,
+                     ctx->batch, ctx->last_checkpoint);
+    if (!a.in_pause)
+      return 0;
+    /* A checkpoint was written during a pause: go back to waiting. */
+  }
 }
 
 int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o,

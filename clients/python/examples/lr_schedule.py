@@ -38,7 +38,12 @@ def main():
             lr = ev.logs.get("lr", lr)
             done = ev.epoch + 1
             if lr is not None and done % a.every_epochs == 0 and lr * a.factor >= a.min_lr:
-                res = c.set_lr(run, lr * a.factor)
+                try:
+                    res = c.set_lr(run, lr * a.factor)
+                except trainbus.RemoteError as e:
+                    # The run ended before a batch boundary could apply it.
+                    print("after epoch %d: not applied (%s)" % (done, e), flush=True)
+                    continue
                 at = res.get("applied_at") or {}
                 print("after epoch %d: lr %g -> %g (applied at epoch %s, batch %s)" % (
                     done, lr, lr * a.factor, at.get("epoch"), at.get("batch")), flush=True)

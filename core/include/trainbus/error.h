@@ -25,7 +25,8 @@
   X(EXISTS, -1011, "already exists")                                                               \
   X(NOTFOUND, -1012, "not found")                                                                  \
   X(CALLBACK, -1013, "a callback failed")                                                          \
-  X(NONFINITE, -1014, "non-finite value")
+  X(NONFINITE, -1014, "non-finite value")                                                          \
+  X(INTERRUPTED, -1015, "interrupted for shutdown")
 
 typedef enum {
 #define X(name, code, text) TB_E##name = code,

@@ -1,0 +1,91 @@
+/* The trainbus server: publishes training events over the wire protocol
+ * (docs/PROTOCOL.md) and takes control back.
+ *
+ * Threads. One libuv loop thread owns every socket, the run registry and the
+ * retained events; it never trains. Each running job trains on its own
+ * thread and never touches a socket: its publisher (an ordinary core
+ * callback) hands events to the loop through a queue and a uv_async, and
+ * control comes back through the run's tb_control_t, applied by the trainer at
+ * batch boundaries.
+ *
+ * Embedding. A program with its own training loop creates a server, starts it
+ * on its own thread with tb_server_start(), attaches a run, adds the run's
+ * callback to its callback list (last) and calls tb_control_apply() on the
+ * run's control block at every batch boundary: remote clients then see and
+ * steer that loop exactly as they would a daemon job (examples/embed.c). */
+#ifndef TRAINBUS_SERVER_H
+#define TRAINBUS_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "trainbus/callback.h"
+#include "trainbus/control.h"
+#include "trainbus/error.h"
+#include "trainbus/job.h"
+
+typedef struct tb_server_s tb_server_t;
+typedef struct tb_run_s tb_run_t;
+
+enum { TB_SERVER_MAX_LISTEN = 8 };
+
+typedef struct tb_server_opts_s {
+  /* "HOST:PORT" (port 0: any free port) or a Unix socket path (contains '/'). */
+  const char *listen[TB_SERVER_MAX_LISTEN];
+  int n_listen;          /* default: one listener on 127.0.0.1:7787 */
+  const char *token;     /* NULL: generated (and written to state_dir/token) */
+  bool token_given;      /* the token came from the user (flag or environment) */
+  const char *state_dir; /* NULL: no persistence (no event logs, no checkpoints) */
+  bool resume;           /* resume the runs found in state_dir */
+  size_t max_line;       /* default TB_PROTO_MAX_LINE */
+  int max_clients;       /* default 16384 */
+  int auth_timeout_ms;   /* default 5000 */
+  size_t out_drop_bytes; /* queued output above which batch events are dropped; 256 KiB */
+  size_t out_hard_bytes; /* queued output that disconnects at once; 8 MiB */
+  size_t out_soft_bytes; /* queued output that disconnects after out_soft_seconds; 2 MiB */
+  int out_soft_seconds;  /* 10 */
+  size_t retain_events;  /* events kept in memory per run for replay; 200000 */
+  int max_queued_runs;   /* default 64 */
+  int log_level;         /* 0 errors, 1 info (default), 2 debug */
+} tb_server_opts_t;
+
+void tb_server_opts_defaults(tb_server_opts_t *o);
+
+/* Creates the server and binds its listeners (so addresses are known and bind
+ * errors reported here). Refuses a non-loopback listener without a
+ * user-given token. */
+int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err);
+/* Runs the loop on the calling thread until tb_server_stop(). */
+int tb_server_run(tb_server_t *s);
+/* Runs the loop on a new thread. */
+int tb_server_start(tb_server_t *s);
+/* Any thread (and signal-safe through a uv_async): stops running jobs at a
+ * batch boundary (checkpointing them when there is a state directory), flushes
+ * logs, sends bye to every client and ends the loop. tb_server_run() returns;
+ * after tb_server_start(), tb_server_free() joins the thread. */
+void tb_server_stop(tb_server_t *s);
+void tb_server_free(tb_server_t *s);
+
+/* The bound address of listener i ("127.0.0.1:43125" or "unix:/path"). */
+const char *tb_server_address(const tb_server_t *s, int i);
+/* The token in force (given or generated). */
+const char *tb_server_token(const tb_server_t *s);
+
+/* Queues a job (JSON text as a job file) to run; *run_id receives its id.
+ * Thread-safe. */
+int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
+                     const char *base_dir, char run_id[64], tb_err_t *err);
+
+/* Embedding: a run whose training loop belongs to the caller. `epochs` is
+ * reported in status (0 if unknown). Thread-safe. */
+int tb_server_attach(tb_server_t *s, const char *name, int epochs, tb_run_t **out, tb_err_t *err);
+/* The run's publisher callback: add it to the loop's callback list, last. */
+tb_callback_t *tb_run_callback(tb_run_t *r);
+/* The run's control block: pass it to fit (tb_fit_opts_t.control) or call
+ * tb_control_apply() on it at every batch boundary of a hand-written loop. */
+tb_control_t *tb_run_control(tb_run_t *r);
+/* Ends an attached run: `failed` chooses the final state (finished, or
+ * stopped when a stop was requested, or failed). The run stays listed. */
+void tb_run_detach(tb_run_t *r, bool failed);
+
+#endif

@@ -1,0 +1,309 @@
+/* The loop side of the bus: records in, encoded events out.
+ *
+ * tb__drain() takes every queued record at once (swapping the queue under its
+ * mutex), and for each: encodes it once into a refcounted tb_ev_t, updates the
+ * run's status, keeps the event in the run's ring (for replay and history),
+ * appends it to the run's on-disk log, answers control requests waiting for
+ * it, and fans the same bytes out to every matching subscriber. The disk log
+ * is written before any client sees the event, so after a crash the log holds
+ * everything any client was sent. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+tb_ev_t *tb__ev_new(const char *line, size_t len, int64_t seq, tb_event_kind_t kind, int batch) {
+  tb_ev_t *e = malloc(sizeof(*e) + len);
+  if (e == NULL)
+    return NULL;
+  e->refs = 1;
+  e->seq = seq;
+  e->kind = kind;
+  e->batch = batch;
+  e->len = len;
+  memcpy(e->data, line, len);
+  return e;
+}
+
+void tb__ev_ref(tb_ev_t *e) {
+  e->refs++;
+}
+
+void tb__ev_unref(tb_ev_t *e) {
+  if (e != NULL && --e->refs == 0)
+    free(e);
+}
+
+void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
+  if (r->ring_cap == 0)
+    return;
+  size_t slot = (size_t)((e->seq - 1) % (int64_t)r->ring_cap);
+  if (r->n_ring == r->ring_cap)
+    tb__ev_unref(r->ring[slot]);
+  else
+    r->n_ring++;
+  r->ring[slot] = e;
+  tb__ev_ref(e);
+}
+
+/* The retained event with this seq, or NULL if it is older than memory. */
+tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq) {
+  if (seq < 1 || seq > r->last_seq || seq <= r->last_seq - (int64_t)r->n_ring)
+    return NULL;
+  return r->ring[(size_t)((seq - 1) % (int64_t)r->ring_cap)];
+}
+
+static void encode(const tb_rec_t *rec, bool lockstep, tb_buf_t *b) {
+  const tb_run_t *r = rec->run;
+  tb_event_t ev = {.run = r->id,
+                   .seq = rec->seq,
+                   .name = tb_event_name(rec->kind),
+                   .epoch = rec->epoch,
+                   .batch = rec->batch,
+                   .time_us = rec->time_us,
+                   .lockstep = lockstep,
+                   .n_logs = rec->logs.n,
+                   .log_names = rec->logs.names,
+                   .log_values = rec->logs.values};
+  char reason[sizeof(rec->reason) + sizeof(rec->path) + 16];
+  if (rec->kind == TB_EVENT_STATE) {
+    ev.state = tb_run_state_name(rec->state);
+    ev.prev_state = tb_run_state_name(rec->prev_state);
+    ev.reason = rec->reason[0] ? rec->reason : NULL;
+  } else if (rec->kind == TB_EVENT_CONTROL) {
+    ev.action = rec->action;
+    ev.by = rec->by[0] ? rec->by : NULL;
+    ev.has_value = rec->has_value;
+    ev.value = rec->value;
+    ev.has_old = rec->has_old;
+    ev.old_value = rec->old_value;
+    if (rec->path[0]) {
+      snprintf(reason, sizeof(reason), "wrote %s", rec->path);
+      ev.reason = reason;
+    } else if (rec->reason[0]) {
+      ev.reason = rec->reason;
+    }
+  }
+  tb_msg_event(b, &ev);
+}
+
+/* Answers the control requests that waited for this applied action. */
+static void resolve_pending(tb_run_t *r, const tb_rec_t *rec) {
+  tb_method_t m = strcmp(rec->action, "set_lr") == 0       ? TB_METHOD_SET_LR
+                  : strcmp(rec->action, "checkpoint") == 0 ? TB_METHOD_CHECKPOINT
+                                                           : TB_METHOD_INVALID;
+  if (m == TB_METHOD_INVALID)
+    return;
+  pending_t **pp = &r->pending;
+  while (*pp != NULL) {
+    pending_t *p = *pp;
+    if (p->method != m) {
+      pp = &p->next;
+      continue;
+    }
+    *pp = p->next;
+    conn_t *c = tb__conn_find(r->srv, p->conn_id);
+    if (c != NULL) {
+      tb_buf_t b;
+      tb_buf_init(&b);
+      tb_msg_result_begin(&b, &p->id);
+      TB_LIT(&b, "{\"run\":");
+      tb_json_str(&b, r->id);
+      if (m == TB_METHOD_SET_LR) {
+        TB_LIT(&b, ",\"old\":");
+        tb_json_num(&b, rec->old_value);
+        TB_LIT(&b, ",\"lr\":");
+        tb_json_num(&b, rec->value);
+      } else {
+        TB_LIT(&b, ",\"path\":");
+        tb_json_str(&b, rec->path);
+      }
+      TB_LIT(&b, ",\"applied_at\":{\"epoch\":");
+      tb_json_int(&b, rec->epoch);
+      TB_LIT(&b, ",\"batch\":");
+      tb_json_int(&b, rec->batch);
+      TB_LIT(&b, ",\"seq\":");
+      tb_json_int(&b, rec->seq);
+      TB_LIT(&b, "}}");
+      tb_msg_result_end(&b);
+      tb__conn_send(c, b.data, b.len);
+      tb_buf_free(&b);
+      tb__conn_flush(c);
+    }
+    free(p);
+  }
+}
+
+void tb__pending_fail(tb_run_t *r, const char *why) {
+  while (r->pending != NULL) {
+    pending_t *p = r->pending;
+    r->pending = p->next;
+    conn_t *c = tb__conn_find(r->srv, p->conn_id);
+    if (c != NULL) {
+      tb_buf_t b;
+      tb_buf_init(&b);
+      tb_msg_error(&b, &p->id, TB_PROTO_EINVALID_STATE, "%s: run %s %s", tb_method_name(p->method),
+                   r->id, why);
+      tb__conn_send(c, b.data, b.len);
+      tb_buf_free(&b);
+      tb__conn_flush(c);
+    }
+    free(p);
+  }
+}
+
+/* The loop's view of the run, from its own event stream. */
+static void track(tb_run_t *r, const tb_rec_t *rec) {
+  r->last_seq = rec->seq;
+  if (rec->epochs > 0)
+    r->epochs = rec->epochs;
+  if (!isnan(rec->lr)) {
+    r->has_lr = true;
+    r->lr = rec->lr;
+  }
+  switch (rec->kind) {
+  case TB_EVENT_EPOCH_BEGIN:
+    r->epoch = rec->epoch;
+    r->batch = -1;
+    break;
+  case TB_EVENT_TRAIN_BATCH_BEGIN:
+  case TB_EVENT_TRAIN_BATCH_END:
+    r->epoch = rec->epoch;
+    r->batch = rec->batch;
+    break;
+  case TB_EVENT_EPOCH_END:
+    r->batch = -1;
+    break;
+  case TB_EVENT_STATE:
+    /* A stop wins over a later resume note. */
+    if (!(r->state == TB_RUN_STOPPING && rec->state == TB_RUN_RUNNING))
+      r->state = rec->state;
+    break;
+  default:
+    break;
+  }
+}
+
+void tb__drain(tb_server_t *s) {
+  pthread_mutex_lock(&s->q_mu);
+  tb_rec_t *q = s->q;
+  size_t n = s->q_len, cap = s->q_cap;
+  s->q = s->q_spare;
+  s->q_cap = s->q_spare_cap;
+  s->q_len = 0;
+  pthread_mutex_unlock(&s->q_mu);
+
+  tb_buf_t b;
+  tb_buf_init(&b);
+  for (size_t i = 0; i < n; i++) {
+    tb_rec_t *rec = &q[i];
+    tb_run_t *r = rec->run;
+    if (rec->finished) {
+      /* The trainer thread has returned: join it and start the next run. */
+      if (r->thread_started && !r->thread_joined) {
+        uv_thread_join(&r->thread);
+        r->thread_joined = true;
+      }
+      tb__pending_fail(r, "ended before the change could be applied");
+      tb__runs_schedule(s);
+      continue;
+    }
+    b.len = 0;
+    encode(rec, false, &b);
+    tb_ev_t *e = tb__ev_new(b.data, b.len, rec->seq, rec->kind, rec->batch);
+    if (e == NULL)
+      continue;
+    track(r, rec);
+    s->n_events++;
+    if (r->attached && rec->kind == TB_EVENT_STATE && rec->state == TB_RUN_RUNNING &&
+        rec->prev_state == TB_RUN_QUEUED)
+      tb__lockstep_recount(r); /* an embedded run: subscriptions made before it existed */
+    if (r->log != NULL)
+      fwrite(e->data, 1, e->len, r->log);
+    tb__run_retain(r, e);
+    if (rec->kind == TB_EVENT_CONTROL)
+      resolve_pending(r, rec);
+    tb__deliver(s, r, e, rec);
+    tb__ev_unref(e);
+  }
+  tb_buf_free(&b);
+  for (tb_run_t *r = s->runs; r != NULL; r = r->next)
+    if (r->log != NULL)
+      fflush(r->log);
+  for (conn_t *c = s->conns; c != NULL; c = c->next)
+    tb__conn_flush(c);
+
+  /* Keep the bigger array as the spare, so the steady state allocates
+   * nothing. */
+  pthread_mutex_lock(&s->q_mu);
+  s->q_spare = q;
+  s->q_spare_cap = cap;
+  pthread_mutex_unlock(&s->q_mu);
+}
+
+/* ---- lockstep ------------------------------------------------------------ */
+
+/* Recomputes which hooks of r have lockstep subscribers and the shortest
+ * timeout among them. */
+void tb__lockstep_recount(tb_run_t *r) {
+  uint32_t mask = 0;
+  int64_t timeout = 0;
+  for (conn_t *c = r->srv->conns; c != NULL; c = c->next) {
+    for (int i = 0; i < c->n_subs; i++) {
+      const sub_t *sb = &c->subs[i];
+      if (sb->lockstep == 0)
+        continue;
+      bool match = sb->n_runs == 0;
+      for (int k = 0; k < sb->n_runs && !match; k++)
+        match = tb_proto_match(sb->runs[k], r->id);
+      if (!match)
+        continue;
+      mask |= sb->lockstep;
+      if (timeout == 0 || sb->lockstep_timeout_ms < timeout)
+        timeout = sb->lockstep_timeout_ms;
+    }
+  }
+  atomic_store(&r->lockstep_timeout_ms, (int)timeout);
+  atomic_store(&r->lockstep_mask, mask);
+  /* A waiting trainer whose last lockstep subscriber left goes on. */
+  pthread_mutex_lock(&r->ls_mu);
+  if (r->ls_seq != 0 && mask == 0) {
+    r->ls_armed = true;
+    r->ls_waiting = 0;
+    pthread_cond_broadcast(&r->ls_cv);
+  }
+  pthread_mutex_unlock(&r->ls_mu);
+}
+
+/* A "continue" for seq from connection c. *ok is false if c owes no answer
+ * for it (too late, another seq, or answered already). */
+void tb__lockstep_answer(tb_run_t *r, conn_t *c, int64_t seq, bool *ok) {
+  *ok = false;
+  for (int i = 0; i < c->n_owed; i++) {
+    if (c->owed[i].run == r && c->owed[i].seq == seq) {
+      c->owed[i] = c->owed[--c->n_owed];
+      *ok = true;
+      break;
+    }
+  }
+  if (!*ok)
+    return;
+  pthread_mutex_lock(&r->ls_mu);
+  *ok = r->ls_seq == seq && r->ls_waiting > 0;
+  if (*ok && --r->ls_waiting == 0)
+    pthread_cond_broadcast(&r->ls_cv);
+  pthread_mutex_unlock(&r->ls_mu);
+}
+
+/* A closing connection answers nothing: the trainer stops waiting for it. */
+void tb__lockstep_release_conn(conn_t *c) {
+  while (c->n_owed > 0) {
+    tb_run_t *r = c->owed[--c->n_owed].run;
+    int64_t seq = c->owed[c->n_owed].seq;
+    pthread_mutex_lock(&r->ls_mu);
+    if (r->ls_seq == seq && r->ls_waiting > 0 && --r->ls_waiting == 0)
+      pthread_cond_broadcast(&r->ls_cv);
+    pthread_mutex_unlock(&r->ls_mu);
+  }
+}

@@ -1,0 +1,272 @@
+/* Private to server/: the loop's data structures.
+ *
+ * Ownership: the loop thread owns connections, subscriptions, retained
+ * events and every run field marked "loop". The trainer of a run owns the
+ * fields marked "trainer". The few fields both touch are behind the queue
+ * mutex (the record queue) or the run's lockstep mutex. */
+#ifndef TB_SERVER_INTERNAL_H
+#define TB_SERVER_INTERNAL_H
+
+#include "trainbus/protocol.h"
+#include "trainbus/server.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <uv.h>
+
+typedef struct conn_s conn_t;
+
+/* Appends a string literal (its length known at compile time). */
+#define TB_LIT(b, s) tb_buf_append((b), (s), sizeof(s) - 1)
+
+/* An encoded event line, shared by every subscriber and the retained log. */
+typedef struct tb_ev_s {
+  int refs;
+  int64_t seq;
+  tb_event_kind_t kind;
+  int batch;
+  size_t len;
+  char data[]; /* the whole notification line, '\n' included */
+} tb_ev_t;
+
+tb_ev_t *tb__ev_new(const char *line, size_t len, int64_t seq, tb_event_kind_t kind, int batch);
+void tb__ev_ref(tb_ev_t *e);
+void tb__ev_unref(tb_ev_t *e);
+
+/* What a trainer hands the loop: one event, not yet encoded. */
+typedef struct tb_rec_s {
+  tb_run_t *run;
+  int64_t seq;
+  tb_event_kind_t kind;
+  int epoch, batch;
+  int64_t time_us;
+  double lr; /* the model's rate now, for status; NAN if unknown */
+  int epochs;
+  tb_logs_t logs;
+  /* state / control events */
+  tb_run_state_t state, prev_state;
+  char action[24];
+  char by[128];
+  char reason[160];
+  char path[1200]; /* checkpoint file */
+  bool has_value, has_old;
+  double value, old_value;
+  bool lockstep; /* the trainer waits for "continue" on this seq */
+  bool finished; /* the trainer thread has ended (the last record of a job run) */
+} tb_rec_t;
+
+/* A control request waiting for the trainer to apply it (set_lr,
+ * checkpoint): answered when the matching control event comes through. */
+typedef struct pending_s {
+  struct pending_s *next;
+  uint64_t conn_id;
+  tb_id_t id;
+  tb_method_t method;
+} pending_t;
+
+struct tb_run_s {
+  tb_server_t *srv;
+  tb_run_t *next; /* registry, oldest first */
+  char id[TB_PROTO_RUN_MAX];
+  bool attached; /* the caller's own loop (embedding) */
+
+  /* Set before the trainer starts, then read-only. */
+  tb_callback_t cb; /* the publisher */
+  tb_control_t control;
+  tb_job_t *job;  /* job runs */
+  char *job_json; /* the job as submitted */
+  char dir[1024]; /* state_dir/runs/<id>, "" without a state dir */
+  int epochs;
+
+  /* trainer */
+  int64_t seq;              /* last seq handed out */
+  bool stop_requested;      /* a stop reached the trainer (set by its control note) */
+  _Atomic bool cancel_flag; /* set by the loop: the stop is a cancel */
+  char resume_path[1200];   /* a checkpoint to continue from, "" for a fresh start */
+  uv_thread_t thread;
+  char fail_msg[512];
+
+  /* Lockstep: the loop publishes which hooks have lockstep subscribers; the
+   * trainer waits at those until every such subscriber answered or the
+   * timeout passed. */
+  _Atomic uint32_t lockstep_mask;
+  _Atomic int lockstep_timeout_ms;
+  pthread_mutex_t ls_mu;
+  pthread_cond_t ls_cv;
+  int64_t ls_seq; /* the seq being waited on, 0 if none */
+  int ls_waiting; /* answers still expected */
+  bool ls_armed;  /* the loop has counted the answers for ls_seq */
+
+  /* loop */
+  tb_run_state_t state;
+  int64_t epoch, batch, last_seq;
+  bool has_lr;
+  double lr;
+  bool thread_started, thread_joined;
+  bool cancel_requested;
+  tb_ev_t **ring; /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */
+  size_t ring_cap, n_ring;
+  int64_t logged_first_seq; /* the first seq in the on-disk event log (1 when complete) */
+  FILE *log;                /* state_dir/runs/<id>/events.ndjson, appended */
+  pending_t *pending;
+};
+
+typedef struct sub_s {
+  int64_t id;
+  int n_runs, n_events;
+  char runs[TB_PROTO_SUB_RUNS_MAX][TB_PROTO_RUN_MAX];
+  char events[TB_PROTO_SUB_EVENTS_MAX][TB_PROTO_NAME_MAX];
+  int64_t every;
+  uint32_t lockstep; /* bitmask over tb_event_kind_t */
+  int64_t lockstep_timeout_ms;
+  /* Replay in progress: events of `replay_run` from replay_next are sent as
+   * the connection drains; the subscription turns live when it catches up. */
+  tb_run_t *replay_run;
+  int64_t replay_next;
+  FILE *replay_file; /* reading the on-disk log for seqs older than memory */
+} sub_t;
+
+/* A slow client's losses for one run, told before its next event there. */
+typedef struct drop_s {
+  tb_run_t *run;
+  int64_t count, from, to;
+} drop_t;
+
+typedef struct outbuf_s {
+  uv_buf_t buf;
+  tb_ev_t *ev; /* a shared event, or NULL when buf.base is malloc'ed */
+} outbuf_t;
+
+typedef struct wreq_s {
+  uv_write_t req;
+  conn_t *conn;
+  int n;
+  size_t bytes;
+  outbuf_t bufs[];
+} wreq_t;
+
+struct conn_s {
+  union {
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  tb_server_t *srv;
+  conn_t *prev, *next;
+  uint64_t id;
+  bool local; /* accepted on a loopback or Unix listener */
+  tb_role_t role;
+  char client[TB_PROTO_TEXT_MAX];
+  char label[200]; /* "client 7 (lr-tuner)" */
+  uint64_t t_open_ms;
+  bool closing, close_after_flush, http_checked;
+
+  char *in;
+  size_t in_len, in_cap, scan;
+
+  sub_t *subs;
+  int n_subs, cap_subs;
+  int64_t next_sub;
+
+  outbuf_t *out; /* queued, not yet handed to uv_write */
+  int n_out, cap_out;
+  size_t out_bytes; /* queued + in flight */
+  int inflight;
+  uint64_t soft_since_ms; /* when out_bytes first exceeded the soft limit, 0 if below */
+
+  drop_t drops[8];
+  int n_drops;
+
+  /* Lockstep events this connection has been sent and not yet answered. */
+  struct {
+    tb_run_t *run;
+    int64_t seq;
+  } owed[8];
+  int n_owed;
+};
+
+typedef struct listener_s {
+  union {
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  tb_server_t *srv;
+  bool local;
+  char address[300];
+} listener_t;
+
+struct tb_server_s {
+  tb_server_opts_t o;
+  char token[256];
+  char state_dir[1024];
+  uv_loop_t loop;
+  listener_t listeners[TB_SERVER_MAX_LISTEN];
+  int n_listeners;
+  uv_async_t wake; /* records queued, or stop requested */
+  uv_timer_t tick; /* deadlines: auth, slow consumers, lockstep */
+  uv_thread_t loop_thread;
+  bool loop_thread_started;
+
+  /* trainer -> loop queue */
+  pthread_mutex_t q_mu;
+  tb_rec_t *q, *q_spare;
+  size_t q_len, q_cap, q_spare_cap;
+  _Atomic bool stop_requested;
+  bool stopping, stopped;
+
+  tb_run_t *runs; /* oldest first */
+  int n_runs, next_run;
+  pthread_mutex_t runs_mu; /* guards the registry list against attach/submit from other threads */
+
+  conn_t *conns;
+  int n_conns;
+  uint64_t next_conn;
+  int64_t n_events;
+};
+
+/* log.c */
+void tb__log(tb_server_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+uint64_t tb__now_ms(void);
+int64_t tb__now_us(void);
+
+/* publish.c: the trainer side */
+void tb__publisher_init(tb_run_t *r);
+void tb__push(tb_run_t *r, tb_rec_t *rec);
+void tb__push_state(tb_run_t *r, tb_run_state_t state, tb_run_state_t prev, const char *reason,
+                    int epoch, int batch);
+
+/* runs.c */
+tb_run_t *tb__run_new(tb_server_t *s, const char *id, bool attached);
+tb_run_t *tb__run_find(tb_server_t *s, const char *id);
+void tb__run_free(tb_run_t *r);
+void tb__runs_schedule(tb_server_t *s);
+void tb__run_info(const tb_run_t *r, tb_run_info_t *out);
+int tb__runs_restore(tb_server_t *s, tb_err_t *err);
+void tb__runs_shutdown(tb_server_t *s);
+bool tb__runs_all_done(tb_server_t *s);
+/* events.c: the loop side */
+void tb__drain(tb_server_t *s);
+void tb__run_retain(tb_run_t *r, tb_ev_t *e);
+tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
+void tb__lockstep_recount(tb_run_t *r);
+void tb__lockstep_answer(tb_run_t *r, conn_t *c, int64_t seq, bool *ok);
+void tb__lockstep_release_conn(conn_t *c);
+void tb__pending_fail(tb_run_t *r, const char *why);
+/* conn.c */
+void tb__conn_accept(listener_t *l);
+void tb__conn_send(conn_t *c, const char *data, size_t len);
+void tb__conn_send_ev(conn_t *c, tb_ev_t *e);
+void tb__conn_flush(conn_t *c);
+void tb__conn_close(conn_t *c, const char *reason, const char *message);
+void tb__conn_tick(conn_t *c, uint64_t now);
+conn_t *tb__conn_find(tb_server_t *s, uint64_t id);
+void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, const tb_rec_t *rec);
+void tb__replay_pump(conn_t *c);
+/* methods.c */
+void tb__handle_line(conn_t *c, const char *line, size_t len);
+void tb__conn_drop_subs(conn_t *c);
+
+#endif

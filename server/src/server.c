@@ -1,0 +1,444 @@
+/* The server's life: options, listeners, the loop and its two handles (a
+ * uv_async woken by trainers and by tb_server_stop, and a tick timer for
+ * deadlines), submitting and attaching runs, and an orderly shutdown.
+ *
+ * Shutdown, in order: running jobs are asked to checkpoint and leave fit() at
+ * their next batch boundary (tb__runs_shutdown); once every trainer has
+ * returned and its last events are drained and logged, every client gets
+ * "bye shutdown", listeners and handles close, and the loop ends. */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void tb_server_opts_defaults(tb_server_opts_t *o) {
+  memset(o, 0, sizeof(*o));
+  o->max_line = TB_PROTO_MAX_LINE_DEFAULT;
+  o->max_clients = 16384;
+  o->auth_timeout_ms = 5000;
+  o->out_drop_bytes = 256 * 1024;
+  o->out_soft_bytes = 2 * 1024 * 1024;
+  o->out_soft_seconds = 10;
+  o->out_hard_bytes = 8 * 1024 * 1024;
+  o->retain_events = 200000;
+  o->max_queued_runs = 64;
+  o->log_level = 1;
+}
+
+uint64_t tb__now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int64_t tb__now_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void tb__log(tb_server_t *s, int level, const char *fmt, ...) {
+  if (level > s->o.log_level)
+    return;
+  static const char *names[] = {"error", "info", "debug"};
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "trainbusd: %s: %s\n", names[level < 0 ? 0 : level > 2 ? 2 : level], msg);
+}
+
+/* ---- listeners ---------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *st, int status) {
+  listener_t *l = st->data;
+  if (status == 0)
+    tb__conn_accept(l);
+}
+
+static bool is_loopback(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+  if (sa->sa_family == AF_INET6) {
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a);
+  }
+  return false;
+}
+
+static int listen_on(tb_server_t *s, const char *spec, tb_err_t *err) {
+  listener_t *l = &s->listeners[s->n_listeners];
+  memset(l, 0, sizeof(*l));
+  l->srv = s;
+  int r;
+  if (strchr(spec, '/') != NULL) {
+    /* A Unix socket path: only local users can reach it. */
+    unlink(spec);
+    if ((r = uv_pipe_init(&s->loop, &l->h.pipe, 0)) != 0)
+      return tb_errf(err, r, "listen %s: %s", spec, uv_strerror(r));
+    if ((r = uv_pipe_bind(&l->h.pipe, spec)) != 0) {
+      uv_close((uv_handle_t *)&l->h.pipe, NULL);
+      return tb_errf(err, r, "listen %s: %s", spec, uv_strerror(r));
+    }
+    chmod(spec, 0700);
+    l->local = true;
+    snprintf(l->address, sizeof(l->address), "unix:%s", spec);
+  } else {
+    char host[256];
+    const char *colon = strrchr(spec, ':');
+    if (colon == NULL || colon == spec || (size_t)(colon - spec) >= sizeof(host))
+      return tb_errf(err, TB_EINVAL, "listen %s: expected HOST:PORT or a socket path", spec);
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || end == colon + 1 || port < 0 || port > 65535)
+      return tb_errf(err, TB_EINVAL, "listen %s: the port must be 0..65535", spec);
+    if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+      memmove(host, host + 1, strlen(host));
+      host[strlen(host) - 1] = '\0';
+    }
+    struct sockaddr_storage ss;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0)
+      return tb_errf(err, TB_EINVAL, "listen %s: \"%s\" is not an IP address", spec, host);
+    l->local = is_loopback((struct sockaddr *)&ss);
+    if (!l->local && !s->o.token_given)
+      return tb_errf(err, TB_EINVAL,
+                     "listen %s: refusing a non-loopback address without a token: give "
+                     "--token or TRAINBUS_TOKEN",
+                     spec);
+    if ((r = uv_tcp_init(&s->loop, &l->h.tcp)) != 0)
+      return tb_errf(err, r, "listen %s: %s", spec, uv_strerror(r));
+    if ((r = uv_tcp_bind(&l->h.tcp, (struct sockaddr *)&ss, 0)) != 0) {
+      uv_close((uv_handle_t *)&l->h.tcp, NULL);
+      return tb_errf(err, r, "listen %s: %s", spec, uv_strerror(r));
+    }
+  }
+  l->h.stream.data = l;
+  if ((r = uv_listen(&l->h.stream, 511, on_connection)) != 0) {
+    uv_close((uv_handle_t *)&l->h.stream, NULL);
+    return tb_errf(err, r, "listen %s: %s", spec, uv_strerror(r));
+  }
+  if (l->address[0] == '\0') {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char ip[64];
+    uv_tcp_getsockname(&l->h.tcp, (struct sockaddr *)&ss, &len);
+    if (ss.ss_family == AF_INET6) {
+      uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+      snprintf(l->address, sizeof(l->address), "[%s]:%d", ip,
+               ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+    } else {
+      uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+      snprintf(l->address, sizeof(l->address), "%s:%d", ip,
+               ntohs(((struct sockaddr_in *)&ss)->sin_port));
+    }
+  }
+  s->n_listeners++;
+  return 0;
+}
+
+/* ---- handles --------------------------------------------------------------------- */
+
+static void close_all(tb_server_t *s);
+
+static void on_wake(uv_async_t *a) {
+  tb_server_t *s = a->data;
+  tb__drain(s);
+  tb__runs_schedule(s);
+  if (atomic_load(&s->stop_requested) && !s->stopping) {
+    s->stopping = true;
+    tb__log(s, 1, "stopping: runs checkpoint at their next batch boundary");
+    tb__runs_shutdown(s);
+  }
+  if (s->stopping && !s->stopped && tb__runs_all_done(s)) {
+    tb__drain(s);
+    s->stopped = true;
+    close_all(s);
+  }
+}
+
+static void on_tick(uv_timer_t *t) {
+  tb_server_t *s = t->data;
+  uint64_t now = tb__now_ms();
+  for (conn_t *c = s->conns, *next; c != NULL; c = next) {
+    next = c->next;
+    tb__conn_tick(c, now);
+  }
+  if (s->stopping)
+    on_wake(&s->wake);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  (void)h;
+}
+
+static void close_all(tb_server_t *s) {
+  for (conn_t *c = s->conns; c != NULL; c = c->next)
+    tb__conn_close(c, "shutdown", "daemon stopping");
+  for (int i = 0; i < s->n_listeners; i++)
+    uv_close((uv_handle_t *)&s->listeners[i].h.stream, on_handle_closed);
+  uv_close((uv_handle_t *)&s->tick, on_handle_closed);
+  uv_close((uv_handle_t *)&s->wake, on_handle_closed);
+}
+
+/* ---- token and state directory ---------------------------------------------------- */
+
+static int make_token(char *out, size_t len) {
+  unsigned char raw[24];
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  ssize_t n = read(fd, raw, sizeof(raw));
+  close(fd);
+  if (n != (ssize_t)sizeof(raw))
+    return TB_EIO;
+  for (size_t i = 0; i < sizeof(raw) && 2 * i + 2 < len; i++)
+    snprintf(out + 2 * i, 3, "%02x", raw[i]);
+  return 0;
+}
+
+static int write_private(const char *path, const char *text) {
+  char tmp[1200];
+  snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  size_t len = strlen(text);
+  int r = write(fd, text, len) == (ssize_t)len ? 0 : TB_EIO;
+  if (close(fd) != 0 && r == 0)
+    r = -errno;
+  if (r == 0 && rename(tmp, path) != 0)
+    r = -errno;
+  if (r != 0)
+    unlink(tmp);
+  return r;
+}
+
+int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
+  *out = NULL;
+  tb_server_t *s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return tb_errf(err, TB_ENOMEM, "out of memory");
+  if (o != NULL)
+    s->o = *o;
+  else
+    tb_server_opts_defaults(&s->o);
+  int r;
+  if (s->o.max_line < 1024 || s->o.max_line > TB_PROTO_MAX_LINE_CEIL || s->o.max_clients < 1 ||
+      s->o.auth_timeout_ms < 10 || s->o.out_hard_bytes < s->o.out_drop_bytes) {
+    free(s);
+    return tb_errf(err, TB_EINVAL, "server options out of range");
+  }
+  pthread_mutex_init(&s->q_mu, NULL);
+  pthread_mutex_init(&s->runs_mu, NULL);
+  if ((r = uv_loop_init(&s->loop)) != 0) {
+    free(s);
+    return tb_errf(err, r, "cannot start the event loop: %s", uv_strerror(r));
+  }
+  if (s->o.state_dir != NULL && strlen(s->o.state_dir) > 900) {
+    r = tb_errf(err, TB_EINVAL, "state directory path longer than 900 bytes");
+    goto fail;
+  }
+  if (s->o.state_dir != NULL) {
+    snprintf(s->state_dir, sizeof(s->state_dir), "%s", s->o.state_dir);
+    if (mkdir(s->state_dir, 0700) != 0 && errno != EEXIST) {
+      r = tb_errf(err, -errno, "state directory %s: %s", s->state_dir, strerror(errno));
+      goto fail;
+    }
+  }
+  if (s->o.token != NULL && s->o.token[0] != '\0') {
+    if (strlen(s->o.token) >= TB_PROTO_TOKEN_MAX) {
+      r = tb_errf(err, TB_EINVAL, "the token is longer than %d bytes", TB_PROTO_TOKEN_MAX - 1);
+      goto fail;
+    }
+    snprintf(s->token, sizeof(s->token), "%s", s->o.token);
+  } else if ((r = make_token(s->token, sizeof(s->token))) != 0) {
+    tb_errf(err, r, "cannot generate a token: %s", tb_strerror(r));
+    goto fail;
+  }
+  if (s->state_dir[0] != '\0') {
+    char path[1200], text[300];
+    snprintf(path, sizeof(path), "%s/token", s->state_dir);
+    snprintf(text, sizeof(text), "%s\n", s->token);
+    if ((r = write_private(path, text)) != 0) {
+      tb_errf(err, r, "cannot write %s: %s", path, tb_strerror(r));
+      goto fail;
+    }
+  }
+  const char *def = "127.0.0.1:7787";
+  int n = s->o.n_listen > 0 ? s->o.n_listen : 1;
+  for (int i = 0; i < n && i < TB_SERVER_MAX_LISTEN; i++)
+    if ((r = listen_on(s, s->o.n_listen > 0 ? s->o.listen[i] : def, err)) != 0)
+      goto fail;
+  for (int i = 0; i < s->n_listeners; i++) {
+    if (s->listeners[i].address[0] != 'u' && s->state_dir[0] != '\0') {
+      char path[1200], text[320];
+      snprintf(path, sizeof(path), "%s/address", s->state_dir);
+      snprintf(text, sizeof(text), "%s\n", s->listeners[i].address);
+      write_private(path, text);
+      break;
+    }
+  }
+  uv_async_init(&s->loop, &s->wake, on_wake);
+  s->wake.data = s;
+  uv_timer_init(&s->loop, &s->tick);
+  s->tick.data = s;
+  uv_timer_start(&s->tick, on_tick, 200, 200);
+  if (s->o.resume && s->state_dir[0] != '\0' && (r = tb__runs_restore(s, err)) != 0)
+    goto fail;
+  *out = s;
+  return 0;
+fail:
+  for (int i = 0; i < s->n_listeners; i++)
+    uv_close((uv_handle_t *)&s->listeners[i].h.stream, NULL);
+  uv_run(&s->loop, UV_RUN_NOWAIT);
+  uv_loop_close(&s->loop);
+  free(s);
+  return r ? r : TB_EINVAL;
+}
+
+int tb_server_run(tb_server_t *s) {
+  tb__runs_schedule(s);
+  int r = uv_run(&s->loop, UV_RUN_DEFAULT);
+  return r < 0 ? r : 0;
+}
+
+static void loop_thread(void *arg) {
+  tb_server_run(arg);
+}
+
+int tb_server_start(tb_server_t *s) {
+  int r = uv_thread_create(&s->loop_thread, loop_thread, s);
+  if (r == 0)
+    s->loop_thread_started = true;
+  return r;
+}
+
+void tb_server_stop(tb_server_t *s) {
+  atomic_store(&s->stop_requested, true);
+  uv_async_send(&s->wake);
+}
+
+void tb_server_free(tb_server_t *s) {
+  if (s == NULL)
+    return;
+  if (s->loop_thread_started)
+    uv_thread_join(&s->loop_thread);
+  /* Runs whose trainer never reported back (attached runs) are freed too. */
+  while (s->runs != NULL) {
+    tb_run_t *r = s->runs;
+    s->runs = r->next;
+    if (r->thread_started && !r->thread_joined)
+      uv_thread_join(&r->thread);
+    tb__run_free(r);
+  }
+  uv_loop_close(&s->loop);
+  free(s->q);
+  free(s->q_spare);
+  pthread_mutex_destroy(&s->q_mu);
+  pthread_mutex_destroy(&s->runs_mu);
+  free(s);
+}
+
+const char *tb_server_address(const tb_server_t *s, int i) {
+  return i >= 0 && i < s->n_listeners ? s->listeners[i].address : NULL;
+}
+
+const char *tb_server_token(const tb_server_t *s) {
+  return s->token;
+}
+
+/* ---- runs from outside the loop ----------------------------------------------------- */
+
+int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
+                     const char *base_dir, char run_id[64], tb_err_t *err) {
+  tb_job_t *job = NULL;
+  int r = tb_job_parse(json, len, origin, base_dir, &job, err);
+  if (r != 0)
+    return r;
+  int queued = 0;
+  pthread_mutex_lock(&s->runs_mu);
+  for (tb_run_t *q = s->runs; q != NULL; q = q->next)
+    queued += q->state == TB_RUN_QUEUED;
+  char id[64];
+  snprintf(id, sizeof(id), "r%d", ++s->next_run);
+  pthread_mutex_unlock(&s->runs_mu);
+  if (queued >= s->o.max_queued_runs) {
+    tb_job_free(job);
+    return tb_errf(err, TB_ERANGE, "%d runs are queued already (the limit)", queued);
+  }
+  tb_run_t *run = tb__run_new(s, id, false);
+  if (run == NULL) {
+    tb_job_free(job);
+    return tb_errf(err, TB_ENOMEM, "out of memory");
+  }
+  run->job = job;
+  run->epochs = job->fit.epochs;
+  if (run->dir[0] != '\0') {
+    /* Keep the job as given, and the folder its relative paths mean. */
+    char path[1200], *text = malloc(len + 1), base[1100];
+    if (text != NULL) {
+      memcpy(text, json, len);
+      text[len] = '\0';
+      snprintf(path, sizeof(path), "%s/job.json", run->dir);
+      write_private(path, text);
+      free(text);
+    }
+    snprintf(path, sizeof(path), "%s/base_dir", run->dir);
+    snprintf(base, sizeof(base), "%s\n", base_dir ? base_dir : "");
+    write_private(path, base);
+  }
+  snprintf(run_id, 64, "%s", id);
+  uv_async_send(&s->wake);
+  return 0;
+}
+
+/* Queued runs start when the loop notices; a submit from another thread wakes
+ * it, and the drain calls the scheduler. */
+
+int tb_server_attach(tb_server_t *s, const char *name, int epochs, tb_run_t **out, tb_err_t *err) {
+  char id[64];
+  pthread_mutex_lock(&s->runs_mu);
+  if (name != NULL && name[0] != '\0')
+    snprintf(id, sizeof(id), "%s", name);
+  else
+    snprintf(id, sizeof(id), "r%d", ++s->next_run);
+  bool taken = false;
+  for (tb_run_t *r = s->runs; r != NULL; r = r->next)
+    taken |= strcmp(r->id, id) == 0;
+  pthread_mutex_unlock(&s->runs_mu);
+  if (taken)
+    return tb_errf(err, TB_EEXISTS, "a run named %s exists already", id);
+  tb_run_t *r = tb__run_new(s, id, true);
+  if (r == NULL)
+    return tb_errf(err, TB_ENOMEM, "out of memory");
+  r->epochs = epochs;
+  tb__push_state(r, TB_RUN_RUNNING, TB_RUN_QUEUED, "attached", -1, -1);
+  *out = r;
+  return 0;
+}
+
+tb_callback_t *tb_run_callback(tb_run_t *r) {
+  return &r->cb;
+}
+
+tb_control_t *tb_run_control(tb_run_t *r) {
+  return &r->control;
+}
+
+void tb_run_detach(tb_run_t *r, bool failed) {
+  tb_run_state_t final = failed              ? TB_RUN_FAILED
+                         : r->stop_requested ? TB_RUN_STOPPED
+                                             : TB_RUN_FINISHED;
+  tb__push_state(r, final, TB_RUN_RUNNING, NULL, -1, -1);
+}

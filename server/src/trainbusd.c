@@ -1,0 +1,246 @@
+/* trainbusd: the daemon. Parses flags, builds the server, queues the job it
+ * was given (the built-in demo when none is), and runs the loop until SIGINT
+ * or SIGTERM, which stop it cleanly (runs checkpoint, clients get bye). */
+#include "internal.h"
+
+#include <cjson/cJSON.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: trainbusd [options]\n"
+          "\n"
+          "Runs training jobs and publishes every event (Keras's hooks, with their logs) to\n"
+          "remote clients over JSON-RPC (docs/PROTOCOL.md); clients steer the runs back.\n"
+          "With no options: trains the built-in demo job on 127.0.0.1:7787.\n"
+          "\n"
+          "options:\n"
+          "  --listen ADDR        HOST:PORT (port 0: any free port) or a Unix socket path;\n"
+          "                       repeatable (default 127.0.0.1:7787). A non-loopback address\n"
+          "                       needs --token or TRAINBUS_TOKEN\n"
+          "  --job FILE           run this job (docs/JOB.md) instead of the demo\n"
+          "  --no-job             start idle; runs come from `trainbus submit`\n"
+          "  --epochs N           override the first job's epochs\n"
+          "  --state-dir DIR      keep event logs, checkpoints, the token and the address\n"
+          "                       here (default $TRAINBUS_STATE_DIR, else $HOME/.trainbus)\n"
+          "  --no-state           keep nothing on disk (no checkpoints, no replay after restart)\n"
+          "  --resume             continue the runs found in the state directory that had not\n"
+          "                       ended, from their latest checkpoints\n"
+          "  --token TOKEN        the token clients need to control (default $TRAINBUS_TOKEN,\n"
+          "                       else generated and written to STATE_DIR/token, mode 0600)\n"
+          "  --max-clients N      connections at once (default 16384)\n"
+          "  --max-line BYTES     longest request line (default 65536)\n"
+          "  --auth-timeout-ms N  time a client has to authenticate (default 5000)\n"
+          "  --quiet, --verbose   log errors only, or debug detail (default: info)\n"
+          "  -h, --help           this help\n"
+          "\n"
+          "Observers may connect without a token on loopback and Unix listeners; controlling\n"
+          "(set_lr, stop, pause, resume, checkpoint, submit, cancel, lockstep) always needs\n"
+          "the token. SIGINT/SIGTERM: runs stop at a batch boundary and checkpoint, logs are\n"
+          "flushed, clients get bye, exit 0.\n");
+}
+
+static uv_signal_t sigint_h, sigterm_h;
+
+static void on_signal(uv_signal_t *h, int signum) {
+  tb_server_t *s = h->data;
+  tb__log(s, 1, "%s received", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  uv_close((uv_handle_t *)&sigint_h, NULL);
+  uv_close((uv_handle_t *)&sigterm_h, NULL);
+  tb_server_stop(s);
+}
+
+/* Enough descriptors for the connection limit, within the hard limit. */
+static void raise_nofile(int want) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return;
+  rlim_t need = (rlim_t)want + 64;
+  if (rl.rlim_cur < need) {
+    rl.rlim_cur = need < rl.rlim_max ? need : rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return NULL;
+  char *buf = NULL;
+  size_t cap = 0;
+  ssize_t n = getdelim(&buf, &cap, '\0', f);
+  fclose(f);
+  if (n < 0) {
+    free(buf);
+    return NULL;
+  }
+  *len = (size_t)n;
+  return buf;
+}
+
+int main(int argc, char **argv) {
+  tb_server_opts_t o;
+  tb_server_opts_defaults(&o);
+  const char *job_path = NULL, *state_dir = getenv("TRAINBUS_STATE_DIR");
+  const char *token = getenv("TRAINBUS_TOKEN");
+  bool no_job = false, no_state = false;
+  long epochs = 0;
+  char default_state[1024];
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    bool v = i + 1 < argc;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--listen") == 0 && v) {
+      if (o.n_listen == TB_SERVER_MAX_LISTEN) {
+        fprintf(stderr, "trainbusd: at most %d --listen\n", TB_SERVER_MAX_LISTEN);
+        return 2;
+      }
+      o.listen[o.n_listen++] = argv[++i];
+    } else if (strcmp(a, "--job") == 0 && v) {
+      job_path = argv[++i];
+    } else if (strcmp(a, "--no-job") == 0) {
+      no_job = true;
+    } else if (strcmp(a, "--state-dir") == 0 && v) {
+      state_dir = argv[++i];
+    } else if (strcmp(a, "--no-state") == 0) {
+      no_state = true;
+    } else if (strcmp(a, "--resume") == 0) {
+      o.resume = true;
+    } else if (strcmp(a, "--token") == 0 && v) {
+      token = argv[++i];
+    } else if (strcmp(a, "--quiet") == 0) {
+      o.log_level = 0;
+    } else if (strcmp(a, "--verbose") == 0) {
+      o.log_level = 2;
+    } else if ((strcmp(a, "--max-clients") == 0 || strcmp(a, "--max-line") == 0 ||
+                strcmp(a, "--auth-timeout-ms") == 0 || strcmp(a, "--epochs") == 0) &&
+               v) {
+      char *end;
+      long n = strtol(argv[++i], &end, 10);
+      if (*end != '\0' || n < 1 || n > 1000000000) {
+        fprintf(stderr, "trainbusd: %s: expected a positive integer, got '%s'\n", a, argv[i]);
+        return 2;
+      }
+      if (strcmp(a, "--max-clients") == 0)
+        o.max_clients = (int)n;
+      else if (strcmp(a, "--max-line") == 0)
+        o.max_line = (size_t)n;
+      else if (strcmp(a, "--auth-timeout-ms") == 0)
+        o.auth_timeout_ms = (int)n;
+      else
+        epochs = n;
+    } else {
+      fprintf(stderr, "trainbusd: unknown option or missing value: %s (see --help)\n", a);
+      return 2;
+    }
+  }
+  if (job_path != NULL && no_job) {
+    fprintf(stderr, "trainbusd: --job and --no-job exclude each other\n");
+    return 2;
+  }
+  if (!no_state) {
+    if (state_dir == NULL) {
+      const char *home = getenv("HOME");
+      snprintf(default_state, sizeof(default_state), "%s/.trainbus", home ? home : ".");
+      state_dir = default_state;
+    }
+    o.state_dir = state_dir;
+  } else if (o.resume) {
+    fprintf(stderr, "trainbusd: --resume needs a state directory\n");
+    return 2;
+  }
+  o.token = token;
+  o.token_given = token != NULL && token[0] != '\0';
+  raise_nofile(o.max_clients);
+
+  tb_server_t *s;
+  tb_err_t err = {{0}};
+  if (tb_server_new(&o, &s, &err) != 0) {
+    fprintf(stderr, "trainbusd: %s\n", err.msg);
+    return 1;
+  }
+  for (int i = 0; tb_server_address(s, i) != NULL; i++)
+    fprintf(stderr, "trainbusd: listening on %s\n", tb_server_address(s, i));
+
+  /* The first job: the one given, the demo, or none. A restart with --resume
+   * and no --job continues what was there. */
+  if (!no_job && !(o.resume && job_path == NULL)) {
+    char id[64], dir[1024] = ".";
+    size_t len = 0;
+    char *text;
+    const char *origin = "demo";
+    if (job_path != NULL) {
+      if ((text = read_file(job_path, &len)) == NULL) {
+        fprintf(stderr, "trainbusd: %s: cannot read\n", job_path);
+        tb_server_stop(s);
+        tb_server_run(s);
+        tb_server_free(s);
+        return 2;
+      }
+      origin = job_path;
+      snprintf(dir, sizeof(dir), "%s", job_path);
+      char *slash = strrchr(dir, '/');
+      if (slash != NULL)
+        *slash = '\0';
+      else
+        snprintf(dir, sizeof(dir), ".");
+      char abs[1024];
+      if (realpath(dir, abs) != NULL)
+        snprintf(dir, sizeof(dir), "%s", abs);
+    } else {
+      text = strdup(tb_job_demo_json());
+      len = strlen(text);
+    }
+    if (epochs > 0) {
+      /* The override goes into the job itself, so a --resume after a restart
+       * keeps it. */
+      cJSON *doc = cJSON_ParseWithLength(text, len);
+      if (doc != NULL && cJSON_IsObject(doc)) {
+        cJSON_DeleteItemFromObjectCaseSensitive(doc, "epochs");
+        cJSON_AddNumberToObject(doc, "epochs", (double)epochs);
+        char *patched = cJSON_PrintUnformatted(doc);
+        if (patched != NULL) {
+          free(text);
+          text = strdup(patched);
+          len = strlen(text);
+          cJSON_free(patched);
+        }
+      }
+      cJSON_Delete(doc);
+    }
+    int r = tb_server_submit(s, text, len, origin, dir, id, &err);
+    free(text);
+    if (r != 0) {
+      fprintf(stderr, "trainbusd: %s\n", err.msg);
+      tb_server_stop(s);
+      tb_server_run(s);
+      tb_server_free(s);
+      return 2;
+    }
+    fprintf(stderr, "trainbusd: run %s queued (%s)\n", id, origin);
+  }
+  if (o.state_dir != NULL && !o.token_given)
+    fprintf(stderr, "trainbusd: token in %s/token; watch with: trainbus watch\n", o.state_dir);
+  else if (o.state_dir != NULL)
+    fprintf(stderr, "trainbusd: watch with: trainbus watch\n");
+  else
+    fprintf(stderr, "trainbusd: watch with: trainbus watch --connect %s --token %s\n",
+            tb_server_address(s, 0), o.token_given ? "<your token>" : tb_server_token(s));
+
+  uv_signal_init(&s->loop, &sigint_h);
+  uv_signal_init(&s->loop, &sigterm_h);
+  sigint_h.data = sigterm_h.data = s;
+  uv_signal_start(&sigint_h, on_signal, SIGINT);
+  uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  signal(SIGPIPE, SIG_IGN);
+  int r = tb_server_run(s);
+  tb_server_free(s);
+  fprintf(stderr, "trainbusd: stopped\n");
+  return r == 0 ? 0 : 1;
+}
