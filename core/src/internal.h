@@ -89,7 +89,8 @@ void tb__sgemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *
                float beta, float *C);
 
 /* layers.c */
-void tb__act_forward(tb_act_t act, float alpha, const float *z, float *a, int rows, int cols);
+void tb__act_forward(tb_act_t act, float alpha, const float *restrict z, float *restrict a,
+                     int rows, int cols);
 /* g (in: dL/da, out: dL/dz), given z and a. */
 void tb__act_backward(tb_act_t act, float alpha, const float *z, const float *a, float *g, int rows,
                       int cols);

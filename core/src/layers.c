@@ -12,7 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-void tb__act_forward(tb_act_t act, float alpha, const float *z, float *a, int rows, int cols) {
+void tb__act_forward(tb_act_t act, float alpha, const float *restrict z, float *restrict a,
+                     int rows, int cols) {
   long n = (long)rows * cols;
   switch (act) {
   case TB_ACT_LINEAR:

@@ -34,13 +34,13 @@ int tb__optim_alloc(tb_model_t *m) {
 void tb__optim_step(tb_model_t *m) {
   const tb_optim_opts_t *o = &m->opts.optim;
   long n = m->n_params;
-  float *w = m->params;
-  const float *g = m->grads;
+  float *restrict w = m->params;
+  const float *restrict g = m->grads;
   float lr = (float)m->lr;
   switch (o->kind) {
   case TB_OPT_SGD: {
     float mu = (float)o->momentum;
-    float *v = m->slot1;
+    float *restrict v = m->slot1;
     if (v == NULL) {
       for (long i = 0; i < n; i++)
         w[i] -= lr * g[i];
@@ -61,7 +61,7 @@ void tb__optim_step(tb_model_t *m) {
     double t = (double)(m->iterations + 1);
     float b1 = (float)o->beta_1, b2 = (float)o->beta_2, eps = (float)o->epsilon;
     float alpha = (float)(m->lr * sqrt(1.0 - pow(o->beta_2, t)) / (1.0 - pow(o->beta_1, t)));
-    float *mm = m->slot1, *vv = m->slot2;
+    float *restrict mm = m->slot1, *restrict vv = m->slot2;
     for (long i = 0; i < n; i++) {
       mm[i] += (g[i] - mm[i]) * (1.0f - b1);
       vv[i] += (g[i] * g[i] - vv[i]) * (1.0f - b2);
@@ -71,7 +71,7 @@ void tb__optim_step(tb_model_t *m) {
   }
   case TB_OPT_RMSPROP: {
     float rho = (float)o->rho, eps = (float)o->epsilon, mu = (float)o->momentum;
-    float *vv = m->slot1, *mm = m->slot2;
+    float *restrict vv = m->slot1, *restrict mm = m->slot2;
     for (long i = 0; i < n; i++) {
       vv[i] = rho * vv[i] + (1.0f - rho) * g[i] * g[i];
       float inc = lr * g[i] / sqrtf(vv[i] + eps);
