@@ -642,19 +642,21 @@ void tb_job_free(tb_job_t *job) {
 }
 
 const char *tb_job_demo_json(void) {
+  /* About 5 seconds on one core: long enough to watch and to steer. */
   return "{\n"
          "  \"name\": \"demo-spirals\",\n"
          "  \"seed\": 42,\n"
-         "  \"data\": {\"source\": \"spirals\", \"n_per_class\": 2000, \"noise\": 0.15,\n"
+         "  \"data\": {\"source\": \"spirals\", \"n_per_class\": 5000, \"noise\": 0.15,\n"
          "           \"scale\": \"standard\"},\n"
          "  \"model\": {\"layers\": [\n"
-         "    {\"type\": \"dense\", \"units\": 128, \"activation\": \"relu\"},\n"
-         "    {\"type\": \"dense\", \"units\": 128, \"activation\": \"relu\"},\n"
+         "    {\"type\": \"dense\", \"units\": 256, \"activation\": \"relu\"},\n"
+         "    {\"type\": \"dense\", \"units\": 256, \"activation\": \"relu\"},\n"
+         "    {\"type\": \"dense\", \"units\": 256, \"activation\": \"relu\"},\n"
          "    {\"type\": \"dropout\", \"rate\": 0.1},\n"
          "    {\"type\": \"dense\", \"units\": 2, \"activation\": \"softmax\"}]},\n"
          "  \"loss\": \"sparse_categorical_crossentropy\",\n"
          "  \"metrics\": [\"accuracy\"],\n"
-         "  \"optimizer\": {\"name\": \"adam\", \"learning_rate\": 0.003},\n"
+         "  \"optimizer\": {\"name\": \"adam\", \"learning_rate\": 0.001},\n"
          "  \"epochs\": 30,\n"
          "  \"batch_size\": 32,\n"
          "  \"validation_split\": 0.2\n"

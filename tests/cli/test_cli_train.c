@@ -67,7 +67,7 @@ static void test_train_json_events(void **state) {
   assert_true(strncmp(out, "{\"event\":\"train_begin\"", 22) == 0);
   assert_int_equal(count(out, "\"event\":\"epoch_begin\""), 2);
   assert_int_equal(count(out, "\"event\":\"epoch_end\""), 2);
-  assert_int_equal(count(out, "\"event\":\"train_batch_end\""), 2 * 100);
+  assert_int_equal(count(out, "\"event\":\"train_batch_end\""), 2 * 250);
   assert_int_equal(count(out, "\"event\":\"test_end\""), 2);
   assert_int_equal(count(out, "\"event\":\"train_end\""), 1);
   assert_non_null(strstr(out, "\"val_accuracy\":"));
@@ -86,9 +86,9 @@ static void test_train_plain_output(void **state) {
   snprintf(cmd, sizeof(cmd), TRAINBUS " train --epochs 2 --save-weights %s", path);
   assert_int_equal(run(cmd, &out), 0);
   /* the model summary, then one line per epoch when not on a terminal */
-  assert_non_null(strstr(out, "Total params: 17,154"));
-  assert_non_null(strstr(out, "Epoch 1/2\n100/100 - "));
-  assert_non_null(strstr(out, "Epoch 2/2\n100/100 - "));
+  assert_non_null(strstr(out, "Total params: 132,866"));
+  assert_non_null(strstr(out, "Epoch 1/2\n250/250 - "));
+  assert_non_null(strstr(out, "Epoch 2/2\n250/250 - "));
   assert_non_null(strstr(out, " - val_accuracy: "));
   assert_int_equal(access(path, F_OK), 0);
   remove(path);

@@ -57,7 +57,7 @@ class CliE2E(unittest.TestCase):
     def test_set_lr_and_bad_value(self):
         d = self.daemon("--epochs", "2000")
         out = self.ok(d.cli("set-lr", "0.0005"))
-        self.assertRegex(out, r"^r1: lr 0\.003 -> 0\.0005 at epoch \d+, batch \d+$")
+        self.assertRegex(out, r"^r1: lr 0\.001 -> 0\.0005 at epoch \d+, batch \d+$")
         st = json.loads(self.ok(d.cli("status", "--json")))
         self.assertEqual(st["lr"], 0.0005)
         # Validated by the daemon: exit 1 with its invalid_params message.

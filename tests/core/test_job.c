@@ -18,9 +18,9 @@ static void test_demo_parses_and_trains(void **state) {
   const char *demo = tb_job_demo_json();
   assert_int_equal(tb_job_parse(demo, strlen(demo), "demo", NULL, &job, &err), 0);
   assert_string_equal(job->name, "demo-spirals");
-  assert_int_equal(job->n_layers, 4);
+  assert_int_equal(job->n_layers, 5);
   assert_int_equal(tb_job_prepare(job, &err), 0);
-  assert_int_equal(job->train->n, 4000);
+  assert_int_equal(job->train->n, 10000);
   assert_int_equal(tb_model_n_inputs(job->model), 2);
   job->fit.epochs = 3;
   job->fit.verbose = 0;

@@ -1,0 +1,145 @@
+/* tb_pub: the trainbus side of the broker comparison (psbench -P trainbus).
+ *
+ * It is a "trainer" that embeds the server, the way a C program with its own
+ * training loop would (server.h): tb_server_new on 127.0.0.1:0,
+ * tb_server_start, tb_server_attach of run "r1", and the run's publisher
+ * callback in a tb_callbacks_t. It then fires synthetic train_batch_end
+ * hooks, each with logs sized so the encoded event line is about 200 bytes
+ * (psbench's payload size), either as fast as it can (blast) or at a fixed
+ * rate. Every event's logs carry "t_ns", CLOCK_MONOTONIC in nanoseconds taken
+ * just before the hook fires (a double holds it exactly: below 2^53, so the
+ * server writes it as an integer), and "i", the event's index from 0, which
+ * psbench uses as its sequence number.
+ *
+ * Driven by psbench through stdin/stdout, so that subscribers are connected
+ * before the first event:
+ *   stdout: "port P"               once listening
+ *   stdin:  "go"                   start publishing
+ *   stdout: "done T0 T1"           first and last fire times (CLOCK_MONOTONIC ns)
+ *   stdin:  EOF or "quit"          detach the run, stop the server, exit
+ *
+ * usage: tb_pub -n N [-r RATE]     (RATE 0 or absent: blast) */
+#define _GNU_SOURCE
+#include "trainbus/callback.h"
+#include "trainbus/server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int fire(tb_callbacks_t *cbs, tb_ctx_t *ctx, tb_control_t *ctl, uint64_t i) {
+  tb_logs_t logs;
+  tb_logs_clear(&logs);
+  /* Values of a real run (loss and accuracy with 17 digits), plus the two
+   * the benchmark needs. The line comes to about 200 bytes. */
+  tb_logs_set(&logs, "loss", 0.3123456789 + (double)(i % 97) * 1e-9);
+  tb_logs_set(&logs, "acc", 0.890625);
+  tb_logs_set(&logs, "lr", 0.001);
+  tb_logs_set(&logs, "i", (double)i);
+  tb_logs_set(&logs, "t_ns", (double)now_ns());
+  int r = tb_callbacks_fire(cbs, ctx, TB_HOOK_TRAIN_BATCH_END, (int)i, &logs);
+  if (r == 0)
+    r = tb_control_apply(ctl, ctx, NULL); /* a batch boundary, as in a real loop */
+  return r;
+}
+
+int main(int argc, char **argv) {
+  uint64_t n = 200000;
+  double rate = 0;
+  int c;
+  while ((c = getopt(argc, argv, "n:r:")) != -1) {
+    if (c == 'n')
+      n = strtoull(optarg, NULL, 10);
+    else if (c == 'r')
+      rate = atof(optarg);
+    else {
+      fprintf(stderr, "usage: tb_pub -n N [-r RATE]\n");
+      return 2;
+    }
+  }
+  signal(SIGPIPE, SIG_IGN);
+  prctl(PR_SET_TIMERSLACK, 1UL); /* precise pacing, as psbench's lat mode */
+  prctl(PR_SET_PDEATHSIG, SIGTERM);
+
+  tb_server_opts_t o;
+  tb_server_opts_defaults(&o);
+  o.listen[0] = "127.0.0.1:0";
+  o.n_listen = 1;
+  o.log_level = 0;
+  tb_server_t *s;
+  tb_err_t err = {{0}};
+  if (tb_server_new(&o, &s, &err) != 0) {
+    fprintf(stderr, "tb_pub: %s\n", err.msg);
+    return 1;
+  }
+  if (tb_server_start(s) != 0) {
+    fprintf(stderr, "tb_pub: cannot start the loop thread\n");
+    return 1;
+  }
+  tb_run_t *run;
+  if (tb_server_attach(s, "r1", 1, &run, &err) != 0) {
+    fprintf(stderr, "tb_pub: %s\n", err.msg);
+    return 1;
+  }
+  tb_callbacks_t cbs;
+  tb_callbacks_init(&cbs);
+  tb_callbacks_add(&cbs, tb_run_callback(run));
+  tb_control_t *ctl = tb_run_control(run);
+  tb_ctx_t ctx;
+  tb_ctx_init(&ctx);
+  ctx.epochs = 1;
+  ctx.steps = (int)n;
+  ctx.control = ctl;
+
+  const char *addr = tb_server_address(s, 0);
+  const char *colon = strrchr(addr, ':');
+  printf("port %s\n", colon ? colon + 1 : addr);
+  fflush(stdout);
+
+  char line[64];
+  if (fgets(line, sizeof(line), stdin) == NULL || strncmp(line, "go", 2) != 0) {
+    fprintf(stderr, "tb_pub: no go\n");
+    return 1;
+  }
+  tb_callbacks_fire(&cbs, &ctx, TB_HOOK_TRAIN_BEGIN, -1, NULL);
+  tb_callbacks_fire(&cbs, &ctx, TB_HOOK_EPOCH_BEGIN, 0, NULL);
+  uint64_t t0 = now_ns();
+  if (rate <= 0) {
+    for (uint64_t i = 0; i < n; i++)
+      fire(&cbs, &ctx, ctl, i);
+  } else {
+    uint64_t period = (uint64_t)(1e9 / rate);
+    for (uint64_t i = 0; i < n; i++) {
+      uint64_t tgt = t0 + i * period;
+      struct timespec ts = {(time_t)(tgt / 1000000000ull), (long)(tgt % 1000000000ull)};
+      while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR) {
+      }
+      fire(&cbs, &ctx, ctl, i);
+    }
+  }
+  uint64_t t1 = now_ns();
+  printf("done %" PRIu64 " %" PRIu64 "\n", t0, t1);
+  fflush(stdout);
+
+  while (fgets(line, sizeof(line), stdin) != NULL && strncmp(line, "quit", 4) != 0) {
+  }
+  tb_callbacks_fire(&cbs, &ctx, TB_HOOK_EPOCH_END, 0, NULL);
+  tb_callbacks_fire(&cbs, &ctx, TB_HOOK_TRAIN_END, -1, NULL);
+  tb_run_detach(run, false);
+  tb_server_stop(s);
+  tb_server_free(s);
+  tb_callbacks_release(&cbs);
+  return 0;
+}
