@@ -1,7 +1,33 @@
 #!/usr/bin/env bash
-# Builds trainbus and runs the main job: the built-in demo job, trained live
-# with a progress bar. Arguments are passed to `trainbus train`.
+# Builds trainbus and runs the main job: the daemon trainbusd training the
+# built-in demo job, with `trainbus watch` attached to show it live. When the
+# run has finished the daemon keeps serving (try `build/trainbus status`,
+# `build/trainbus history`) until Ctrl-C.
+#   Arguments are passed to trainbusd (e.g. --job my.json, --listen 127.0.0.1:0).
+#   TRAINBUS_STATE_DIR  state directory (default ~/.trainbus)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=$("$top/scripts/setup.sh" | tail -n 1)
-exec "$build/trainbus" train "$@"
+export TRAINBUS_STATE_DIR=${TRAINBUS_STATE_DIR:-$HOME/.trainbus}
+mkdir -p "$TRAINBUS_STATE_DIR"
+rm -f "$TRAINBUS_STATE_DIR/address"
+
+log=$(mktemp)
+"$build/trainbusd" "$@" 2> >(tee "$log" >&2) &
+daemon=$!
+trap 'kill -INT $daemon 2>/dev/null; wait $daemon 2>/dev/null; rm -f "$log"' EXIT
+trap 'exit 130' INT TERM
+
+# The daemon writes its address once it listens.
+for _ in $(seq 100); do
+  [ -s "$TRAINBUS_STATE_DIR/address" ] && break
+  kill -0 $daemon 2>/dev/null || { echo "run: trainbusd did not start" >&2; exit 1; }
+  sleep 0.05
+done
+echo "run: attached a monitor (trainbus watch); in another shell try:" >&2
+echo "       $build/trainbus set-lr 0.0005      # steer the learning rate" >&2
+echo "       $build/trainbus stop               # stop the run (Keras semantics)" >&2
+"$build/trainbus" watch || true
+echo "run: the run is over; trainbusd keeps serving (trainbus status, trainbus history)." >&2
+echo "run: Ctrl-C stops it." >&2
+wait $daemon

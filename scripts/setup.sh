@@ -9,7 +9,8 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenblas-dev
-      libcmocka-dev zlib1g-dev libclang-rt-14-dev ${EXTRA_PKGS:-}"
+      libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
+      ${EXTRA_PKGS:-}"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

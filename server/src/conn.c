@@ -17,8 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void on_close(uv_handle_t *h) {
-  conn_t *c = h->data;
+void tb__conn_free(conn_t *c) {
   tb_server_t *s = c->srv;
   for (int i = 0; i < c->n_out; i++) {
     if (c->out[i].ev != NULL)
@@ -42,6 +41,10 @@ static void on_close(uv_handle_t *h) {
   free(c);
 }
 
+static void on_close(uv_handle_t *h) {
+  tb__conn_free(h->data);
+}
+
 conn_t *tb__conn_find(tb_server_t *s, uint64_t id) {
   for (conn_t *c = s->conns; c != NULL; c = c->next)
     if (c->id == id && !c->closing)
@@ -50,6 +53,10 @@ conn_t *tb__conn_find(tb_server_t *s, uint64_t id) {
 }
 
 static void really_close(conn_t *c) {
+  if (c->wsi != NULL) {
+    tb__ws_kill(c); /* freed in its CLOSED callback */
+    return;
+  }
   if (uv_is_closing((uv_handle_t *)&c->h.stream))
     return;
   uv_close((uv_handle_t *)&c->h.stream, on_close);
@@ -117,6 +124,11 @@ static void on_write(uv_write_t *req, int status) {
 }
 
 void tb__conn_flush(conn_t *c) {
+  if (c->wsi != NULL) {
+    if (c->n_out > 0 || c->closing)
+      tb__ws_want_write(c); /* written one message at a time when writable */
+    return;
+  }
   if (c->n_out == 0 || uv_is_closing((uv_handle_t *)&c->h.stream))
     return;
   wreq_t *w = malloc(sizeof(*w) + (size_t)c->n_out * sizeof(outbuf_t));
@@ -173,7 +185,8 @@ void tb__conn_close(conn_t *c, const char *reason, const char *message) {
   tb__lockstep_release_conn(c);
   c->closing = true;
   c->close_after_flush = true;
-  uv_read_stop(&c->h.stream);
+  if (c->wsi == NULL)
+    uv_read_stop(&c->h.stream);
   /* Subscriptions end now: nothing more is queued for a closing client. */
   tb__conn_drop_subs(c);
   tb__conn_flush(c);
@@ -240,7 +253,29 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0 || c->closing)
     return;
   c->in_len += (size_t)nread;
-  if (!c->http_checked && c->in_len >= 4) {
+  tb__conn_input(c, NULL, 0);
+  /* Back-pressure: stop reading a client that does not read its answers. */
+  if (!c->closing && c->out_bytes > s->o.out_drop_bytes)
+    uv_read_stop(st);
+}
+
+/* Frames and handles what c->in holds (after appending data, if any). */
+void tb__conn_input(conn_t *c, const char *data, size_t len) {
+  tb_server_t *s = c->srv;
+  if (len > 0) {
+    if (c->in_len + len > c->in_cap) {
+      char *in = realloc(c->in, c->in_len + len);
+      if (in == NULL) {
+        protocol_error(c, TB_PROTO_EINTERNAL, "out of memory");
+        return;
+      }
+      c->in = in;
+      c->in_cap = c->in_len + len;
+    }
+    memcpy(c->in + c->in_len, data, len);
+    c->in_len += len;
+  }
+  if (!c->http_checked && c->in_len >= 4 && c->wsi == NULL) {
     c->http_checked = true;
     if (looks_like_http(c->in, c->in_len)) {
       static const char resp[] =
@@ -272,19 +307,58 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
       tb__handle_line(c, c->in + off, line_len);
     off += (size_t)r;
   }
-  if (off > 0) {
+  if (off > 0 && !c->closing) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
   }
   tb__conn_flush(c);
-  /* Back-pressure: stop reading a client that does not read its answers. */
-  if (!c->closing && c->out_bytes > s->o.out_drop_bytes)
-    uv_read_stop(st);
 }
 
 static void resume_reading(conn_t *c) {
-  if (!c->closing && c->out_bytes <= c->srv->o.out_drop_bytes / 2)
+  if (!c->closing && c->wsi == NULL && c->out_bytes <= c->srv->o.out_drop_bytes / 2)
     uv_read_start(&c->h.stream, on_alloc, on_read);
+}
+
+void tb__conn_register(tb_server_t *s, conn_t *c, bool local) {
+  c->srv = s;
+  c->id = ++s->next_conn;
+  c->local = local;
+  c->t_open_ms = tb__now_ms();
+  c->next = s->conns;
+  if (s->conns != NULL)
+    s->conns->prev = c;
+  s->conns = c;
+  s->n_conns++;
+  snprintf(c->label, sizeof(c->label), "client %llu", (unsigned long long)c->id);
+}
+
+/* The first words: hello, or "overloaded" past the connection limit. */
+static bool greet(tb_server_t *s, conn_t *c) {
+  tb_buf_t b;
+  tb_buf_init(&b);
+  if (s->n_conns > s->o.max_clients) {
+    tb_id_t none = {0};
+    tb_msg_error(&b, &none, TB_PROTO_EOVERLOADED, "too many connections (the limit is %d)",
+                 s->o.max_clients);
+    tb__conn_send(c, b.data, b.len);
+    tb_buf_free(&b);
+    tb__conn_close(c, "overloaded", "too many connections");
+    return false;
+  }
+  tb_hello_t h = {.protocol = TB_PROTO_VERSION,
+                  .auth_required = !(c->local),
+                  .auth_timeout_ms = s->o.auth_timeout_ms,
+                  .max_line = (int64_t)s->o.max_line};
+  snprintf(h.server, sizeof(h.server), "trainbus/0.1.0");
+  tb_msg_hello(&b, &h);
+  tb__conn_send(c, b.data, b.len);
+  tb_buf_free(&b);
+  tb__conn_flush(c);
+  return true;
+}
+
+void tb__conn_greet(conn_t *c) {
+  greet(c->srv, c);
 }
 
 void tb__conn_accept(listener_t *l) {
@@ -299,16 +373,7 @@ void tb__conn_accept(listener_t *l) {
     return;
   }
   c->h.stream.data = c;
-  c->srv = s;
-  c->id = ++s->next_conn;
-  c->local = l->local;
-  c->t_open_ms = tb__now_ms();
-  c->next = s->conns;
-  if (s->conns != NULL)
-    s->conns->prev = c;
-  s->conns = c;
-  s->n_conns++;
-  snprintf(c->label, sizeof(c->label), "client %llu", (unsigned long long)c->id);
+  tb__conn_register(s, c, l->local);
   if (uv_accept(&l->h.stream, &c->h.stream) != 0) {
     c->closing = true;
     really_close(c);
@@ -318,27 +383,8 @@ void tb__conn_accept(listener_t *l) {
     uv_tcp_nodelay(&c->h.tcp, 1);
     uv_tcp_keepalive(&c->h.tcp, 1, 60);
   }
-  tb_buf_t b;
-  tb_buf_init(&b);
-  if (s->n_conns > s->o.max_clients) {
-    tb_id_t none = {0};
-    tb_msg_error(&b, &none, TB_PROTO_EOVERLOADED, "too many connections (the limit is %d)",
-                 s->o.max_clients);
-    tb__conn_send(c, b.data, b.len);
-    tb_buf_free(&b);
-    tb__conn_close(c, "overloaded", "too many connections");
-    return;
-  }
-  tb_hello_t h = {.protocol = TB_PROTO_VERSION,
-                  .auth_required = !(c->local),
-                  .auth_timeout_ms = s->o.auth_timeout_ms,
-                  .max_line = (int64_t)s->o.max_line};
-  snprintf(h.server, sizeof(h.server), "trainbus/0.1.0");
-  tb_msg_hello(&b, &h);
-  tb__conn_send(c, b.data, b.len);
-  tb_buf_free(&b);
-  tb__conn_flush(c);
-  uv_read_start(&c->h.stream, on_alloc, on_read);
+  if (greet(s, c))
+    uv_read_start(&c->h.stream, on_alloc, on_read);
 }
 
 /* Deadlines, checked by the server's tick. */

@@ -156,7 +156,8 @@ struct conn_s {
   tb_server_t *srv;
   conn_t *prev, *next;
   uint64_t id;
-  bool local; /* accepted on a loopback or Unix listener */
+  struct lws *wsi; /* a WebSocket client (http.c); NULL for a stream */
+  bool local;      /* accepted on a loopback or Unix listener */
   tb_role_t role;
   char client[TB_PROTO_TEXT_MAX];
   char label[200]; /* "client 7 (lr-tuner)" */
@@ -221,6 +222,9 @@ struct tb_server_s {
   int n_runs, next_run;
   pthread_mutex_t runs_mu; /* guards the registry list against attach/submit from other threads */
 
+  struct lws_context *lws; /* the HTTP/WebSocket front (http.c), or NULL */
+  char http_address[300];
+
   conn_t *conns;
   int n_conns;
   uint64_t next_conn;
@@ -257,6 +261,11 @@ void tb__lockstep_release_conn(conn_t *c);
 void tb__pending_fail(tb_run_t *r, const char *why);
 /* conn.c */
 void tb__conn_accept(listener_t *l);
+/* A new connection (stream or WebSocket) joins the server and gets hello. */
+void tb__conn_register(tb_server_t *s, conn_t *c, bool local);
+void tb__conn_free(conn_t *c);
+void tb__conn_greet(conn_t *c);
+void tb__conn_input(conn_t *c, const char *data, size_t len);
 void tb__conn_send(conn_t *c, const char *data, size_t len);
 void tb__conn_send_ev(conn_t *c, tb_ev_t *e);
 void tb__conn_flush(conn_t *c);
@@ -265,6 +274,12 @@ void tb__conn_tick(conn_t *c, uint64_t now);
 conn_t *tb__conn_find(tb_server_t *s, uint64_t id);
 void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, const tb_rec_t *rec);
 void tb__replay_pump(conn_t *c);
+/* http.c */
+int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err);
+void tb__http_stop(tb_server_t *s);
+void tb__ws_want_write(conn_t *c);
+void tb__ws_kill(conn_t *c);
+
 /* methods.c */
 void tb__handle_line(conn_t *c, const char *line, size_t len);
 void tb__conn_drop_subs(conn_t *c);

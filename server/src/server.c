@@ -187,6 +187,7 @@ static void close_all(tb_server_t *s) {
     tb__conn_close(c, "shutdown", "daemon stopping");
   for (int i = 0; i < s->n_listeners; i++)
     uv_close((uv_handle_t *)&s->listeners[i].h.stream, on_handle_closed);
+  tb__http_stop(s);
   uv_close((uv_handle_t *)&s->tick, on_handle_closed);
   uv_close((uv_handle_t *)&s->wake, on_handle_closed);
 }
@@ -289,6 +290,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       break;
     }
   }
+  if (s->o.http != NULL && (r = tb__http_start(s, s->o.http, err)) != 0)
+    goto fail;
   uv_async_init(&s->loop, &s->wake, on_wake);
   s->wake.data = s;
   uv_timer_init(&s->loop, &s->tick);
@@ -352,6 +355,10 @@ void tb_server_free(tb_server_t *s) {
 
 const char *tb_server_address(const tb_server_t *s, int i) {
   return i >= 0 && i < s->n_listeners ? s->listeners[i].address : NULL;
+}
+
+const char *tb_server_http_address(const tb_server_t *s) {
+  return s->http_address[0] ? s->http_address : NULL;
 }
 
 const char *tb_server_token(const tb_server_t *s) {

@@ -22,6 +22,8 @@ static void usage(FILE *f) {
           "  --listen ADDR        HOST:PORT (port 0: any free port) or a Unix socket path;\n"
           "                       repeatable (default 127.0.0.1:7787). A non-loopback address\n"
           "                       needs --token or TRAINBUS_TOKEN\n"
+          "  --http HOST:PORT     serve the live dashboard (and the protocol over WebSocket)\n"
+          "                       there, e.g. 127.0.0.1:8080 (docs/DASHBOARD.md)\n"
           "  --job FILE           run this job (docs/JOB.md) instead of the demo\n"
           "  --no-job             start idle; runs come from `trainbus submit`\n"
           "  --epochs N           override the first job's epochs\n"
@@ -102,6 +104,8 @@ int main(int argc, char **argv) {
         return 2;
       }
       o.listen[o.n_listen++] = argv[++i];
+    } else if (strcmp(a, "--http") == 0 && v) {
+      o.http = argv[++i];
     } else if (strcmp(a, "--job") == 0 && v) {
       job_path = argv[++i];
     } else if (strcmp(a, "--no-job") == 0) {
@@ -167,6 +171,9 @@ int main(int argc, char **argv) {
   }
   for (int i = 0; tb_server_address(s, i) != NULL; i++)
     fprintf(stderr, "trainbusd: listening on %s\n", tb_server_address(s, i));
+  if (tb_server_http_address(s) != NULL)
+    fprintf(stderr, "trainbusd: http on %s (dashboard: http://%s/)\n", tb_server_http_address(s),
+            tb_server_http_address(s));
 
   /* The first job: the one given, the demo, or none. A restart with --resume
    * and no --job continues what was there. */

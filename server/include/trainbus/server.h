@@ -47,6 +47,8 @@ typedef struct tb_server_opts_s {
   size_t retain_events;  /* events kept in memory per run for replay; 200000 */
   int max_queued_runs;   /* default 64 */
   int log_level;         /* 0 errors, 1 info (default), 2 debug */
+  const char *http;      /* "HOST:PORT": serve the dashboard, and the protocol over WebSocket,
+                            there (docs/DASHBOARD.md); NULL: no HTTP */
 } tb_server_opts_t;
 
 void tb_server_opts_defaults(tb_server_opts_t *o);
@@ -68,6 +70,8 @@ void tb_server_free(tb_server_t *s);
 
 /* The bound address of listener i ("127.0.0.1:43125" or "unix:/path"). */
 const char *tb_server_address(const tb_server_t *s, int i);
+/* The HTTP front's address ("127.0.0.1:8080"), or NULL without one. */
+const char *tb_server_http_address(const tb_server_t *s);
 /* The token in force (given or generated). */
 const char *tb_server_token(const tb_server_t *s);
 
