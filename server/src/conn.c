@@ -17,14 +17,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+void tb__outbuf_release(outbuf_t *o) {
+  if (o->ev != NULL)
+    tb__ev_unref(o->ev);
+  else
+    free(o->buf.base);
+}
+
 void tb__conn_free(conn_t *c) {
   tb_server_t *s = c->srv;
-  for (int i = 0; i < c->n_out; i++) {
-    if (c->out[i].ev != NULL)
-      tb__ev_unref(c->out[i].ev);
-    else
-      free(c->out[i].buf.base);
-  }
+  for (int i = 0; i < c->n_out; i++)
+    tb__outbuf_release(&c->out[i]);
   free(c->out);
   free(c->in);
   for (int i = 0; i < c->n_subs; i++)
@@ -99,12 +102,8 @@ void tb__conn_send_ev(conn_t *c, tb_ev_t *e) {
 static void on_write(uv_write_t *req, int status) {
   wreq_t *w = (wreq_t *)req;
   conn_t *c = w->conn;
-  for (int i = 0; i < w->n; i++) {
-    if (w->bufs[i].ev != NULL)
-      tb__ev_unref(w->bufs[i].ev);
-    else
-      free(w->bufs[i].buf.base);
-  }
+  for (int i = 0; i < w->n; i++)
+    tb__outbuf_release(&w->bufs[i]);
   c->out_bytes -= w->bytes;
   c->inflight--;
   free(w);
@@ -158,12 +157,8 @@ void tb__conn_flush(conn_t *c) {
     free(bv);
   if (r != 0) {
     c->inflight--;
-    for (int i = 0; i < w->n; i++) {
-      if (w->bufs[i].ev != NULL)
-        tb__ev_unref(w->bufs[i].ev);
-      else
-        free(w->bufs[i].buf.base);
-    }
+    for (int i = 0; i < w->n; i++)
+      tb__outbuf_release(&w->bufs[i]);
     c->out_bytes -= w->bytes;
     free(w);
     c->closing = true;

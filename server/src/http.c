@@ -148,10 +148,7 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
         free(m);
       }
       c->out_bytes -= n;
-      if (ob.ev != NULL)
-        tb__ev_unref(ob.ev);
-      else
-        free(ob.buf.base);
+      tb__outbuf_release(&ob);
       if (w < 0)
         return -1;
       if (c->out_bytes < s->o.out_soft_bytes)

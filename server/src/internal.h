@@ -264,6 +264,7 @@ void tb__conn_accept(listener_t *l);
 /* A new connection (stream or WebSocket) joins the server and gets hello. */
 void tb__conn_register(tb_server_t *s, conn_t *c, bool local);
 void tb__conn_free(conn_t *c);
+void tb__outbuf_release(outbuf_t *o);
 void tb__conn_greet(conn_t *c);
 void tb__conn_input(conn_t *c, const char *data, size_t len);
 void tb__conn_send(conn_t *c, const char *data, size_t len);

@@ -31,6 +31,14 @@ static void error(conn_t *c, const tb_id_t *id, int code, const char *fmt, ...) 
   tb_buf_free(&b);
 }
 
+static void error_from(conn_t *c, const tb_id_t *id, const tb_proto_err_t *err) {
+  tb_buf_t b;
+  tb_buf_init(&b);
+  tb_msg_error_from(&b, id, err);
+  reply(c, &b);
+  tb_buf_free(&b);
+}
+
 static void ok(conn_t *c, const tb_id_t *id) {
   tb_buf_t b;
   tb_buf_init(&b);
@@ -530,11 +538,7 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
   tb_proto_err_t err = {0};
   int r = tb_req_decode(line, len, &q, &err);
   if (r != 0) {
-    tb_buf_t b;
-    tb_buf_init(&b);
-    tb_msg_error_from(&b, &q.id, &err);
-    reply(c, &b);
-    tb_buf_free(&b);
+    error_from(c, &q.id, &err);
     tb_req_free(&q);
     /* Unparseable input before auth is not a client of ours: close. */
     if (r == TB_PROTO_EPARSE || c->role == TB_ROLE_NONE)
@@ -542,11 +546,7 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
     return;
   }
   if (q.method != TB_METHOD_AUTH && (r = tb_req_authorize(&q, c->role, &err)) != 0) {
-    tb_buf_t b;
-    tb_buf_init(&b);
-    tb_msg_error_from(&b, &q.id, &err);
-    reply(c, &b);
-    tb_buf_free(&b);
+    error_from(c, &q.id, &err);
     tb_req_free(&q);
     return;
   }
