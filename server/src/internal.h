@@ -249,6 +249,7 @@ void tb__run_free(tb_run_t *r);
 void tb__runs_schedule(tb_server_t *s);
 void tb__run_info(const tb_run_t *r, tb_run_info_t *out);
 int tb__runs_restore(tb_server_t *s, tb_err_t *err);
+void tb__runs_number_after_existing(tb_server_t *s);
 void tb__runs_shutdown(tb_server_t *s);
 bool tb__runs_all_done(tb_server_t *s);
 /* events.c: the loop side */

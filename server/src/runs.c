@@ -243,23 +243,41 @@ static void scan_log(const char *path, int64_t *last_seq, tb_run_state_t *state,
   fclose(f);
 }
 
-int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
-  char runs[1100];
-  snprintf(runs, sizeof(runs), "%s/runs", s->state_dir);
+/* The run numbers already used in the state directory, sorted. */
+static int existing_ids(const char *runs, int *ids, int cap) {
   DIR *d = opendir(runs);
   if (d == NULL)
     return 0;
-  /* Run ids are r<N>: restore in numeric order so the registry stays oldest
-   * first. */
-  int ids[4096], n = 0;
+  int n = 0;
   struct dirent *de;
-  while ((de = readdir(d)) != NULL && n < 4096) {
+  while ((de = readdir(d)) != NULL && n < cap) {
     int k;
     char tail;
     if (sscanf(de->d_name, "r%d%c", &k, &tail) == 1 && k > 0)
       ids[n++] = k;
   }
   closedir(d);
+  return n;
+}
+
+/* New runs never reuse an id (and so a folder) of an earlier daemon. */
+void tb__runs_number_after_existing(tb_server_t *s) {
+  char runs[1100];
+  int ids[4096];
+  snprintf(runs, sizeof(runs), "%.900s/runs", s->state_dir);
+  int n = existing_ids(runs, ids, 4096);
+  for (int i = 0; i < n; i++)
+    if (ids[i] > s->next_run)
+      s->next_run = ids[i];
+}
+
+int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
+  char runs[1100];
+  snprintf(runs, sizeof(runs), "%.900s/runs", s->state_dir);
+  /* Run ids are r<N>: restore in numeric order so the registry stays oldest
+   * first. */
+  int ids[4096];
+  int n = existing_ids(runs, ids, 4096);
   for (int i = 1; i < n; i++)
     for (int j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
       int t = ids[j];

@@ -299,6 +299,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   uv_timer_start(&s->tick, on_tick, 200, 200);
   if (s->o.resume && s->state_dir[0] != '\0' && (r = tb__runs_restore(s, err)) != 0)
     goto fail;
+  if (s->state_dir[0] != '\0')
+    tb__runs_number_after_existing(s);
   *out = s;
   return 0;
 fail:
