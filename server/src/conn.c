@@ -298,8 +298,10 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
       protocol_error(c, r, msg);
       return;
     }
-    if (line_len > 0)
+    if (line_len > 0) {
+      c->t_last_in_ms = tb__now_ms();
       tb__handle_line(c, c->in + off, line_len);
+    }
     off += (size_t)r;
   }
   if (off > 0 && !c->closing) {
@@ -318,7 +320,7 @@ void tb__conn_register(tb_server_t *s, conn_t *c, bool local) {
   c->srv = s;
   c->id = ++s->next_conn;
   c->local = local;
-  c->t_open_ms = tb__now_ms();
+  c->t_open_ms = c->t_last_in_ms = tb__now_ms();
   c->next = s->conns;
   if (s->conns != NULL)
     s->conns->prev = c;
@@ -396,6 +398,11 @@ void tb__conn_tick(conn_t *c, uint64_t now) {
     tb__conn_send(c, b.data, b.len);
     tb_buf_free(&b);
     tb__conn_close(c, "auth_timeout", "no auth in time");
+    return;
+  }
+  if (s->o.idle_timeout_ms > 0 && c->n_subs == 0 &&
+      now - c->t_last_in_ms > (uint64_t)s->o.idle_timeout_ms) {
+    tb__conn_close(c, "idle", "no request and no subscription for too long");
     return;
   }
   if (c->soft_since_ms != 0 && now - c->soft_since_ms > (uint64_t)s->o.out_soft_seconds * 1000) {

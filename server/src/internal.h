@@ -162,6 +162,7 @@ struct conn_s {
   char client[TB_PROTO_TEXT_MAX];
   char label[200]; /* "client 7 (lr-tuner)" */
   uint64_t t_open_ms;
+  uint64_t t_last_in_ms; /* when the client last sent a line */
   bool closing, close_after_flush, http_checked;
 
   char *in;

@@ -37,6 +37,8 @@ static void usage(FILE *f) {
           "  --max-clients N      connections at once (default 16384)\n"
           "  --max-line BYTES     longest request line (default 65536)\n"
           "  --auth-timeout-ms N  time a client has to authenticate (default 5000)\n"
+          "  --idle-timeout-ms N  disconnect clients with no subscription that send nothing\n"
+          "                       for N ms (default: never)\n"
           "  --quiet, --verbose   log errors only, or debug detail (default: info)\n"
           "  -h, --help           this help\n"
           "\n"
@@ -123,7 +125,8 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--verbose") == 0) {
       o.log_level = 2;
     } else if ((strcmp(a, "--max-clients") == 0 || strcmp(a, "--max-line") == 0 ||
-                strcmp(a, "--auth-timeout-ms") == 0 || strcmp(a, "--epochs") == 0) &&
+                strcmp(a, "--auth-timeout-ms") == 0 || strcmp(a, "--epochs") == 0 ||
+                strcmp(a, "--idle-timeout-ms") == 0) &&
                v) {
       char *end;
       long n = strtol(argv[++i], &end, 10);
@@ -137,6 +140,8 @@ int main(int argc, char **argv) {
         o.max_line = (size_t)n;
       else if (strcmp(a, "--auth-timeout-ms") == 0)
         o.auth_timeout_ms = (int)n;
+      else if (strcmp(a, "--idle-timeout-ms") == 0)
+        o.idle_timeout_ms = (int)n;
       else
         epochs = n;
     } else {

@@ -40,6 +40,8 @@ typedef struct tb_server_opts_s {
   size_t max_line;       /* default TB_PROTO_MAX_LINE */
   int max_clients;       /* default 16384 */
   int auth_timeout_ms;   /* default 5000 */
+  int idle_timeout_ms;   /* a client with no subscription that sends nothing this long is
+                            disconnected (bye idle); 0 (default) never, as Redis's timeout 0 */
   size_t out_drop_bytes; /* queued output above which batch events are dropped; 256 KiB */
   size_t out_hard_bytes; /* queued output that disconnects at once; 8 MiB */
   size_t out_soft_bytes; /* queued output that disconnects after out_soft_seconds; 2 MiB */
