@@ -334,9 +334,9 @@ void tb_server_stop(tb_server_t *s) {
   uv_async_send(&s->wake);
 }
 
-void tb_server_free(tb_server_t *s) {
+int tb_server_free(tb_server_t *s) {
   if (s == NULL)
-    return;
+    return 0;
   if (s->loop_thread_started)
     uv_thread_join(&s->loop_thread);
   /* Runs whose trainer never reported back (attached runs) are freed too. */
@@ -347,12 +347,13 @@ void tb_server_free(tb_server_t *s) {
       uv_thread_join(&r->thread);
     tb__run_free(r);
   }
-  uv_loop_close(&s->loop);
+  int closed = uv_loop_close(&s->loop);
   free(s->q);
   free(s->q_spare);
   pthread_mutex_destroy(&s->q_mu);
   pthread_mutex_destroy(&s->runs_mu);
   free(s);
+  return closed;
 }
 
 const char *tb_server_address(const tb_server_t *s, int i) {

@@ -68,7 +68,10 @@ int tb_server_start(tb_server_t *s);
  * logs, sends bye to every client and ends the loop. tb_server_run() returns;
  * after tb_server_start(), tb_server_free() joins the thread. */
 void tb_server_stop(tb_server_t *s);
-void tb_server_free(tb_server_t *s);
+/* Frees the server (joining its loop thread after tb_server_start()). Returns
+ * uv_loop_close()'s verdict: 0 when every handle was closed, UV_EBUSY if a
+ * handle leaked (a bug). */
+int tb_server_free(tb_server_t *s);
 
 /* The bound address of listener i ("127.0.0.1:43125" or "unix:/path"). */
 const char *tb_server_address(const tb_server_t *s, int i);
