@@ -70,6 +70,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,6 +84,11 @@ static const char *tb_pub_path = "./tb_pub";
 static pid_t tb_child = -1;
 static FILE *tb_to, *tb_from;   /* tb_pub's stdin and stdout */
 static uint64_t tb_dropped;     /* "dropped" notifications seen */
+/* -w with trainbus: the slowest subscriber's progress, shared with tb_pub
+ * through a memfd, so that it stays at most W events ahead as psbench's own
+ * publisher does. */
+static _Atomic uint64_t *tb_shm;
+static int tb_shm_fd = -1;
 static uint64_t N = 200000, window = 0;
 static double rate = 10000, dur = 5, deadline_s = 60;
 static const char *tag = "";
@@ -290,7 +296,8 @@ static long tbus_frame(const char *b, size_t n, int *ft, const char **pl, size_t
     if (!e) return 0;
     size_t l = (size_t)(e - b) + 1;
     *pl = b; *pll = l;
-    if (l > 34 && !memcmp(b, "{\"jsonrpc\":\"2.0\",\"method\":\"event\"", 34)) *ft = FR_MSG;
+    static const char ev[] = "{\"jsonrpc\":\"2.0\",\"method\":\"event\"";
+    if (l > sizeof ev && !memcmp(b, ev, sizeof ev - 1)) *ft = FR_MSG;
     else if (memmem(b, l, "\"method\":\"hello\"", 16)) *ft = FR_INFO;
     else if (memmem(b, l, "\"error\":", 8)) { *ft = FR_ERR; fprintf(stderr, "trainbus: %.*s", (int)l, b); }
     else if (memmem(b, l, "\"result\":", 9)) *ft = FR_OK;
@@ -543,6 +550,8 @@ static inline uint64_t parse_u64(const char **pp)
     return v;
 }
 
+static uint64_t min_rcvd(void);
+
 static void on_msg(struct sub *s, const char *pl, size_t pll, uint64_t t_rx)
 {
     uint64_t seq, ts;
@@ -625,6 +634,7 @@ static void *sub_thread(void *arg)
             s->len -= off;
             if (s->next_seq >= nsent && nsent) s->done = 1;
         }
+        if (tb_shm) atomic_store(tb_shm, min_rcvd());
     }
     close(ep);
     return NULL;
@@ -722,7 +732,15 @@ static void spawn_tb_pub(void)
 {
     int in[2], out[2];
     if (pipe(in) || pipe(out)) die("pipe");
-    char nbuf[32], rbuf[32];
+    char nbuf[32], rbuf[32], wbuf[32] = "0", fbuf[32] = "-1";
+    if (window) {
+        tb_shm_fd = memfd_create("psbench-window", 0);
+        if (tb_shm_fd < 0 || ftruncate(tb_shm_fd, 4096) != 0) die("memfd");
+        tb_shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, tb_shm_fd, 0);
+        if (tb_shm == MAP_FAILED) die("mmap");
+        snprintf(wbuf, sizeof wbuf, "%" PRIu64, window);
+        snprintf(fbuf, sizeof fbuf, "%d", tb_shm_fd);
+    }
     snprintf(nbuf, sizeof nbuf, "%" PRIu64, lat_mode ? (uint64_t)(rate * dur) : N);
     snprintf(rbuf, sizeof rbuf, "%.0f", lat_mode ? rate : 0.0);
     tb_child = fork();
@@ -731,7 +749,7 @@ static void spawn_tb_pub(void)
         dup2(in[0], 0);
         dup2(out[1], 1);
         close(in[0]); close(in[1]); close(out[0]); close(out[1]);
-        execl(tb_pub_path, "tb_pub", "-n", nbuf, "-r", rbuf, (char *)NULL);
+        execl(tb_pub_path, "tb_pub", "-n", nbuf, "-r", rbuf, "-w", wbuf, "-f", fbuf, (char *)NULL);
         _exit(127);
     }
     close(in[0]);
