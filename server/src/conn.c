@@ -17,6 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+size_t tb__conn_backlog(const conn_t *c) {
+  return c->pend_bytes + (c->wsi == NULL ? c->h.stream.write_queue_size : 0);
+}
+
 void tb__outbuf_release(outbuf_t *o) {
   if (o->ev != NULL)
     tb__ev_unref(o->ev);
@@ -77,7 +81,7 @@ static int push_out(conn_t *c, uv_buf_t buf, tb_ev_t *ev) {
   c->out[c->n_out].buf = buf;
   c->out[c->n_out].ev = ev;
   c->n_out++;
-  c->out_bytes += buf.len;
+  c->pend_bytes += buf.len;
   return 0;
 }
 
@@ -104,7 +108,6 @@ static void on_write(uv_write_t *req, int status) {
   conn_t *c = w->conn;
   for (int i = 0; i < w->n; i++)
     tb__outbuf_release(&w->bufs[i]);
-  c->out_bytes -= w->bytes;
   c->inflight--;
   free(w);
   if (status < 0) {
@@ -116,7 +119,7 @@ static void on_write(uv_write_t *req, int status) {
       really_close(c);
     return;
   }
-  if (c->out_bytes < c->srv->o.out_soft_bytes)
+  if (tb__conn_backlog(c) < c->srv->o.out_soft_bytes)
     c->soft_since_ms = 0;
   tb__replay_pump(c);
   tb__conn_flush(c);
@@ -139,11 +142,14 @@ void tb__conn_flush(conn_t *c) {
   w->bytes = 0;
   memcpy(w->bufs, c->out, (size_t)c->n_out * sizeof(outbuf_t));
   c->n_out = 0;
+  c->pend_bytes = 0;
   uv_buf_t *bv = w->n <= 64 ? bufs : malloc((size_t)w->n * sizeof(uv_buf_t));
   if (bv == NULL) {
     /* Put them back; the next flush tries again. */
     memcpy(c->out, w->bufs, (size_t)w->n * sizeof(outbuf_t));
     c->n_out = w->n;
+    for (int i = 0; i < w->n; i++)
+      c->pend_bytes += w->bufs[i].buf.len;
     free(w);
     return;
   }
@@ -159,7 +165,6 @@ void tb__conn_flush(conn_t *c) {
     c->inflight--;
     for (int i = 0; i < w->n; i++)
       tb__outbuf_release(&w->bufs[i]);
-    c->out_bytes -= w->bytes;
     free(w);
     c->closing = true;
     if (c->inflight == 0)
@@ -193,7 +198,7 @@ void tb__conn_close(conn_t *c, const char *reason, const char *message) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   conn_t *c = h->data;
-  size_t want = c->in_len + 65536;
+  size_t want = c->in_len + 16384;
   if (want > c->in_cap) {
     char *in = realloc(c->in, want);
     if (in == NULL) {
@@ -250,7 +255,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   c->in_len += (size_t)nread;
   tb__conn_input(c, NULL, 0);
   /* Back-pressure: stop reading a client that does not read its answers. */
-  if (!c->closing && c->out_bytes > s->o.out_drop_bytes)
+  if (!c->closing && tb__conn_backlog(c) > s->o.out_drop_bytes)
     uv_read_stop(st);
 }
 
@@ -308,11 +313,18 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
     memmove(c->in, c->in + off, c->in_len - off);
     c->in_len -= off;
   }
+  /* An idle client holds no input buffer: most of 10,000 subscribers never
+   * send a byte after subscribing. */
+  if (c->in_len == 0 && c->in_cap > 0 && c->wsi == NULL) {
+    free(c->in);
+    c->in = NULL;
+    c->in_cap = 0;
+  }
   tb__conn_flush(c);
 }
 
 static void resume_reading(conn_t *c) {
-  if (!c->closing && c->wsi == NULL && c->out_bytes <= c->srv->o.out_drop_bytes / 2)
+  if (!c->closing && c->wsi == NULL && tb__conn_backlog(c) <= c->srv->o.out_drop_bytes / 2)
     uv_read_start(&c->h.stream, on_alloc, on_read);
 }
 
@@ -459,17 +471,17 @@ static void flush_drops(conn_t *c, tb_run_t *r) {
 
 static void check_limits(conn_t *c) {
   tb_server_t *s = c->srv;
-  if (c->out_bytes > s->o.out_hard_bytes) {
+  if (tb__conn_backlog(c) > s->o.out_hard_bytes) {
     tb__log(s, 1, "%s: %zu bytes queued, over the hard limit; disconnecting", c->label,
-            c->out_bytes);
+            tb__conn_backlog(c));
     tb__conn_close(c, "slow_consumer", "output queue over the hard limit");
-  } else if (c->out_bytes > s->o.out_soft_bytes && c->soft_since_ms == 0) {
+  } else if (tb__conn_backlog(c) > s->o.out_soft_bytes && c->soft_since_ms == 0) {
     c->soft_since_ms = tb__now_ms();
   }
 }
 
 static void deliver_one(conn_t *c, tb_run_t *r, tb_ev_t *e) {
-  if (tb_event_is_batch(e->kind) && c->out_bytes > c->srv->o.out_drop_bytes) {
+  if (tb_event_is_batch(e->kind) && tb__conn_backlog(c) > c->srv->o.out_drop_bytes) {
     drop_t *d = drop_for(c, r, true);
     if (d != NULL) {
       if (d->count == 0)
@@ -577,7 +589,7 @@ void tb__replay_pump(conn_t *c) {
     tb_run_t *r = sb->replay_run;
     if (r == NULL)
       continue;
-    while (sb->replay_next <= r->last_seq && c->out_bytes < s->o.out_drop_bytes / 2) {
+    while (sb->replay_next <= r->last_seq && tb__conn_backlog(c) < s->o.out_drop_bytes / 2) {
       tb_ev_t *e = tb__run_event(r, sb->replay_next);
       bool owned = false;
       if (e == NULL) {

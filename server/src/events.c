@@ -35,8 +35,32 @@ void tb__ev_unref(tb_ev_t *e) {
     free(e);
 }
 
+/* The ring grows by doubling up to retain_events, so a short run does not
+ * hold a large table; events sit at (seq - 1) % cap. */
+static bool ring_grow(tb_run_t *r) {
+  size_t max = r->srv->o.retain_events, cap = r->ring_cap ? r->ring_cap * 2 : 1024;
+  if (cap > max)
+    cap = max;
+  if (cap <= r->ring_cap)
+    return false;
+  tb_ev_t **ring = calloc(cap, sizeof(*ring));
+  if (ring == NULL)
+    return false;
+  /* The old ring holds at most old-cap consecutive seqs: no collisions. */
+  for (size_t i = 0; i < r->ring_cap; i++) {
+    tb_ev_t *e = r->ring[i];
+    if (e != NULL)
+      ring[(size_t)((e->seq - 1) % (int64_t)cap)] = e;
+  }
+  free(r->ring);
+  r->ring = ring;
+  r->ring_cap = cap;
+  return true;
+}
+
+/* Called after r->last_seq has moved to e->seq. */
 void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
-  if (r->ring_cap == 0)
+  if (r->n_ring == r->ring_cap && !ring_grow(r) && r->ring_cap == 0)
     return;
   size_t slot = (size_t)((e->seq - 1) % (int64_t)r->ring_cap);
   if (r->n_ring == r->ring_cap)
@@ -226,6 +250,11 @@ void tb__drain(tb_server_t *s) {
       resolve_pending(r, rec);
     tb__deliver(s, r, e, rec);
     tb__ev_unref(e);
+    /* Write as we go: a long drain must not let a client's backlog pass the
+     * drop threshold while its socket is idle. */
+    if ((i + 1) % 256 == 0)
+      for (conn_t *c = s->conns; c != NULL; c = c->next)
+        tb__conn_flush(c);
   }
   tb_buf_free(&b);
   for (tb_run_t *r = s->runs; r != NULL; r = r->next)

@@ -147,11 +147,11 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
         w = lws_write(wsi, m + LWS_PRE, body, LWS_WRITE_TEXT);
         free(m);
       }
-      c->out_bytes -= n;
+      c->pend_bytes -= n;
       tb__outbuf_release(&ob);
       if (w < 0)
         return -1;
-      if (c->out_bytes < s->o.out_soft_bytes)
+      if (tb__conn_backlog(c) < s->o.out_soft_bytes)
         c->soft_since_ms = 0;
       tb__replay_pump(c);
     }

@@ -174,7 +174,7 @@ struct conn_s {
 
   outbuf_t *out; /* queued, not yet handed to uv_write */
   int n_out, cap_out;
-  size_t out_bytes; /* queued + in flight */
+  size_t pend_bytes; /* queued here, not yet handed to uv_write (or, for a WebSocket, to lws) */
   int inflight;
   uint64_t soft_since_ms; /* when out_bytes first exceeded the soft limit, 0 if below */
 
@@ -209,6 +209,8 @@ struct tb_server_s {
   int n_listeners;
   uv_async_t wake; /* records queued, or stop requested */
   uv_timer_t tick; /* deadlines: auth, slow consumers, lockstep */
+  uv_timer_t drain_timer; /* a deferred drain (see flush_interval_ms) */
+  uint64_t last_drain_ms;
   uv_thread_t loop_thread;
   bool loop_thread_started;
 
@@ -266,6 +268,9 @@ void tb__conn_accept(listener_t *l);
 /* A new connection (stream or WebSocket) joins the server and gets hello. */
 void tb__conn_register(tb_server_t *s, conn_t *c, bool local);
 void tb__conn_free(conn_t *c);
+/* The client's backlog: bytes queued here plus those libuv has not yet
+ * written to the socket. What the output limits are measured against. */
+size_t tb__conn_backlog(const conn_t *c);
 void tb__outbuf_release(outbuf_t *o);
 void tb__conn_greet(conn_t *c);
 void tb__conn_input(conn_t *c, const char *data, size_t len);

@@ -157,7 +157,7 @@ static void do_subscribe(conn_t *c, const tb_req_t *q) {
     return;
   }
   if (c->n_subs == c->cap_subs) {
-    int cap = c->cap_subs ? c->cap_subs * 2 : 2;
+    int cap = c->cap_subs ? c->cap_subs * 2 : 1;
     sub_t *subs = realloc(c->subs, (size_t)cap * sizeof(*subs));
     if (subs == NULL) {
       error(c, &q->id, TB_PROTO_EINTERNAL, "subscribe: out of memory");

@@ -35,6 +35,7 @@ void tb__push(tb_run_t *r, tb_rec_t *rec) {
     s->q_cap = cap;
   }
   /* Copy only the used part of the logs: most events carry a handful. */
+  bool was_empty = s->q_len == 0;
   tb_rec_t *dst = &s->q[s->q_len++];
   size_t head = offsetof(tb_rec_t, logs);
   memcpy(dst, rec, head);
@@ -44,7 +45,10 @@ void tb__push(tb_run_t *r, tb_rec_t *rec) {
   memcpy((char *)dst + offsetof(tb_rec_t, state), (const char *)rec + offsetof(tb_rec_t, state),
          sizeof(tb_rec_t) - offsetof(tb_rec_t, state));
   pthread_mutex_unlock(&s->q_mu);
-  uv_async_send(&s->wake);
+  /* One wake-up per batch of records: while the queue is non-empty the loop
+   * has been woken already and will take this record too. */
+  if (was_empty)
+    uv_async_send(&s->wake);
 }
 
 static void rec_init(tb_rec_t *rec, tb_run_t *r, tb_event_kind_t kind, int epoch, int batch) {

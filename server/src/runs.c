@@ -32,10 +32,7 @@ tb_run_t *tb__run_new(tb_server_t *s, const char *id, bool attached) {
   r->state = TB_RUN_QUEUED;
   r->epoch = -1;
   r->batch = -1;
-  r->ring_cap = s->o.retain_events;
-  if ((r->ring = calloc(r->ring_cap ? r->ring_cap : 1, sizeof(*r->ring))) == NULL ||
-      tb_control_init(&r->control) != 0) {
-    free(r->ring);
+  if (tb_control_init(&r->control) != 0) {
     free(r);
     return NULL;
   }

@@ -30,6 +30,7 @@ void tb_server_opts_defaults(tb_server_opts_t *o) {
   o->retain_events = 200000;
   o->max_queued_runs = 64;
   o->log_level = 1;
+  o->flush_interval_ms = 1;
 }
 
 uint64_t tb__now_ms(void) {
@@ -151,10 +152,30 @@ static int listen_on(tb_server_t *s, const char *spec, tb_err_t *err) {
 
 static void close_all(tb_server_t *s);
 
-static void on_wake(uv_async_t *a) {
-  tb_server_t *s = a->data;
+static void drain_now(tb_server_t *s) {
+  s->last_drain_ms = uv_now(&s->loop);
   tb__drain(s);
   tb__runs_schedule(s);
+}
+
+static void on_drain_timer(uv_timer_t *t) {
+  drain_now(t->data);
+}
+
+static void on_wake(uv_async_t *a) {
+  tb_server_t *s = a->data;
+  /* Coalesce: within flush_interval_ms of the last drain, drain when the
+   * interval is over instead of now. */
+  uint64_t now = uv_now(&s->loop);
+  if (!atomic_load(&s->stop_requested) && s->o.flush_interval_ms > 0 &&
+      now - s->last_drain_ms < (uint64_t)s->o.flush_interval_ms) {
+    if (!uv_is_active((uv_handle_t *)&s->drain_timer))
+      uv_timer_start(&s->drain_timer, on_drain_timer,
+                     (uint64_t)s->o.flush_interval_ms - (now - s->last_drain_ms), 0);
+    return;
+  }
+  uv_timer_stop(&s->drain_timer);
+  drain_now(s);
   if (atomic_load(&s->stop_requested) && !s->stopping) {
     s->stopping = true;
     tb__log(s, 1, "stopping: runs checkpoint at their next batch boundary");
@@ -189,6 +210,7 @@ static void close_all(tb_server_t *s) {
     uv_close((uv_handle_t *)&s->listeners[i].h.stream, on_handle_closed);
   tb__http_stop(s);
   uv_close((uv_handle_t *)&s->tick, on_handle_closed);
+  uv_close((uv_handle_t *)&s->drain_timer, on_handle_closed);
   uv_close((uv_handle_t *)&s->wake, on_handle_closed);
 }
 
@@ -296,6 +318,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   s->wake.data = s;
   uv_timer_init(&s->loop, &s->tick);
   s->tick.data = s;
+  uv_timer_init(&s->loop, &s->drain_timer);
+  s->drain_timer.data = s;
   uv_timer_start(&s->tick, on_tick, 200, 200);
   if (s->o.resume && s->state_dir[0] != '\0' && (r = tb__runs_restore(s, err)) != 0)
     goto fail;

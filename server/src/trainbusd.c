@@ -37,6 +37,8 @@ static void usage(FILE *f) {
           "  --max-clients N      connections at once (default 16384)\n"
           "  --max-line BYTES     longest request line (default 65536)\n"
           "  --auth-timeout-ms N  time a client has to authenticate (default 5000)\n"
+          "  --flush-interval-ms N  while events stream in, write to clients at most every N\n"
+          "                       ms (default 1; 0: at every event, lowest latency, more CPU)\n"
           "  --idle-timeout-ms N  disconnect clients with no subscription that send nothing\n"
           "                       for N ms (default: never)\n"
           "  --quiet, --verbose   log errors only, or debug detail (default: info)\n"
@@ -106,6 +108,15 @@ int main(int argc, char **argv) {
         return 2;
       }
       o.listen[o.n_listen++] = argv[++i];
+    } else if (strcmp(a, "--flush-interval-ms") == 0 && v) {
+      char *end;
+      long n = strtol(argv[++i], &end, 10);
+      if (*end != '\0' || end == argv[i] || n < 0 || n > 1000) {
+        fprintf(stderr, "trainbusd: %s: expected milliseconds in [0, 1000], got '%s'\n", a,
+                argv[i]);
+        return 2;
+      }
+      o.flush_interval_ms = (int)n;
     } else if (strcmp(a, "--http") == 0 && v) {
       o.http = argv[++i];
     } else if (strcmp(a, "--job") == 0 && v) {
@@ -142,6 +153,7 @@ int main(int argc, char **argv) {
         o.auth_timeout_ms = (int)n;
       else if (strcmp(a, "--idle-timeout-ms") == 0)
         o.idle_timeout_ms = (int)n;
+
       else
         epochs = n;
     } else {

@@ -40,6 +40,10 @@ typedef struct tb_server_opts_s {
   size_t max_line;       /* default TB_PROTO_MAX_LINE */
   int max_clients;       /* default 16384 */
   int auth_timeout_ms;   /* default 5000 */
+  int flush_interval_ms; /* while events stream in, the loop drains and writes at most once per
+                            interval, so a busy trainer costs one write per client per interval
+                            rather than one per event; isolated events go out at once.
+                            Default 1; 0: drain on every wake-up */
   int idle_timeout_ms;   /* a client with no subscription that sends nothing this long is
                             disconnected (bye idle); 0 (default) never, as Redis's timeout 0 */
   size_t out_drop_bytes; /* queued output above which batch events are dropped; 256 KiB */
