@@ -190,7 +190,8 @@ void tb__conn_close(conn_t *c, const char *reason, const char *message) {
   /* Subscriptions end now: nothing more is queued for a closing client. */
   tb__conn_drop_subs(c);
   tb__conn_flush(c);
-  if (c->inflight == 0)
+  /* A WebSocket closes from its writable callback once the bye is out. */
+  if (c->inflight == 0 && c->wsi == NULL)
     really_close(c);
 }
 

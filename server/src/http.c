@@ -157,8 +157,11 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
     if (c->n_out > 0)
       lws_callback_on_writable(wsi);
-    else if (c->closing && c->close_after_flush)
-      return -1; /* everything said: close */
+    else if (c->closing && c->close_after_flush) {
+      /* Everything said: close with a proper close frame. */
+      lws_close_reason(wsi, LWS_CLOSE_STATUS_NORMAL, (unsigned char *)"bye", 3);
+      return -1;
+    }
     return 0;
   }
   case LWS_CALLBACK_CLOSED: {
