@@ -7,9 +7,9 @@
  * attached run whose hooks reach a subscriber exactly once each and in order,
  * and an orderly stop: every client gets "bye shutdown" and EOF, the loop
  * thread ends with no handle left open (what uv_loop_close() needs to return
- * 0: it is white-box, through server/src/internal.h, because tb_server_free
- * does not report uv_loop_close's result). Run under ASan, leak detection
- * also proves every connection was freed. */
+ * 0), checked both white-box (through server/src/internal.h) and through
+ * tb_server_free's return value, uv_loop_close's verdict. Run under ASan,
+ * leak detection also proves every connection was freed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -58,7 +58,7 @@ static void finish(tb_server_t *s) {
   assert_int_equal(open_handles, 0);
   assert_int_equal(uv_loop_alive(&s->loop), 0);
   assert_int_equal(s->n_conns, 0);
-  tb_server_free(s);
+  assert_int_equal(tb_server_free(s), 0); /* uv_loop_close's verdict */
 }
 
 static void send_req(su_conn_t *c, int id, const char *method, const char *params) {
