@@ -305,7 +305,7 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
       return;
     }
     if (line_len > 0) {
-      c->t_last_in_ms = tb__now_ms();
+      c->t_last_in_ms = tb__srv_now_ms();
       tb__handle_line(c, c->in + off, line_len);
     }
     off += (size_t)r;
@@ -333,7 +333,7 @@ void tb__conn_register(tb_server_t *s, conn_t *c, bool local) {
   c->srv = s;
   c->id = ++s->next_conn;
   c->local = local;
-  c->t_open_ms = c->t_last_in_ms = tb__now_ms();
+  c->t_open_ms = c->t_last_in_ms = tb__srv_now_ms();
   c->next = s->conns;
   if (s->conns != NULL)
     s->conns->prev = c;
@@ -392,6 +392,11 @@ void tb__conn_accept(listener_t *l) {
   if (l->address[0] != 'u') {
     uv_tcp_nodelay(&c->h.tcp, 1);
     uv_tcp_keepalive(&c->h.tcp, 1, 60);
+    /* Cap the kernel's send buffer (autotuned up to megabytes), so that a
+     * slow client's backlog shows in our queue, where the output limits and
+     * dropped notices apply, soon rather than after megabytes. */
+    int sndbuf = (int)s->o.out_drop_bytes;
+    uv_send_buffer_size((uv_handle_t *)&c->h.tcp, &sndbuf);
   }
   if (greet(s, c))
     uv_read_start(&c->h.stream, on_alloc, on_read);
@@ -477,7 +482,7 @@ static void check_limits(conn_t *c) {
             tb__conn_backlog(c));
     tb__conn_close(c, "slow_consumer", "output queue over the hard limit");
   } else if (tb__conn_backlog(c) > s->o.out_soft_bytes && c->soft_since_ms == 0) {
-    c->soft_since_ms = tb__now_ms();
+    c->soft_since_ms = tb__srv_now_ms();
   }
 }
 

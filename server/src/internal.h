@@ -207,8 +207,8 @@ struct tb_server_s {
   uv_loop_t loop;
   listener_t listeners[TB_SERVER_MAX_LISTEN];
   int n_listeners;
-  uv_async_t wake; /* records queued, or stop requested */
-  uv_timer_t tick; /* deadlines: auth, slow consumers, lockstep */
+  uv_async_t wake;        /* records queued, or stop requested */
+  uv_timer_t tick;        /* deadlines: auth, slow consumers, lockstep */
   uv_timer_t drain_timer; /* a deferred drain (see flush_interval_ms) */
   uint64_t last_drain_ms;
   uv_thread_t loop_thread;
@@ -236,8 +236,8 @@ struct tb_server_s {
 
 /* log.c */
 void tb__log(tb_server_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-uint64_t tb__now_ms(void);
-int64_t tb__now_us(void);
+uint64_t tb__srv_now_ms(void);
+int64_t tb__srv_now_us(void);
 
 /* publish.c: the trainer side */
 void tb__publisher_init(tb_run_t *r);

@@ -554,7 +554,7 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
   case TB_METHOD_PING: {
     tb_buf_t b;
     tb_buf_init(&b);
-    tb_msg_result_pong(&b, &q.id, tb__now_us());
+    tb_msg_result_pong(&b, &q.id, tb__srv_now_us());
     reply(c, &b);
     tb_buf_free(&b);
     break;

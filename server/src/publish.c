@@ -62,7 +62,7 @@ static void rec_init(tb_rec_t *rec, tb_run_t *r, tb_event_kind_t kind, int epoch
   rec->kind = kind;
   rec->epoch = epoch;
   rec->batch = batch;
-  rec->time_us = tb__now_us();
+  rec->time_us = tb__srv_now_us();
   rec->lr = NAN;
   rec->epochs = r->epochs;
 }

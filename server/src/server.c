@@ -33,13 +33,13 @@ void tb_server_opts_defaults(tb_server_opts_t *o) {
   o->flush_interval_ms = 1;
 }
 
-uint64_t tb__now_ms(void) {
+uint64_t tb__srv_now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-int64_t tb__now_us(void) {
+int64_t tb__srv_now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
@@ -190,7 +190,7 @@ static void on_wake(uv_async_t *a) {
 
 static void on_tick(uv_timer_t *t) {
   tb_server_t *s = t->data;
-  uint64_t now = tb__now_ms();
+  uint64_t now = tb__srv_now_ms();
   for (conn_t *c = s->conns, *next; c != NULL; c = next) {
     next = c->next;
     tb__conn_tick(c, now);
@@ -474,5 +474,5 @@ void tb_run_detach(tb_run_t *r, bool failed) {
   tb_run_state_t final = failed              ? TB_RUN_FAILED
                          : r->stop_requested ? TB_RUN_STOPPED
                                              : TB_RUN_FINISHED;
-  tb__push_state(r, final, TB_RUN_RUNNING, NULL, -1, -1);
+  tb__push_state(r, final, r->stop_requested ? TB_RUN_STOPPING : TB_RUN_RUNNING, NULL, -1, -1);
 }
