@@ -15,6 +15,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -238,6 +239,9 @@ void su_spawn(su_proc_t *p, char *const argv[], const char *log) {
   p->pid = fork();
   assert_true(p->pid >= 0);
   if (p->pid == 0) {
+    /* A failing test longjmps past its cleanup: the daemon must not outlive
+     * the test process. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd < 0)
       _exit(126);
