@@ -39,9 +39,16 @@ static void copy_by(char *dst, size_t len, const char *by) {
 }
 
 int tb_control_set_lr(tb_control_t *c, double lr, const char *by) {
+  return tb_control_set_lr_ticket(c, lr, by, NULL);
+}
+
+int tb_control_set_lr_ticket(tb_control_t *c, double lr, const char *by, uint64_t *ticket) {
   if (!(isfinite(lr) && lr > 0.0))
     return TB_ERANGE;
   pthread_mutex_lock(&c->mu);
+  c->lr_ticket = ++c->tickets;
+  if (ticket != NULL)
+    *ticket = c->lr_ticket;
   c->has_lr = true;
   c->lr = lr;
   copy_by(c->lr_by, sizeof(c->lr_by), by);
@@ -74,7 +81,14 @@ void tb_control_resume(tb_control_t *c, const char *by) {
 }
 
 void tb_control_checkpoint(tb_control_t *c, const char *by) {
+  tb_control_checkpoint_ticket(c, by, NULL);
+}
+
+void tb_control_checkpoint_ticket(tb_control_t *c, const char *by, uint64_t *ticket) {
   pthread_mutex_lock(&c->mu);
+  c->checkpoint_ticket = ++c->tickets;
+  if (ticket != NULL)
+    *ticket = c->checkpoint_ticket;
   c->checkpoint = true;
   copy_by(c->checkpoint_by, sizeof(c->checkpoint_by), by);
   pthread_cond_broadcast(&c->cv);
@@ -101,13 +115,14 @@ void tb_control_note(tb_control_t *c, const tb_control_note_t *note) {
 }
 
 static void note(tb_control_t *c, tb_ctx_t *ctx, tb_control_action_t action, double old_v,
-                 double new_v, const char *by) {
+                 double new_v, const char *by, uint64_t ticket) {
   tb_control_note_t n = {.action = action,
                          .old_value = old_v,
                          .new_value = new_v,
                          .by = by,
                          .epoch = ctx->epoch,
-                         .batch = ctx->batch};
+                         .batch = ctx->batch,
+                         .ticket = ticket};
   tb_control_note(c, &n);
 }
 
@@ -117,6 +132,7 @@ static void apply_now(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *a) {
   if (c->has_lr && ctx->model != NULL) {
     char by[64];
     double old_lr = tb_model_lr(ctx->model), lr = c->lr;
+    uint64_t ticket = c->lr_ticket;
     memcpy(by, c->lr_by, sizeof(by));
     c->has_lr = false;
     tb_model_set_lr(ctx->model, lr);
@@ -125,7 +141,7 @@ static void apply_now(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *a) {
       a->old_lr = old_lr;
     a->new_lr = lr;
     pthread_mutex_unlock(&c->mu);
-    note(c, ctx, TB_CONTROL_SET_LR, old_lr, lr, by);
+    note(c, ctx, TB_CONTROL_SET_LR, old_lr, lr, by, ticket);
     pthread_mutex_lock(&c->mu);
   }
   if (c->stop) {
@@ -138,7 +154,7 @@ static void apply_now(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *a) {
     a->stopped |= first;
     if (first) {
       pthread_mutex_unlock(&c->mu);
-      note(c, ctx, TB_CONTROL_STOP, 0, 0, by);
+      note(c, ctx, TB_CONTROL_STOP, 0, 0, by, 0);
       pthread_mutex_lock(&c->mu);
     }
   }
@@ -164,7 +180,7 @@ int tb_control_apply(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out) {
       c->in_pause = true;
       memcpy(by, c->pause_by, sizeof(by));
       pthread_mutex_unlock(&c->mu);
-      note(c, ctx, TB_CONTROL_PAUSE, 0, 0, by);
+      note(c, ctx, TB_CONTROL_PAUSE, 0, 0, by, 0);
       pthread_mutex_lock(&c->mu);
     }
     /* Wait; a checkpoint request is served without ending the pause. */
@@ -179,11 +195,12 @@ int tb_control_apply(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out) {
     c->in_pause = false;
     memcpy(by, c->pause_by, sizeof(by));
     pthread_mutex_unlock(&c->mu);
-    note(c, ctx, TB_CONTROL_RESUME, 0, 0, by);
+    note(c, ctx, TB_CONTROL_RESUME, 0, 0, by, 0);
     pthread_mutex_lock(&c->mu);
   }
   if (c->checkpoint) {
     a.checkpoint = true;
+    a.checkpoint_ticket = c->checkpoint_ticket;
     memcpy(a.checkpoint_by, c->checkpoint_by, sizeof(a.checkpoint_by));
     c->checkpoint = false;
   }

@@ -158,7 +158,8 @@ static int boundary(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const tb_
                              .by = a.checkpoint_by,
                              .path = ctx->last_checkpoint,
                              .epoch = ctx->epoch,
-                             .batch = ctx->batch};
+                             .batch = ctx->batch,
+                             .ticket = a.checkpoint_ticket};
       tb_control_note(ctx->control, &n);
       if (a.checkpoint && a.shutdown) {
         n.action = TB_CONTROL_SHUTDOWN;

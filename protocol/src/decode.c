@@ -462,8 +462,21 @@ int tb_req_decode(const char *line, size_t len, tb_req_t *out, tb_proto_err_t *e
   err->msg[0] = '\0';
 
   cJSON *root = tb__json_parse(line, len, err);
-  if (root == NULL)
+  if (root == NULL) {
+    /* Valid JSON that breaks a rule (a duplicate key, a number beyond a
+     * double): the answer still carries the request's id, read leniently. */
+    if (err->code != TB_PROTO_EPARSE) {
+      tb_proto_err_t ignored;
+      cJSON *loose = cJSON_ParseWithLength(line, len);
+      int n_ids = 0;
+      for (const cJSON *it = cJSON_IsObject(loose) ? loose->child : NULL; it; it = it->next)
+        n_ids += it->string != NULL && strcmp(it->string, "id") == 0;
+      if (n_ids == 1) /* two ids: no telling which the client meant */
+        decode_id(cJSON_GetObjectItemCaseSensitive(loose, "id"), &out->id, &ignored);
+      cJSON_Delete(loose);
+    }
     return err->code;
+  }
   if (cJSON_IsArray(root)) {
     rc = tb__errf(err, TB_PROTO_EINVALID_REQUEST,
                   "batch requests are not supported: send one request object per line");

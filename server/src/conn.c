@@ -48,6 +48,8 @@ void tb__conn_free(conn_t *c) {
   free(c);
 }
 
+static void check_limits(conn_t *c);
+
 static void on_close(uv_handle_t *h) {
   tb__conn_free(h->data);
 }
@@ -122,6 +124,8 @@ static void on_write(uv_write_t *req, int status) {
   if (tb__conn_backlog(c) < c->srv->o.out_soft_bytes)
     c->soft_since_ms = 0;
   tb__replay_pump(c);
+  if (c->in_len > 0 && tb__conn_backlog(c) <= c->srv->o.out_drop_bytes / 2)
+    tb__conn_input(c, NULL, 0); /* requests held back by the backlog */
   tb__conn_flush(c);
 }
 
@@ -291,6 +295,13 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
   }
   size_t off = 0;
   while (!c->closing) {
+    /* Replies count against the output limits too: a client that pipelines
+     * requests and does not read their answers waits, unread, until its
+     * backlog drains (on_write resumes it). */
+    if (tb__conn_backlog(c) > s->o.out_drop_bytes) {
+      check_limits(c);
+      break;
+    }
     size_t line_len;
     int r = tb_frame_next(c->in + off, c->in_len - off, &c->scan, s->o.max_line, &line_len);
     if (r == TB_PROTO_NEED_MORE)

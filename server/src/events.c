@@ -122,7 +122,7 @@ static void resolve_pending(tb_run_t *r, const tb_rec_t *rec) {
   pending_t **pp = &r->pending;
   while (*pp != NULL) {
     pending_t *p = *pp;
-    if (p->method != m) {
+    if (p->method != m || p->ticket > rec->ticket) {
       pp = &p->next;
       continue;
     }

@@ -154,6 +154,8 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
       if (tb__conn_backlog(c) < s->o.out_soft_bytes)
         c->soft_since_ms = 0;
       tb__replay_pump(c);
+      if (c->in_len > 0 && tb__conn_backlog(c) <= s->o.out_drop_bytes / 2)
+        tb__conn_input(c, NULL, 0); /* requests held back by the backlog */
     }
     if (c->n_out > 0)
       lws_callback_on_writable(wsi);

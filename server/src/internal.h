@@ -53,8 +53,9 @@ typedef struct tb_rec_s {
   char path[1200]; /* checkpoint file */
   bool has_value, has_old;
   double value, old_value;
-  bool lockstep; /* the trainer waits for "continue" on this seq */
-  bool finished; /* the trainer thread has ended (the last record of a job run) */
+  uint64_t ticket; /* control events: the last request they apply (tb_control_note_t) */
+  bool lockstep;   /* the trainer waits for "continue" on this seq */
+  bool finished;   /* the trainer thread has ended (the last record of a job run) */
 } tb_rec_t;
 
 /* A control request waiting for the trainer to apply it (set_lr,
@@ -64,6 +65,7 @@ typedef struct pending_s {
   uint64_t conn_id;
   tb_id_t id;
   tb_method_t method;
+  uint64_t ticket; /* answered by the control event applying this ticket or a later one */
 } pending_t;
 
 struct tb_run_s {

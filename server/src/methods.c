@@ -360,11 +360,11 @@ static void do_history(conn_t *c, const tb_req_t *q) {
   tb_buf_free(&b);
 }
 
-static bool add_pending(conn_t *c, const tb_req_t *q, tb_run_t *r) {
+static pending_t *add_pending(conn_t *c, const tb_req_t *q, tb_run_t *r) {
   pending_t *p = calloc(1, sizeof(*p));
   if (p == NULL) {
     error(c, &q->id, TB_PROTO_EINTERNAL, "%s: out of memory", tb_method_name(q->method));
-    return false;
+    return NULL;
   }
   p->conn_id = c->id;
   p->id = q->id;
@@ -374,7 +374,7 @@ static bool add_pending(conn_t *c, const tb_req_t *q, tb_run_t *r) {
   while (*pp != NULL)
     pp = &(*pp)->next;
   *pp = p;
-  return true;
+  return p;
 }
 
 /* A job whose LearningRateScheduler sets the rate at every epoch begin owns
@@ -406,8 +406,9 @@ static void do_control(conn_t *c, const tb_req_t *q) {
             r->id, owner);
       return;
     }
-    if (add_pending(c, q, r))
-      tb_control_set_lr(&r->control, q->set_lr.lr, c->label);
+    pending_t *p = add_pending(c, q, r);
+    if (p != NULL)
+      tb_control_set_lr_ticket(&r->control, q->set_lr.lr, c->label, &p->ticket);
     return;
   }
   case TB_METHOD_STOP:
@@ -446,8 +447,9 @@ static void do_control(conn_t *c, const tb_req_t *q) {
             r->id);
       return;
     }
-    if (add_pending(c, q, r))
-      tb_control_checkpoint(&r->control, c->label);
+    pending_t *p = add_pending(c, q, r);
+    if (p != NULL)
+      tb_control_checkpoint_ticket(&r->control, c->label, &p->ticket);
     return;
   case TB_METHOD_CANCEL:
     if (is_final(r->state)) {

@@ -161,6 +161,7 @@ static void on_note(tb_control_t *c, const tb_control_note_t *n, void *user) {
   }
   if (n->path != NULL)
     snprintf(rec.path, sizeof(rec.path), "%s", n->path);
+  rec.ticket = n->ticket;
   tb__push(r, &rec);
   if (n->action == TB_CONTROL_PAUSE)
     tb__push_state(r, TB_RUN_PAUSED, TB_RUN_RUNNING, rec.by, n->epoch, n->batch);

@@ -373,12 +373,40 @@ static void test_match(void **state) {
   assert_false(tb_event_is_batch(tb_event_from_name("epoch_end")));
 }
 
+/* A request that is valid JSON but breaks a rule is answered with its own id. */
+static void test_rule_breaking_keeps_id(void **state) {
+  (void)state;
+  static const char *lines[] = {"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"set_lr\",\"params\":{"
+                                "\"run\":\"r1\",\"lr\":1e999}}",
+                                "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"status\",\"params\":{"
+                                "\"run\":\"r1\",\"run\":\"r2\"}}"};
+  for (size_t i = 0; i < 2; i++) {
+    tb_req_t q;
+    tb_proto_err_t err;
+    assert_int_not_equal(tb_req_decode(lines[i], strlen(lines[i]), &q, &err), 0);
+    assert_int_equal(q.id.kind, TB_ID_INT);
+    assert_int_equal(q.id.num, 7);
+    tb_req_free(&q);
+  }
+  /* Not JSON at all: no id to be had. */
+  tb_req_t q;
+  tb_proto_err_t err;
+  assert_int_equal(tb_req_decode("{\"id\":7,", 7, &q, &err), TB_PROTO_EPARSE);
+  assert_int_equal(q.id.kind, TB_ID_NONE);
+  tb_req_free(&q);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_ping_and_ids), cmocka_unit_test(test_methods),
-      cmocka_unit_test(test_bad_inputs),   cmocka_unit_test(test_id_survives_errors),
-      cmocka_unit_test(test_deep_nesting), cmocka_unit_test(test_many_keys),
-      cmocka_unit_test(test_authorize),    cmocka_unit_test(test_match),
+      cmocka_unit_test(test_rule_breaking_keeps_id),
+      cmocka_unit_test(test_ping_and_ids),
+      cmocka_unit_test(test_methods),
+      cmocka_unit_test(test_bad_inputs),
+      cmocka_unit_test(test_id_survives_errors),
+      cmocka_unit_test(test_deep_nesting),
+      cmocka_unit_test(test_many_keys),
+      cmocka_unit_test(test_authorize),
+      cmocka_unit_test(test_match),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,6 +32,7 @@ typedef struct tb_control_note_s {
   const char *by;              /* who asked; "" if unknown */
   const char *path;            /* CHECKPOINT: the file written */
   int epoch, batch;
+  uint64_t ticket; /* SET_LR, CHECKPOINT: the ticket of the last request this applies */
 } tb_control_note_t;
 
 /* Called on the trainer thread, without the control mutex held. */
@@ -47,6 +48,7 @@ typedef struct tb_applied_s {
   bool shutdown;   /* the caller should checkpoint and leave the loop */
   bool in_pause;   /* returned during a pause to serve a checkpoint: call again */
   char checkpoint_by[64];
+  uint64_t checkpoint_ticket;
 } tb_applied_t;
 
 struct tb_control_s {
@@ -62,6 +64,8 @@ struct tb_control_s {
   char stop_by[64];
   char pause_by[64];
   char checkpoint_by[64];
+  uint64_t tickets; /* requests numbered so far */
+  uint64_t lr_ticket, checkpoint_ticket;
   bool in_pause;               /* trainer side: inside a pause (between PAUSE and RESUME) */
   tb_control_notify_fn notify; /* optional */
   void *notify_user;
@@ -79,6 +83,12 @@ void tb_control_stop(tb_control_t *c, const char *by);
 void tb_control_pause(tb_control_t *c, const char *by);
 void tb_control_resume(tb_control_t *c, const char *by);
 void tb_control_checkpoint(tb_control_t *c, const char *by);
+/* The same requests numbered: *ticket (may be NULL) receives a number that
+ * the note reporting the applied change carries (or a later one, when
+ * several requests were applied together), so a requester can tell which
+ * note answers it. */
+int tb_control_set_lr_ticket(tb_control_t *c, double lr, const char *by, uint64_t *ticket);
+void tb_control_checkpoint_ticket(tb_control_t *c, const char *by, uint64_t *ticket);
 /* Asks the trainer to checkpoint and leave fit() with TB_EINTERRUPTED at the
  * next boundary, without firing the remaining hooks, so that the run can be
  * resumed exactly later; ends a pause. */
