@@ -234,7 +234,17 @@ int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err) {
   return 0;
 }
 
+/* With a foreign loop, destroying the context is two steps: the first
+ * closes lws's handles on our loop; once the loop has run them closed, the
+ * second frees what is left (tb__http_free, from tb_server_free). */
 void tb__http_stop(tb_server_t *s) {
+  if (s->lws != NULL && !s->lws_stopping) {
+    s->lws_stopping = true;
+    lws_context_destroy(s->lws);
+  }
+}
+
+void tb__http_free(tb_server_t *s) {
   if (s->lws != NULL) {
     lws_context_destroy(s->lws);
     s->lws = NULL;

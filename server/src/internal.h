@@ -228,6 +228,7 @@ struct tb_server_s {
   pthread_mutex_t runs_mu; /* guards the registry list against attach/submit from other threads */
 
   struct lws_context *lws; /* the HTTP/WebSocket front (http.c), or NULL */
+  bool lws_stopping;
   char http_address[300];
 
   conn_t *conns;
@@ -287,6 +288,7 @@ void tb__replay_pump(conn_t *c);
 /* http.c */
 int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err);
 void tb__http_stop(tb_server_t *s);
+void tb__http_free(tb_server_t *s);
 void tb__ws_want_write(conn_t *c);
 void tb__ws_kill(conn_t *c);
 

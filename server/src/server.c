@@ -371,6 +371,7 @@ int tb_server_free(tb_server_t *s) {
       uv_thread_join(&r->thread);
     tb__run_free(r);
   }
+  tb__http_free(s);
   int closed = uv_loop_close(&s->loop);
   free(s->q);
   free(s->q_spare);
