@@ -146,6 +146,8 @@ for r in $(seq 1 "$RUNS"); do
         bench nats      -P nats  -p "$NATS_PORT"  -b "$NATS_PID"  -m lat -k "$k" -r "$RATE" -d "$DUR"
         bench mosquitto -P mqtt  -p "$MQTT_PORT"  -b "$MQTT_PID"  -m lat -k "$k" -r "$RATE" -d "$DUR"
         bench trainbus  -P trainbus -x "$BIN/tb_pub" -m lat -k "$k" -r "$RATE" -d "$DUR"
+        TB_FLUSH_INTERVAL_MS=0 bench trainbus-f0 -P trainbus -x "$BIN/tb_pub" -m lat -k "$k" \
+            -r "$RATE" -d "$DUR"
     done
 done
 

@@ -96,6 +96,11 @@ int main(int argc, char **argv) {
   o.listen[0] = "127.0.0.1:0";
   o.n_listen = 1;
   o.log_level = 0;
+  /* TB_FLUSH_INTERVAL_MS: the daemon's --flush-interval-ms (0: lowest
+   * latency, every event written at once). */
+  const char *fi = getenv("TB_FLUSH_INTERVAL_MS");
+  if (fi != NULL)
+    o.flush_interval_ms = atoi(fi);
   tb_server_t *s;
   tb_err_t err = {{0}};
   if (tb_server_new(&o, &s, &err) != 0) {
