@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int idle_timeout_ms; /* for the next start() */
+
 static tb_server_t *start(int auth_timeout_ms) {
   tb_server_opts_t o;
   tb_server_opts_defaults(&o);
@@ -34,6 +36,7 @@ static tb_server_t *start(int auth_timeout_ms) {
   o.log_level = 0;
   if (auth_timeout_ms > 0)
     o.auth_timeout_ms = auth_timeout_ms;
+  o.idle_timeout_ms = idle_timeout_ms;
   tb_server_t *s = NULL;
   tb_err_t err = {{0}};
   int r = tb_server_new(&o, &s, &err);
@@ -213,6 +216,36 @@ static void test_auth_timeout(void **state) {
   finish(s);
 }
 
+/* With an idle timeout, a client that neither subscribes nor sends is
+ * disconnected; a subscriber is not. */
+static void test_idle_timeout(void **state) {
+  (void)state;
+  idle_timeout_ms = 300;
+  tb_server_t *s = start(0);
+  idle_timeout_ms = 0;
+  su_conn_t idle, sub;
+  tb_smsg_t m;
+  su_connect(&idle, tb_server_address(s, 0), 0);
+  su_connect(&sub, tb_server_address(s, 0), 0);
+  su_auth(&idle, "observer", NULL); /* reads the hello too */
+  su_auth(&sub, "observer", NULL);
+  su_sends(&sub, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"subscribe\",\"params\":{}}\n");
+  assert_int_equal(su_msg(&sub, 5000, &m), 1);
+  assert_int_equal(m.kind, TB_SMSG_RESULT);
+  tb_smsg_free(&m);
+  uint64_t t0 = su_now_ms();
+  expect_bye_then_eof(&idle, "idle");
+  assert_true(su_now_ms() - t0 < 3000);
+  /* The subscriber is still there and answers. */
+  su_sends(&sub, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"ping\"}\n");
+  assert_int_equal(su_msg(&sub, 5000, &m), 1);
+  assert_int_equal(m.kind, TB_SMSG_RESULT);
+  tb_smsg_free(&m);
+  su_close(&idle);
+  su_close(&sub);
+  finish(s);
+}
+
 static void test_non_loopback_needs_token(void **state) {
   (void)state;
   tb_server_opts_t o;
@@ -312,9 +345,8 @@ static void test_attached_run_events(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hello_and_auth),
-      cmocka_unit_test(test_auth_timeout),
-      cmocka_unit_test(test_non_loopback_needs_token),
+      cmocka_unit_test(test_hello_and_auth),      cmocka_unit_test(test_auth_timeout),
+      cmocka_unit_test(test_idle_timeout),        cmocka_unit_test(test_non_loopback_needs_token),
       cmocka_unit_test(test_attached_run_events),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
