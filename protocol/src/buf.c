@@ -156,7 +156,7 @@ size_t tb__json_esc(char *dst, const char *src, size_t n) {
 }
 
 /* Writes v in decimal; returns the length. */
-static size_t int_to(char *dst, int64_t v) {
+size_t tb__int_to(char *dst, int64_t v) {
   char tmp[24];
   size_t n = 0;
   uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
@@ -194,7 +194,7 @@ size_t tb_json_num_to(char *dst, double v) {
     return 1;
   }
   if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(int64_t)v)
-    return int_to(dst, (int64_t)v);
+    return tb__int_to(dst, (int64_t)v);
   int n = snprintf(dst, TB_PROTO_NUM_MAX, "%.17g", v);
   if (n < 0 || n >= TB_PROTO_NUM_MAX)
     n = 0; /* cannot happen for a finite double; keep the output valid */
@@ -220,7 +220,7 @@ int tb_json_num(tb_buf_t *b, double v) {
 int tb_json_int(tb_buf_t *b, int64_t v) {
   if (tb_buf_reserve(b, 24) != 0)
     return TB_PROTO_EINTERNAL;
-  b->len += int_to(b->data + b->len, v);
+  b->len += tb__int_to(b->data + b->len, v);
   return 0;
 }
 
@@ -241,7 +241,7 @@ size_t tb__id_to(char *dst, const tb_id_t *id) {
     return 4;
   }
   if (id->kind == TB_ID_INT)
-    return int_to(dst, id->num);
+    return tb__int_to(dst, id->num);
   return tb__json_esc(dst, id->str, strnlen(id->str, TB_PROTO_ID_MAX - 1));
 }
 

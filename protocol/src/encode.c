@@ -22,28 +22,13 @@
 /* Worst-case bytes of an escaped string of n bytes, quotes included. */
 #define ESC_MAX(n) (6 * (n) + 2)
 
-static size_t int_to(char *dst, int64_t v) {
-  char tmp[24];
-  size_t n = 0;
-  uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-  do {
-    tmp[n++] = (char)('0' + u % 10);
-    u /= 10;
-  } while (u);
-  size_t k = 0;
-  if (v < 0)
-    dst[k++] = '-';
-  while (n)
-    dst[k++] = tmp[--n];
-  return k;
-}
 
 /* Unix time in seconds with exactly six decimals, from microseconds: exact,
  * and cheaper than formatting a double. */
 static size_t time_to(char *dst, int64_t us) {
   if (us < 0)
     return tb_json_num_to(dst, (double)us / 1e6);
-  size_t n = int_to(dst, us / 1000000);
+  size_t n = tb__int_to(dst, us / 1000000);
   int64_t frac = us % 1000000;
   dst[n++] = '.';
   for (int64_t div = 100000; div > 0; div /= 10)
@@ -103,16 +88,16 @@ static char *event_params_to(char *d, char *end, const tb_event_t *ev) {
   LIT(d, "{\"run\":");
   d += tb__json_esc(d, run, run_len);
   LIT(d, ",\"seq\":");
-  d += int_to(d, ev->seq);
+  d += tb__int_to(d, ev->seq);
   LIT(d, ",\"event\":");
   d += tb__json_esc(d, name, name_len);
   if (ev->epoch >= 0) {
     LIT(d, ",\"epoch\":");
-    d += int_to(d, ev->epoch);
+    d += tb__int_to(d, ev->epoch);
   }
   if (ev->batch >= 0) {
     LIT(d, ",\"batch\":");
-    d += int_to(d, ev->batch);
+    d += tb__int_to(d, ev->batch);
   }
   LIT(d, ",\"time\":");
   d += time_to(d, ev->time_us);

@@ -15,6 +15,8 @@ size_t tb__json_esc(char *dst, const char *s, size_t n);
 /* Bytes an id takes once encoded (upper bound), and the writer. */
 #define TB__ID_MAX_ENC (6 * TB_PROTO_ID_MAX + 2)
 size_t tb__id_to(char *dst, const tb_id_t *id);
+/* Writes v in decimal (at most 20 bytes), no NUL; returns the length. */
+size_t tb__int_to(char *dst, int64_t v);
 
 /* printf into err (if not NULL) and return code. */
 int tb__errf(tb_proto_err_t *err, int code, const char *fmt, ...)
