@@ -143,7 +143,6 @@ void tb__conn_flush(conn_t *c) {
   uv_buf_t bufs[64];
   w->conn = c;
   w->n = c->n_out;
-  w->bytes = 0;
   memcpy(w->bufs, c->out, (size_t)c->n_out * sizeof(outbuf_t));
   c->n_out = 0;
   c->pend_bytes = 0;
@@ -157,10 +156,8 @@ void tb__conn_flush(conn_t *c) {
     free(w);
     return;
   }
-  for (int i = 0; i < w->n; i++) {
+  for (int i = 0; i < w->n; i++)
     bv[i] = w->bufs[i].buf;
-    w->bytes += w->bufs[i].buf.len;
-  }
   c->inflight++;
   int r = uv_write(&w->req, &c->h.stream, bv, (unsigned)w->n, on_write);
   if (bv != bufs)

@@ -110,7 +110,6 @@ struct tb_run_s {
   bool cancel_requested;
   tb_ev_t **ring; /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */
   size_t ring_cap, n_ring;
-  int64_t logged_first_seq; /* the first seq in the on-disk event log (1 when complete) */
   FILE *log;                /* state_dir/runs/<id>/events.ndjson, appended */
   pending_t *pending;
 };
@@ -145,7 +144,6 @@ typedef struct wreq_s {
   uv_write_t req;
   conn_t *conn;
   int n;
-  size_t bytes;
   outbuf_t bufs[];
 } wreq_t;
 

@@ -327,7 +327,6 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
     r->epochs = job->fit.epochs;
     r->seq = last_seq;
     r->last_seq = last_seq;
-    r->logged_first_seq = 1;
     bool final = state == TB_RUN_FINISHED || state == TB_RUN_STOPPED || state == TB_RUN_CANCELLED ||
                  state == TB_RUN_FAILED;
     r->state = final ? state : TB_RUN_QUEUED;
