@@ -90,7 +90,7 @@ static void encode(const tb_rec_t *rec, bool lockstep, tb_buf_t *b) {
                    .n_logs = rec->logs.n,
                    .log_names = rec->logs.names,
                    .log_values = rec->logs.values};
-  char reason[sizeof(rec->reason) + sizeof(rec->path) + 16];
+  char reason[sizeof(rec->reason) + 1216];
   if (rec->kind == TB_EVENT_STATE) {
     ev.state = tb_run_state_name(rec->state);
     ev.prev_state = tb_run_state_name(rec->prev_state);
@@ -102,8 +102,8 @@ static void encode(const tb_rec_t *rec, bool lockstep, tb_buf_t *b) {
     ev.value = rec->value;
     ev.has_old = rec->has_old;
     ev.old_value = rec->old_value;
-    if (rec->path[0]) {
-      snprintf(reason, sizeof(reason), "wrote %s", rec->path);
+    if (rec->path != NULL) {
+      snprintf(reason, sizeof(reason), "wrote %.1200s", rec->path);
       ev.reason = reason;
     } else if (rec->reason[0]) {
       ev.reason = rec->reason;
@@ -141,7 +141,7 @@ static void resolve_pending(tb_run_t *r, const tb_rec_t *rec) {
         tb_json_num(&b, rec->value);
       } else {
         TB_LIT(&b, ",\"path\":");
-        tb_json_str(&b, rec->path);
+        tb_json_str(&b, rec->path != NULL ? rec->path : "");
       }
       TB_LIT(&b, ",\"applied_at\":{\"epoch\":");
       tb_json_int(&b, rec->epoch);
@@ -236,8 +236,10 @@ void tb__drain(tb_server_t *s) {
     b.len = 0;
     encode(rec, false, &b);
     tb_ev_t *e = tb__ev_new(b.data, b.len, rec->seq, rec->kind, rec->batch);
-    if (e == NULL)
+    if (e == NULL) {
+      free(rec->path);
       continue;
+    }
     track(r, rec);
     s->n_events++;
     if (r->attached && rec->kind == TB_EVENT_STATE && rec->state == TB_RUN_RUNNING &&
@@ -250,6 +252,7 @@ void tb__drain(tb_server_t *s) {
       resolve_pending(r, rec);
     tb__deliver(s, r, e, rec);
     tb__ev_unref(e);
+    free(rec->path);
     /* Write as we go: a long drain must not let a client's backlog pass the
      * drop threshold while its socket is idle. */
     if ((i + 1) % 256 == 0)

@@ -50,7 +50,8 @@ typedef struct tb_rec_s {
   char action[24];
   char by[128];
   char reason[160];
-  char path[1200]; /* checkpoint file */
+  char *path; /* checkpoint events: the file written (malloc'ed, freed by the loop); NULL
+                 otherwise, so the per-batch record stays small */
   bool has_value, has_old;
   double value, old_value;
   uint64_t ticket; /* control events: the last request they apply (tb_control_note_t) */
@@ -110,7 +111,7 @@ struct tb_run_s {
   bool cancel_requested;
   tb_ev_t **ring; /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */
   size_t ring_cap, n_ring;
-  FILE *log;                /* state_dir/runs/<id>/events.ndjson, appended */
+  FILE *log; /* state_dir/runs/<id>/events.ndjson, appended */
   pending_t *pending;
 };
 
@@ -243,6 +244,7 @@ int64_t tb__srv_now_us(void);
 /* publish.c: the trainer side */
 void tb__publisher_init(tb_run_t *r);
 void tb__push(tb_run_t *r, tb_rec_t *rec);
+void tb__push_finished(tb_run_t *r);
 void tb__push_state(tb_run_t *r, tb_run_state_t state, tb_run_state_t prev, const char *reason,
                     int epoch, int batch);
 

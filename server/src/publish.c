@@ -51,6 +51,7 @@ void tb__push(tb_run_t *r, tb_rec_t *rec) {
     uv_async_send(&s->wake);
 }
 
+/* kind TB_EVENT_INVALID: not an event (the finished record), so no seq. */
 static void rec_init(tb_rec_t *rec, tb_run_t *r, tb_event_kind_t kind, int epoch, int batch) {
   /* Only the header and the small fields are set; logs are filled by the
    * caller (n = 0 here). */
@@ -58,13 +59,22 @@ static void rec_init(tb_rec_t *rec, tb_run_t *r, tb_event_kind_t kind, int epoch
   rec->logs.n = 0;
   memset((char *)rec + offsetof(tb_rec_t, state), 0, sizeof(tb_rec_t) - offsetof(tb_rec_t, state));
   rec->run = r;
-  rec->seq = ++r->seq;
+  rec->seq = kind != TB_EVENT_INVALID ? ++r->seq : 0;
   rec->kind = kind;
   rec->epoch = epoch;
   rec->batch = batch;
   rec->time_us = tb__srv_now_us();
   rec->lr = NAN;
   rec->epochs = r->epochs;
+}
+
+/* The trainer thread's last record: not an event (no seq), it tells the loop
+ * to join the thread and start the next run. */
+void tb__push_finished(tb_run_t *r) {
+  tb_rec_t rec;
+  rec_init(&rec, r, TB_EVENT_INVALID, -1, -1);
+  rec.finished = true;
+  tb__push(r, &rec);
 }
 
 void tb__push_state(tb_run_t *r, tb_run_state_t state, tb_run_state_t prev, const char *reason,
@@ -159,8 +169,8 @@ static void on_note(tb_control_t *c, const tb_control_note_t *n, void *user) {
     rec.old_value = n->old_value;
     rec.lr = n->new_value;
   }
-  if (n->path != NULL)
-    snprintf(rec.path, sizeof(rec.path), "%s", n->path);
+  if (n->path != NULL && n->path[0] != '\0')
+    rec.path = strdup(n->path); /* NULL on OOM: the event just names no file */
   rec.ticket = n->ticket;
   tb__push(r, &rec);
   if (n->action == TB_CONTROL_PAUSE)

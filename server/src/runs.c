@@ -105,15 +105,6 @@ void tb__run_info(const tb_run_t *r, tb_run_info_t *out) {
 
 /* ---- the trainer thread ---------------------------------------------------- */
 
-static void push_finished(tb_run_t *r) {
-  tb_rec_t rec;
-  memset(&rec, 0, offsetof(tb_rec_t, logs));
-  rec.logs.n = 0;
-  memset((char *)&rec + offsetof(tb_rec_t, state), 0, sizeof(tb_rec_t) - offsetof(tb_rec_t, state));
-  rec.finished = true;
-  tb__push(r, &rec);
-}
-
 static void trainer_main(void *arg) {
   tb_run_t *r = arg;
   tb_job_t *job = r->job;
@@ -154,7 +145,7 @@ static void trainer_main(void *arg) {
                    rc != 0 ? r->fail_msg : NULL, -1, -1);
   }
   tb_callbacks_release(&cbs);
-  push_finished(r);
+  tb__push_finished(r);
 }
 
 static bool busy(tb_server_t *s) {
