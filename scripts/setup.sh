@@ -10,6 +10,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenblas-dev
       libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
+      dataset-fashion-mnist
       ${EXTRA_PKGS:-}"
 missing=""
 for p in $pkgs; do
