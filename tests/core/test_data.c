@@ -4,6 +4,8 @@
  * Every file a test reads is written by the test into a mkdtemp() directory
  * that the group teardown empties and removes. Malformed inputs are checked
  * for the error code and for the message naming the file and the place. */
+/* realpath() and mkfifo() with symlink() are XSI. */
+#define _XOPEN_SOURCE 700
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -418,8 +420,17 @@ static void test_csv_malformed(void **state) {
        {.label_col = -1, .classes = 1},
        TB_EFORMAT,
        ":2: column 3: expected a class label"},
-      /* Binary junk is quoted readably, clipped, never printed raw. */
-      {"1,\x01\xff\x7f\"zz\n", {0}, TB_EFORMAT, ":1: column 2: expected a number, got \"????zz\""},
+      /* Binary junk is quoted readably (escaped), clipped, never printed raw. */
+      {"1,\x01\xff\x7f\"zz\n",
+       {0},
+       TB_EFORMAT,
+       ":1: column 2: expected a number, got \"\\x01\\xff\\x7f\\\"zz\""},
+      /* A quoted field is shown as it is, its quotes escaped (not as '?'). */
+      {"5.1,\"setosa\"\n",
+       {0},
+       TB_EFORMAT,
+       ":1: column 2: expected a number, got \"\\\"setosa\\\"\""},
+      {"1,a\\b\tc\n", {0}, TB_EFORMAT, ":1: column 2: expected a number, got \"a\\\\b\\x09c\""},
       {"1,0123456789012345678901234567890123456789012345678901234567890123456789x\n",
        {0},
        TB_EFORMAT,
@@ -451,7 +462,7 @@ static void test_csv_nul_byte(void **state) {
   char p[512];
   write_bytes(tmp_path(p, sizeof(p), "nul.csv"), text, sizeof(text) - 1);
   assert_int_equal(tb_csv_load(p, NULL, &d, &err), TB_EFORMAT);
-  check_msg(err.msg, ":2: column 2: expected a number, got \"4?5\"");
+  check_msg(err.msg, ":2: column 2: expected a number, got \"4\\x005\"");
   assert_null(d);
 }
 
@@ -1126,6 +1137,256 @@ static void test_scaler_divide_and_errors(void **state) {
   tb_dataset_free(empty);
 }
 
+/* ---- limits: redaction, bounds, confinement ----------------------------- */
+
+/* Loads text as CSV within lim; returns the code, the message in err. */
+static int csv_limited(const char *name, const char *text, const tb_data_limits_t *lim, int classes,
+                       tb_err_t *err) {
+  tb_csv_opts_t o = {.classes = classes, .label_col = -1, .limits = lim};
+  tb_dataset_t *d = NULL;
+  err->msg[0] = '\0';
+  int r = csv_text(name, text, &o, &d, err);
+  tb_dataset_free(d);
+  return r;
+}
+
+static void check_no(const char *msg, const char *unwanted) {
+  if (strstr(msg, unwanted) != NULL) {
+    print_error("message \"%s\"\n  contains \"%s\"\n", msg, unwanted);
+    fail();
+  }
+}
+
+static void test_csv_redacted(void **state) {
+  /* A job from the network: messages give the place, never the text. The
+   * same inputs quote the field for the operator. */
+  static const struct {
+    const char *text, *want, *secret;
+    int classes, code;
+  } cases[] = {
+      {"0,1\nhunter2,1\n", ":2: column 1: expected a number", "hunter2", 1, TB_EFORMAT},
+      {"root:$6$x:19000,1\n", ":1: column 1: expected a number", "root", 1, TB_EFORMAT},
+      {"1,inf\n", ":1: column 2: expected a finite number (inf and nan", "\"inf\"", 0,
+       TB_ENONFINITE},
+      {"1,3e39\n", ":1: column 2: the number is out of the float32 range", "3e39", 0, TB_ERANGE},
+      {"1,1.5\n", ":1: column 2: expected a class label (an integer from 0 to 16777216)", "1.5", 1,
+       TB_EFORMAT},
+  };
+  tb_data_limits_t red = {.redact = true};
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    tb_err_t err;
+    assert_int_equal(csv_limited("red.csv", cases[i].text, &red, cases[i].classes, &err),
+                     cases[i].code);
+    check_msg(err.msg, cases[i].want);
+    check_no(err.msg, cases[i].secret);
+    check_no(err.msg, "got");
+    assert_int_equal(csv_limited("red.csv", cases[i].text, NULL, cases[i].classes, &err),
+                     cases[i].code);
+    check_msg(err.msg, cases[i].secret[0] == '"' ? "inf" : cases[i].secret);
+  }
+
+  /* IDX: no magic number, count or dimension read from the file. */
+  char im[512], lb[512], p[512];
+  tb_dataset_t *d = NULL;
+  tb_err_t err;
+  write_small_idx(tmp_path(im, sizeof(im), "r-img.idx"), tmp_path(lb, sizeof(lb), "r-lbl.idx"), 0);
+  write_bytes(tmp_path(p, sizeof(p), "r-bad.idx"), "\x03\x08\x00\x00\x00\x00\x00\x01", 8);
+  assert_int_equal(tb_idx_load_limited(p, lb, &red, &d, &err), TB_EFORMAT);
+  check_msg(err.msg, "r-bad.idx: bad magic number: expected an IDX images file (0x00000803");
+  check_no(err.msg, "03080000");
+  write_idx(p, 0, 3, (const uint32_t[]){60000, 28, 28}, pixels, 12);
+  assert_int_equal(tb_idx_load_limited(p, lb, &red, &d, &err), TB_ETRUNCATED);
+  check_msg(err.msg, "r-bad.idx: truncated: the file holds 12 bytes of data");
+  check_no(err.msg, "60000");
+  check_no(err.msg, "28x28");
+  write_idx(p, 0, 1, (const uint32_t[]){2}, labels3, 2);
+  assert_int_equal(tb_idx_load_limited(im, p, &red, &d, &err), TB_ESHAPE);
+  check_msg(err.msg, "holds a different number of labels than");
+  check_no(err.msg, "2 labels");
+  write_idx(p, 0, 3, (const uint32_t[]){0xFFFFFFFFu, 0xFFFFFFFFu, 0xFFFFFFFFu}, pixels, 12);
+  assert_int_equal(tb_idx_load_limited(p, NULL, &red, &d, &err), TB_ERANGE);
+  check_no(err.msg, "4294967295 images");
+  assert_null(d);
+}
+
+static void test_data_bounds(void **state) {
+  tb_err_t err;
+  char p[512];
+  /* Bytes: 39 bytes of text against a 30-byte bound, plain and gzip. */
+  static const char text[] = "1,2\n3,4\n5,6\n7,8\n9,10\n11,12\n13,14\n15,16\n";
+  tb_data_limits_t bytes = {.max_bytes = 30};
+  assert_int_equal(csv_limited("b.csv", text, &bytes, 1, &err), TB_ERANGE);
+  check_msg(err.msg, "b.csv: 39 bytes, more than the 30 a data file may have here");
+  tb_csv_opts_t o = {.label_col = -1, .limits = &bytes};
+  tb_dataset_t *d = NULL;
+  write_gz(tmp_path(p, sizeof(p), "b.csv.gz"), text, strlen(text));
+  assert_int_equal(tb_csv_load(p, &o, &d, &err), TB_ERANGE);
+  check_msg(err.msg, "b.csv.gz: larger than the 30 bytes a data file may have here (after "
+                     "decompression)");
+  assert_null(d);
+  bytes.max_bytes = 39; /* exactly the file: loads */
+  assert_int_equal(csv_limited("b.csv", text, &bytes, 1, &err), 0);
+  assert_int_equal(tb_csv_load(p, &o, &d, &err), 0);
+  assert_int_equal(d->n, 8);
+  tb_dataset_free(d);
+
+  /* Rows and columns. */
+  tb_data_limits_t rows = {.max_rows = 7}, cols = {.max_cols = 2};
+  assert_int_equal(csv_limited("r.csv", text, &rows, 1, &err), TB_ERANGE);
+  check_msg(err.msg, "r.csv: 8 data rows, more than the 7 a data file may have here");
+  assert_int_equal(csv_limited("c.csv", "\n1,2,3\n4,5,6\n", &cols, 1, &err), TB_ERANGE);
+  check_msg(err.msg, "c.csv:2: 3 columns, more than the 2 a data file may have here");
+  /* By default at most TB_DATA_MAX_COLS columns: a file whose line ends
+   * were lost is one endless row. */
+  size_t n = 2 * ((size_t)TB_DATA_MAX_COLS + 1);
+  char *wide = malloc(n + 1);
+  assert_non_null(wide);
+  for (size_t i = 0; i < n; i += 2)
+    memcpy(wide + i, "0,", 2);
+  wide[n - 1] = '\n';
+  wide[n] = '\0';
+  assert_int_equal(csv_limited("wide.csv", wide, NULL, 1, &err), TB_ERANGE);
+  check_msg(err.msg, "wide.csv:1: 1048577 columns, more than the 1048576");
+  free(wide);
+
+  /* IDX: items and values per item. */
+  char im[512], lb[512];
+  write_small_idx(tmp_path(im, sizeof(im), "bd-img.idx"), tmp_path(lb, sizeof(lb), "bd-lbl.idx"),
+                  0);
+  tb_data_limits_t two_rows = {.max_rows = 2}, three_cols = {.max_cols = 3};
+  assert_int_equal(tb_idx_load_limited(im, lb, &two_rows, &d, &err), TB_ERANGE);
+  check_msg(err.msg, "bd-img.idx: header says 3 images, more than the 2");
+  assert_int_equal(tb_idx_load_limited(im, lb, &three_cols, &d, &err), TB_ERANGE);
+  check_msg(err.msg, "bd-img.idx: header says each item is 2x2 (4 values), more than the 3");
+  tb_data_limits_t small = {.max_bytes = 20};
+  assert_int_equal(tb_idx_load_limited(im, lb, &small, &d, &err), TB_ERANGE);
+  check_msg(err.msg, "bd-img.idx: 28 bytes, more than the 20");
+  assert_null(d);
+}
+
+/* A folder tree for the confinement tests: root/data (the data directory)
+ * with ok.csv, a symbolic link to it, a link out to root/out/secret.csv, a
+ * folder and a FIFO. */
+static char conf_root[] = "/tmp/tb_test_confine_XXXXXX";
+
+static void conf_path(char *buf, size_t len, const char *rel) {
+  snprintf(buf, len, "%s/%s", conf_root, rel);
+}
+
+static void conf_setup(char data_real[PATH_MAX]) {
+  char p[600], q[600];
+  assert_non_null(mkdtemp(conf_root));
+  conf_path(p, sizeof(p), "data");
+  assert_int_equal(mkdir(p, 0700), 0);
+  assert_non_null(realpath(p, data_real));
+  conf_path(p, sizeof(p), "data/sub");
+  assert_int_equal(mkdir(p, 0700), 0);
+  conf_path(p, sizeof(p), "out");
+  assert_int_equal(mkdir(p, 0700), 0);
+  conf_path(p, sizeof(p), "out/secret.csv");
+  write_bytes(p, "1,2\n", 4);
+  conf_path(p, sizeof(p), "data/ok.csv");
+  write_bytes(p, "0,1\n1,2\n", 8);
+  conf_path(p, sizeof(p), "data/link-in.csv");
+  assert_int_equal(symlink("ok.csv", p), 0);
+  conf_path(p, sizeof(p), "data/link-out.csv");
+  conf_path(q, sizeof(q), "out/secret.csv");
+  assert_int_equal(symlink(q, p), 0);
+  conf_path(p, sizeof(p), "data/sub/up.csv");
+  assert_int_equal(symlink("../../out/secret.csv", p), 0);
+  conf_path(p, sizeof(p), "data/fifo.csv");
+  assert_int_equal(mkfifo(p, 0600), 0);
+}
+
+static void conf_teardown(void) {
+  static const char *const files[] = {"data/ok.csv",     "data/link-in.csv", "data/link-out.csv",
+                                      "data/sub/up.csv", "data/fifo.csv",    "out/secret.csv"};
+  static const char *const dirs[] = {"data/sub", "data", "out"};
+  char p[600];
+  for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+    conf_path(p, sizeof(p), files[i]);
+    unlink(p);
+  }
+  for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+    conf_path(p, sizeof(p), dirs[i]);
+    rmdir(p);
+  }
+  rmdir(conf_root);
+}
+
+static int confined_csv(const char *path, const tb_data_limits_t *lim, tb_err_t *err) {
+  tb_csv_opts_t o = {.label_col = -1, .classes = 1, .limits = lim};
+  tb_dataset_t *d = NULL;
+  err->msg[0] = '\0';
+  int r = tb_csv_load(path, &o, &d, err);
+  if (r == 0) {
+    assert_int_equal(d->n, 2);
+    tb_dataset_free(d);
+  }
+  return r;
+}
+
+static void test_data_confined(void **state) {
+  char data[PATH_MAX], p[PATH_MAX + 64];
+  tb_err_t err;
+  conf_setup(data);
+  const char *dirs[1] = {data};
+  tb_data_limits_t lim = {.confined = true, .dirs = dirs, .n_dirs = 1};
+
+  snprintf(p, sizeof(p), "%s/ok.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), 0);
+  snprintf(p, sizeof(p), "%s/link-in.csv", data); /* a link that stays inside */
+  assert_int_equal(confined_csv(p, &lim, &err), 0);
+  snprintf(p, sizeof(p), "%s/sub/../ok.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "\"..\" is not allowed in the path");
+  snprintf(p, sizeof(p), "%s/../out/secret.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "\"..\" is not allowed");
+  conf_path(p, sizeof(p), "out/secret.csv");
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "secret.csv: outside the data directories");
+  assert_int_equal(confined_csv("/etc/passwd", &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "/etc/passwd: outside the data directories");
+  /* A folder whose name starts like the data folder's is not inside it. */
+  snprintf(p, sizeof(p), "%s-other/x.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "outside the data directories");
+  assert_int_equal(confined_csv("ok.csv", &lim, &err), TB_EINVAL); /* relative: nowhere */
+  /* Links out, direct or through "..": refused, and where they lead is not told. */
+  snprintf(p, sizeof(p), "%s/link-out.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "link-out.csv: leads outside the data directories (through a symbolic link)");
+  check_no(err.msg, "secret");
+  snprintf(p, sizeof(p), "%s/sub/up.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "leads outside");
+  /* Not a regular file: refused at once (a FIFO must not block the open). */
+  snprintf(p, sizeof(p), "%s/fifo.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "fifo.csv: not a regular file");
+  snprintf(p, sizeof(p), "%s/sub", data);
+  assert_int_equal(confined_csv(p, &lim, &err), TB_EINVAL);
+  check_msg(err.msg, "not a regular file");
+  snprintf(p, sizeof(p), "%s/missing.csv", data);
+  assert_int_equal(confined_csv(p, &lim, &err), -ENOENT);
+  /* IDX goes through the same door. */
+  tb_dataset_t *d = NULL;
+  conf_path(p, sizeof(p), "out/secret.csv");
+  assert_int_equal(tb_idx_load_limited(p, NULL, &lim, &d, &err), TB_EINVAL);
+  check_msg(err.msg, "outside the data directories");
+  /* No data directory: no file at all. */
+  tb_data_limits_t none = {.confined = true};
+  snprintf(p, sizeof(p), "%s/ok.csv", data);
+  assert_int_equal(confined_csv(p, &none, &err), TB_EINVAL);
+  check_msg(err.msg, "only use the built-in generators");
+  /* Not confined: the operator reads anywhere. */
+  conf_path(p, sizeof(p), "out/secret.csv");
+  assert_int_equal(tb_csv_load(p, NULL, &d, &err), 0);
+  tb_dataset_free(d);
+  conf_teardown();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_dataset_new),
@@ -1144,6 +1405,9 @@ int main(void) {
       cmocka_unit_test(test_idx_good),
       cmocka_unit_test(test_idx_malformed),
       cmocka_unit_test(test_idx_every_prefix),
+      cmocka_unit_test(test_csv_redacted),
+      cmocka_unit_test(test_data_bounds),
+      cmocka_unit_test(test_data_confined),
       cmocka_unit_test(test_random_inputs),
       cmocka_unit_test(test_fashion_mnist),
       cmocka_unit_test(test_gen_seed),

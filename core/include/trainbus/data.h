@@ -12,9 +12,51 @@
 #ifndef TRAINBUS_DATA_H
 #define TRAINBUS_DATA_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include "trainbus/error.h"
 #include "trainbus/rng.h"
+
+/* The most bytes a data file may hold after decompression: 2 GiB - 1. A
+ * dataset's element count must fit in an int anyway (see tb_dataset_new), and
+ * IDX stores one byte per element, so no loadable IDX file is larger; for CSV
+ * it is far more text than a float matrix of that size needs. It also bounds
+ * what a gzip bomb can make a loader allocate. */
+#define TB_DATA_MAX_FILE ((size_t)2147483647)
+
+/* The most columns (CSV) or values per item (IDX) a data file may have by
+ * default: 2^20, the widest Dense layer a job may declare. A wider row is a
+ * mistake (a file whose line ends were lost reads as one endless row), and
+ * would need a first layer of millions of weights per unit. */
+#define TB_DATA_MAX_COLS (1L << 20)
+
+/* How a loader may read its files. Zeroed (or a NULL pointer where one is
+ * taken) is the operator's default: any path the process can open, files up
+ * to TB_DATA_MAX_FILE bytes, TB_DATA_MAX_COLS columns, rows as an int allows,
+ * and messages that quote the text they could not parse.
+ *
+ * With `confined`, a file is read only if it is a regular file beneath one of
+ * `dirs`: a path with a ".." component, an absolute path elsewhere, or one
+ * that leaves the folders through a symbolic link is refused (TB_EINVAL)
+ * before anything is read. The file is opened once and the path of what was
+ * opened (/proc/self/fd) is checked, so swapping a symbolic link in between
+ * does not help. With no dirs, a confined loader reads nothing. `redact`
+ * keeps file contents out of messages: they give positions (line, column,
+ * byte counts) but never a field's text or a value read from the file. The
+ * daemon sets both for jobs submitted over the network (docs/JOB.md).
+ *
+ * The struct and the strings it points to are only read, and must outlive
+ * the calls (and the jobs) that use it. */
+typedef struct tb_data_limits_s {
+  bool confined;           /* read only beneath dirs[] */
+  const char *const *dirs; /* n_dirs absolute folders in canonical form (realpath()'s) */
+  int n_dirs;
+  size_t max_bytes; /* largest file after decompression; 0: TB_DATA_MAX_FILE */
+  long max_rows;    /* most data rows (CSV) or items (IDX); 0: INT_MAX */
+  long max_cols;    /* most columns (CSV) or values per item (IDX); 0: TB_DATA_MAX_COLS */
+  bool redact;      /* messages never quote file contents */
+} tb_data_limits_t;
 
 typedef struct tb_dataset_s {
   int n;          /* number of rows */
@@ -70,17 +112,22 @@ int tb_dataset_one_hot(tb_dataset_t *d, tb_err_t *err);
  * opts may be NULL (all zero: ',' separated, no header, label in column 0).
  * *out receives a new dataset (the caller frees it), NULL on failure. Errors,
  * each with a message in err naming the file and, for content, the 1-based
- * line and column (`data.csv:3: column 2: expected a number, got "abc"`):
+ * line and column (`data.csv:3: column 2: expected a number, got "abc"`; the
+ * field is shown as it is, clipped to 40 bytes, with `"` and `\` escaped by a
+ * backslash and any byte that is not printable ASCII as \xNN; with
+ * opts->limits->redact the `got ...` part is left out):
  * -errno when the file cannot be opened or read; TB_EFORMAT for malformed
  * text, a wrong column count, a bad class label, no data rows, or a corrupt or
  * non-gzip ".gz"; TB_ETRUNCATED for a ".gz" that ends early; TB_ENONFINITE for
  * inf or nan; TB_ERANGE for a label column outside the row, a number beyond
- * float32, or a file over 2 GiB; TB_EINVAL for bad arguments; TB_ENOMEM. */
+ * float32, or a file over its limits (bytes, rows, columns); TB_EINVAL for bad
+ * arguments or a path the limits do not allow; TB_ENOMEM. */
 typedef struct tb_csv_opts_s {
-  char delimiter; /* default ',' when 0; not '\n' or '\r' */
-  int skip_rows;  /* lines skipped before the data, blank or not; >= 0 */
-  int label_col;  /* 0-based; negative counts from the end */
-  int classes;    /* nonzero: labels are class indices */
+  char delimiter;                 /* default ',' when 0; not '\n' or '\r' */
+  int skip_rows;                  /* lines skipped before the data, blank or not; >= 0 */
+  int label_col;                  /* 0-based; negative counts from the end */
+  int classes;                    /* nonzero: labels are class indices */
+  const tb_data_limits_t *limits; /* NULL: the operator's default (see above) */
 } tb_csv_opts_t;
 int tb_csv_load(const char *path, const tb_csv_opts_t *opts, tb_dataset_t **out, tb_err_t *err);
 
@@ -100,9 +147,15 @@ int tb_csv_load(const char *path, const tb_csv_opts_t *opts, tb_dataset_t **out,
  * or a corrupt or non-gzip ".gz"; TB_ETRUNCATED when the header or data is
  * cut short (`header says 60000 images of 28x28 but the file holds 1234 bytes
  * of pixel data`); TB_ESHAPE when label and image counts differ; TB_ERANGE
- * when the header's sizes exceed INT_MAX values; TB_EINVAL; TB_ENOMEM. */
+ * when the header's sizes exceed INT_MAX values or the limits; TB_EINVAL;
+ * TB_ENOMEM. */
 int tb_idx_load(const char *images_path, const char *labels_path, tb_dataset_t **out,
                 tb_err_t *err);
+/* tb_idx_load() within limits (NULL: the operator's default, as
+ * tb_idx_load()). With limits->redact no message shows a value read from the
+ * files (magic numbers, counts, dimensions). */
+int tb_idx_load_limited(const char *images_path, const char *labels_path,
+                        const tb_data_limits_t *limits, tb_dataset_t **out, tb_err_t *err);
 
 /* Generators. Each writes a new dataset to *out (the caller frees it; NULL on
  * failure) with class indices in y (n_outputs 1, n_classes set), and returns
