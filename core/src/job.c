@@ -6,6 +6,7 @@
  * the disk; tb_job_prepare() does the loading. */
 #include "trainbus/job.h"
 
+#include "jobint.h"
 #include "jsonget.h"
 
 #include <cjson/cJSON.h>
@@ -32,6 +33,7 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
     return r;
   if ((r = tb__jp_get_str(p, d, path, "source", src, sizeof(src), true)) != 0)
     return r;
+  snprintf(s->where, sizeof(s->where), "%s", path);
   s->seed = seed;
   long v;
   char fp[256];
@@ -339,7 +341,7 @@ static void fingerprint(cJSON *root, char out[17]) {
 
 int tb_job_parse(const char *text, size_t len, const char *origin, const char *base_dir,
                  tb_job_t **out, tb_err_t *err) {
-  parse_t p = {origin ? origin : "job", base_dir, err};
+  parse_t p = {origin ? origin : "job", base_dir, err, NULL};
   tb_job_t *job = NULL;
   cJSON *root = NULL;
   int r = 0;
@@ -377,6 +379,8 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
     r = tb_errf(err, TB_ENOMEM, "out of memory");
     goto fail;
   }
+  p.job = job;
+  snprintf(job->origin, sizeof(job->origin), "%s", p.origin);
   static const char *const keys[] = {"name",
                                      "seed",
                                      "threads",
@@ -460,8 +464,8 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
   const cJSON *cbs = cJSON_GetObjectItemCaseSensitive(root, "callbacks");
   if (cbs != NULL && (r = tb__job_parse_callbacks(&p, cbs, job)) != 0)
     goto fail;
-  if ((r = tb__jp_get_path(&p, root, "", "checkpoint_dir", job->checkpoint_dir,
-                           sizeof(job->checkpoint_dir), false)) != 0)
+  if ((r = tb__jp_get_out_path(&p, root, "", "checkpoint_dir", job->checkpoint_dir,
+                               sizeof(job->checkpoint_dir), false)) != 0)
     goto fail;
   v = 0;
   if ((r = tb__jp_get_int(&p, root, "", "checkpoint_every", 0, INT32_MAX, false, &v)) != 0)
@@ -513,7 +517,18 @@ int tb_job_load(const char *path, tb_job_t **out, tb_err_t *err) {
   return r;
 }
 
-static int load_set(const tb_data_spec_t *s, tb_dataset_t **out, tb_err_t *err) {
+/* The limits a set's files are read with: none without a policy; else the
+ * policy's, capped at the bytes measured when the job was checked. */
+static const tb_data_limits_t *set_limits(const tb_job_t *job, const tb_data_spec_t *s) {
+  return job->policy != NULL && s->measured ? &s->limits
+         : job->policy != NULL              ? &job->policy->data
+                                            : NULL;
+}
+
+static int load_set(const tb_job_t *job, const tb_data_spec_t *s, tb_dataset_t **out,
+                    tb_err_t *err) {
+  tb_csv_opts_t csv = s->csv;
+  csv.limits = set_limits(job, s);
   switch (s->source) {
   case TB_SRC_SEED:
     return tb_gen_seed(out);
@@ -522,13 +537,50 @@ static int load_set(const tb_data_spec_t *s, tb_dataset_t **out, tb_err_t *err) 
   case TB_SRC_BLOBS:
     return tb_gen_blobs(s->n, s->classes, s->features, s->std, s->seed, out);
   case TB_SRC_CSV:
-    return tb_csv_load(s->path, &s->csv, out, err);
+    return tb_csv_load(s->path, &csv, out, err);
   case TB_SRC_IDX:
-    return tb_idx_load(s->images, s->labels, out, err);
+    return tb_idx_load_limited(s->images, s->labels, csv.limits, out, err);
   default:
     *out = NULL;
     return 0;
   }
+}
+
+/* Class labels against the model, before anything is widened or trained:
+ * under a crossentropy over classes every label must be a class index of the
+ * last layer (categorical_crossentropy would otherwise widen the labels to
+ * as many columns as the largest label asks, up to 2^24). The value is shown
+ * only when the job's files may be quoted. */
+static int check_labels(const tb_job_t *job, tb_dataset_t *const *sets, const char *const *names,
+                        tb_err_t *err) {
+  tb_loss_kind_t loss = job->compile.loss;
+  if (loss != TB_LOSS_CATEGORICAL_CROSSENTROPY && loss != TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY)
+    return 0;
+  int k = tb__job_n_outputs(job);
+  bool redact = job->policy != NULL && job->policy->data.redact;
+  for (int i = 0; i < 3; i++) {
+    const tb_dataset_t *d = sets[i];
+    /* Regression targets under categorical_crossentropy fail later, on
+     * their width. */
+    if (d == NULL || d->n_outputs != 1 ||
+        (loss == TB_LOSS_CATEGORICAL_CROSSENTROPY && d->n_classes == 0))
+      continue;
+    if (d->n_classes > k)
+      return tb_errf(err, TB_ESHAPE, "job %s: %s has %d classes but the last layer has %d units",
+                     job->name, names[i], d->n_classes, k);
+    for (int row = 0; row < d->n; row++) {
+      float v = d->y[row];
+      if (v >= 0.0f && v < (float)k && v == floorf(v))
+        continue;
+      if (redact)
+        return tb_errf(err, TB_ERANGE,
+                       "job %s: %s: row %d: the label is not a class index in [0, %d)", job->name,
+                       names[i], row, k);
+      return tb_errf(err, TB_ERANGE, "job %s: %s: row %d: label %g is not a class index in [0, %d)",
+                     job->name, names[i], row, (double)v, k);
+    }
+  }
+  return 0;
 }
 
 int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
@@ -537,9 +589,9 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
     return tb_errf(err, TB_ESTATE, "job %s: already prepared", job->name);
   if (job->threads > 0)
     tb_set_num_threads(job->threads);
-  if ((r = load_set(&job->train_spec, &job->train, err)) != 0 ||
-      (r = load_set(&job->val_spec, &job->val, err)) != 0 ||
-      (r = load_set(&job->test_spec, &job->test, err)) != 0) {
+  if ((r = load_set(job, &job->train_spec, &job->train, err)) != 0 ||
+      (r = load_set(job, &job->val_spec, &job->val, err)) != 0 ||
+      (r = load_set(job, &job->test_spec, &job->test, err)) != 0) {
     if (err != NULL && err->msg[0] == '\0')
       tb_errf(err, r, "job %s: cannot make its data: %s", job->name, tb_strerror(r));
     return r;
@@ -550,6 +602,17 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
     if (sets[i] != NULL && sets[i]->n_features != job->train->n_features)
       return tb_errf(err, TB_ESHAPE, "job %s: %s has %d features but data has %d", job->name,
                      names[i], sets[i]->n_features, job->train->n_features);
+  if ((r = check_labels(job, sets, names, err)) != 0)
+    return r;
+  /* The estimate again, now with the data's exact shape, before the one-hot
+   * labels, the scaler's copy and the model are allocated. */
+  if (job->policy != NULL && job->policy->max_bytes > 0) {
+    tb_job_estimate_t est;
+    if ((r = tb__job_estimate_loaded(job, &est)) != 0)
+      return tb_errf(err, r, "job %s: out of memory", job->name);
+    if (est.total > job->policy->max_bytes)
+      return tb__job_over_budget(job, &est, "with its data as loaded, ", err);
+  }
 
   /* Every set counts the classes of the training set (or more): a test file
    * that lacks the highest class must still be one-hot encoded as wide. */
@@ -628,16 +691,25 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
   return 0;
 }
 
-void tb_job_free(tb_job_t *job) {
+void tb_job_release(tb_job_t *job) {
   if (job == NULL)
     return;
-  for (int i = 0; i < job->n_callbacks; i++)
-    tb_callback_free(job->callbacks[i]);
   tb_model_free(job->model);
   tb_dataset_free(job->train);
   tb_dataset_free(job->val);
   tb_dataset_free(job->test);
   tb_scaler_free(&job->scaler);
+  job->model = NULL;
+  job->train = job->val = job->test = NULL;
+  job->fit.validation_data = NULL;
+}
+
+void tb_job_free(tb_job_t *job) {
+  if (job == NULL)
+    return;
+  for (int i = 0; i < job->n_callbacks; i++)
+    tb_callback_free(job->callbacks[i]);
+  tb_job_release(job);
   free(job);
 }
 

@@ -92,6 +92,8 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
                               &e.baseline)))
         return r;
     }
+    if (e.restore_best_weights && p->job != NULL)
+      p->job->n_weight_copies++;
     e.monitor = monitor;
     e.verbose = (int)verbose;
     if (name[0])
@@ -208,7 +210,7 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
     char filepath[1024];
     tb_model_checkpoint_defaults(&c);
     if ((r = tb__jp_only_keys(p, o, path, keys)) ||
-        (r = tb__jp_get_path(p, o, path, "filepath", filepath, sizeof(filepath), true)) ||
+        (r = tb__jp_get_out_path(p, o, path, "filepath", filepath, sizeof(filepath), true)) ||
         (r = tb__jp_get_bool(p, o, path, "save_best_only", &c.save_best_only)) ||
         (r = tb__jp_get_bool(p, o, path, "save_weights_only", &c.save_weights_only)) ||
         (r = get_mode(p, o, path, &c.mode)) || (r = get_freq(p, o, path, &c.save_freq)))
@@ -231,7 +233,7 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
     char filename[1024], sep[4] = ",";
     tb_csv_logger_defaults(&c);
     if ((r = tb__jp_only_keys(p, o, path, keys)) ||
-        (r = tb__jp_get_path(p, o, path, "filename", filename, sizeof(filename), true)) ||
+        (r = tb__jp_get_out_path(p, o, path, "filename", filename, sizeof(filename), true)) ||
         (r = tb__jp_get_str(p, o, path, "separator", sep, sizeof(sep), false)) ||
         (r = tb__jp_get_bool(p, o, path, "append", &c.append)))
       return r;
@@ -258,7 +260,7 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
     char dir[1024];
     tb_backup_defaults(&b);
     if ((r = tb__jp_only_keys(p, o, path, keys)) ||
-        (r = tb__jp_get_path(p, o, path, "backup_dir", dir, sizeof(dir), true)) ||
+        (r = tb__jp_get_out_path(p, o, path, "backup_dir", dir, sizeof(dir), true)) ||
         (r = get_freq(p, o, path, &b.save_freq)) ||
         (r = tb__jp_get_bool(p, o, path, "delete_checkpoint", &b.delete_checkpoint)))
       return r;

@@ -2,6 +2,8 @@
  * that name the field's path. */
 #include "jsonget.h"
 
+#include "trainbus/job.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -139,5 +141,19 @@ int tb__jp_get_path(parse_t *p, const cJSON *obj, const char *path, const char *
     snprintf(out, len, "%s", raw);
   else if ((size_t)snprintf(out, len, "%s/%s", p->base_dir, raw) >= len)
     return tb_errf(p->err, TB_EINVAL, "%s: %s.%s: path too long", p->origin, path, key);
+  return 0;
+}
+
+int tb__jp_get_out_path(parse_t *p, const cJSON *obj, const char *path, const char *key, char *out,
+                        size_t len, bool required) {
+  int r = tb__jp_get_path(p, obj, path, key, out, len, required);
+  if (r != 0 || out[0] == '\0' || p->job == NULL)
+    return r;
+  tb_job_t *job = p->job;
+  if (job->n_outputs == (int)(sizeof(job->outputs) / sizeof(job->outputs[0])))
+    return tb_errf(p->err, TB_EINVAL, "%s: too many output paths", p->origin);
+  struct tb_job_output_s *o = &job->outputs[job->n_outputs++];
+  tb__jp_join(o->field, sizeof(o->field), path, key);
+  snprintf(o->path, sizeof(o->path), "%s", out);
   return 0;
 }

@@ -10,10 +10,13 @@
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 
+struct tb_job_s;
+
 typedef struct parse_s {
   const char *origin;   /* the document's name in messages */
   const char *base_dir; /* relative paths resolve against it (may be NULL) */
   tb_err_t *err;
+  struct tb_job_s *job; /* paths read by tb__jp_get_out_path are noted here (may be NULL) */
 } parse_t;
 
 void tb__jp_show(const cJSON *v, char *buf, size_t len);
@@ -29,5 +32,9 @@ int tb__jp_get_str(parse_t *p, const cJSON *obj, const char *path, const char *k
                    size_t len, bool required);
 int tb__jp_get_path(parse_t *p, const cJSON *obj, const char *path, const char *key, char *out,
                     size_t len, bool required);
+/* tb__jp_get_path() for a path the job will write to: also noted in the
+ * job's outputs, so that tb_job_check() can hold it to the job's policy. */
+int tb__jp_get_out_path(parse_t *p, const cJSON *obj, const char *path, const char *key, char *out,
+                        size_t len, bool required);
 
 #endif

@@ -4,8 +4,13 @@
  * tb_job_parse() validates the whole document without touching the disk, so a
  * bad job is refused before anything trains, with a message naming the field's
  * path and the problem (`model.layers[2].units: expected a positive integer,
- * got -3`). tb_job_prepare() then loads the data, fits the scaler on the
- * training part, and builds and compiles the model. */
+ * got -3`). tb_job_check() then holds it to a policy (where it may read and
+ * write, how much memory it may use) by estimating its memory before anything
+ * is allocated. tb_job_prepare() loads the data, fits the scaler on the
+ * training part, and builds and compiles the model; tb_job_release() gives
+ * that memory back when the run is over.
+ *
+ * A job is used by one thread at a time. */
 #ifndef TRAINBUS_JOB_H
 #define TRAINBUS_JOB_H
 
@@ -33,10 +38,80 @@ typedef struct tb_data_spec_s {
   char path[1024];                 /* csv; resolved against the job file's folder */
   char images[1024], labels[1024]; /* idx */
   tb_csv_opts_t csv;
+  char where[24]; /* the object's path in the job: "data", "data.validation", "data.test" */
+
+  /* Measured by tb_job_estimate() (files only; 0 until then): the bytes the
+   * loader will read (after decompression) of the file, or of the larger of
+   * an IDX pair; the rows (IDX) and columns (CSV: of the first data row; IDX:
+   * values per item) the file announces. */
+  uint64_t file_bytes;
+  int64_t file_rows, file_cols;
+  bool measured;
+  /* The job's policy's data limits with max_bytes lowered to file_bytes, so
+   * that loading reads no more than was estimated (set by tb_job_check()). */
+  tb_data_limits_t limits;
 } tb_data_spec_t;
+
+/* What a job may do: where it may read and write, and how much memory it may
+ * use. The daemon has two: its operator's (any path, the memory budget) and
+ * the one for jobs submitted over the network (confined to the data
+ * directories, contents redacted from messages, the same budget). The policy
+ * must outlive the jobs checked against it. */
+typedef struct tb_job_policy_s {
+  /* How the job's data files are read (confinement, size bounds, redaction);
+   * with data.confined, the paths its callbacks and checkpoint_dir write to
+   * must lie beneath data.dirs too. */
+  tb_data_limits_t data;
+  /* The most memory the job may need at its peak (tb_job_estimate_t.total),
+   * in bytes; 0: no budget. */
+  uint64_t max_bytes;
+  /* How messages name the budget, e.g. "--max-job-memory"; NULL: none. */
+  const char *limit_name;
+  /* The runner writes checkpoints of the job (the daemon does with a state
+   * directory): the estimate counts what a checkpoint write copies. Without
+   * it, only jobs that checkpoint themselves (checkpoint_dir, a checkpoint
+   * callback) are counted so. */
+  bool checkpoints;
+} tb_job_policy_t;
+
+/* A job's memory at its peak, in bytes, estimated from the job alone (and
+ * the sizes and headers of its files) before anything is allocated. It counts
+ * what core allocates for the run: float32 parameters and their gradients;
+ * the optimizer's slots (Adam 2, RMSprop 1 or 2, SGD 0 or 1 per parameter);
+ * per-layer buffers (pre-activation, output, gradient, dropout mask) for
+ * min(batch_size, rows) rows, and the batch copies; the data sets (x and y,
+ * labels one-hot widened for categorical_crossentropy) and the epoch's row
+ * order; the copies validation_split makes; EarlyStopping's best weights; the
+ * copies a checkpoint write makes (every parameter and slot copied, then
+ * serialised into a buffer that grows by doubling); and, while loading, the
+ * loaders' read buffers (a file's bytes, grown by doubling) and the
+ * generators' and scaler's scratch. A CSV file is bounded from its size and
+ * the columns of its first row (each value takes at least two bytes); once
+ * loaded, tb_job_prepare() checks again with the exact shape.
+ *
+ * total = max(loading peak, training peak), where the loading peak is the
+ * data plus the largest loader scratch, and the training peak is the sum of
+ * every other field. Not counted: the process's own memory (the daemon, its
+ * clients' buffers, OpenBLAS's per-thread buffers). */
+typedef struct tb_job_estimate_s {
+  uint64_t total;       /* the peak */
+  uint64_t params;      /* weights and their gradients */
+  uint64_t optimizer;   /* optimizer slots */
+  uint64_t activations; /* layer buffers and batch copies at `rows` rows */
+  uint64_t data;        /* the data sets as trained on, and the row order */
+  uint64_t validation;  /* validation_split's copies of the training data */
+  uint64_t callbacks;   /* EarlyStopping(restore_best_weights)'s copies */
+  uint64_t checkpoint;  /* what writing a checkpoint copies */
+  uint64_t loading;     /* the largest loader or scaler scratch (loading only) */
+  uint64_t other;       /* 1 MiB for the run's small allocations (layers, callbacks,
+                           history, logs), counted in both peaks */
+  int64_t n_params;     /* trainable parameters */
+  int64_t rows;         /* rows of the layer buffers: min(batch_size, largest set) */
+} tb_job_estimate_t;
 
 typedef struct tb_job_s {
   char name[64];
+  char origin[256]; /* how messages name the document (tb_job_parse's origin) */
   uint64_t seed;
   int threads; /* OpenBLAS threads; 0 leaves the process setting alone */
 
@@ -67,6 +142,21 @@ typedef struct tb_job_s {
    * "verbose" and "checkpoint_dir"): checkpoints of another job are refused. */
   char id[17];
 
+  /* The paths the job writes to (its callbacks' files and folders, and
+   * checkpoint_dir), resolved as the data paths are, with the field each
+   * came from ("callbacks[0].filepath"). */
+  int n_outputs;
+  struct tb_job_output_s {
+    char field[48];
+    char path[1024];
+  } outputs[34];
+  /* Copies of the weights its callbacks keep (EarlyStopping with
+   * restore_best_weights). */
+  int n_weight_copies;
+
+  /* Set by tb_job_check(); NULL: no policy (any path, no budget). */
+  const tb_job_policy_t *policy;
+
   /* Filled by tb_job_prepare(); owned by the job. */
   tb_model_t *model;
   tb_dataset_t *train, *val, *test;
@@ -79,8 +169,36 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
                  tb_job_t **out, tb_err_t *err);
 /* Reads and parses a job file. */
 int tb_job_load(const char *path, tb_job_t **out, tb_err_t *err);
-/* Loads data and builds the compiled model. */
+/* Estimates the job's memory at its peak into *est (see tb_job_estimate_t),
+ * reading the sizes and headers of its data files (at most their first MiB)
+ * as the job's policy allows. 0, or the error of a file that cannot be read
+ * or is refused (the loaders' codes), with a message naming the field
+ * ("job.json: data.path: ..."). *est is zeroed on failure. */
+int tb_job_estimate(tb_job_t *job, tb_job_estimate_t *est, tb_err_t *err);
+/* Holds the job to policy (which must outlive the job): with
+ * policy->data.confined every path it writes must lie beneath the data
+ * directories (its data files are checked as they are measured), then its
+ * memory is estimated (tb_job_estimate) and compared with the budget. 0;
+ * TB_EINVAL for a path the policy refuses; TB_ERANGE for a job over the
+ * budget, whose message names the estimate, its largest parts, and the limit
+ * (`job.json: needs an estimated 40.2 GiB of memory at its peak (weights and
+ * gradients 26.8 GiB, ...), more than the 11.6 GiB a job may use
+ * (--max-job-memory)`); a file's error otherwise. *est (may be NULL) receives
+ * the estimate when it was made. Later, tb_job_prepare() reads the files
+ * within the policy, no more bytes of each than were measured here, and
+ * checks the estimate again with the data as loaded before building the
+ * model. */
+int tb_job_check(tb_job_t *job, const tb_job_policy_t *policy, tb_job_estimate_t *est,
+                 tb_err_t *err);
+/* Writes a size for people ("11.6 GiB", "512 KiB", "100 B") into buf. */
+const char *tb_job_format_bytes(uint64_t bytes, char *buf, size_t len);
+/* Loads data and builds the compiled model (within the job's policy, see
+ * tb_job_check). TB_ERANGE when the data as loaded would take the job over
+ * its policy's budget. */
 int tb_job_prepare(tb_job_t *job, tb_err_t *err);
+/* Frees what tb_job_prepare() built (model, data sets, scaler), keeping the
+ * parsed job and its callbacks: a finished run's job costs a few KiB. */
+void tb_job_release(tb_job_t *job);
 /* Adds the job's callbacks to a list, in the job's order. */
 int tb_job_add_callbacks(tb_job_t *job, tb_callbacks_t *list);
 void tb_job_free(tb_job_t *job);
