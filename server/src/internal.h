@@ -234,6 +234,13 @@ struct tb_server_s {
   int n_conns;
   uint64_t next_conn;
   int64_t n_events;
+
+  /* Jobs' policies (docs/JOB.md): the operator's (--job, tb_server_submit:
+   * any path) and the network's (submit: confined to the data directories,
+   * file contents kept out of messages); both hold the memory budget. */
+  char data_dirs[TB_SERVER_MAX_DATA_DIRS][1024]; /* canonical */
+  const char *data_dir_ptrs[TB_SERVER_MAX_DATA_DIRS];
+  tb_job_policy_t operator_policy, network_policy;
 };
 
 /* log.c */
@@ -247,6 +254,10 @@ void tb__push(tb_run_t *r, tb_rec_t *rec);
 void tb__push_finished(tb_run_t *r);
 void tb__push_state(tb_run_t *r, tb_run_state_t state, tb_run_state_t prev, const char *reason,
                     int epoch, int batch);
+
+/* server.c: queues a job; `network` chooses the network's policy. */
+int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
+                      const char *base_dir, bool network, char run_id[64], tb_err_t *err);
 
 /* runs.c */
 tb_run_t *tb__run_new(tb_server_t *s, const char *id, bool attached);

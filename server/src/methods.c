@@ -7,6 +7,7 @@
  * applies them at its next batch boundary. */
 #include "internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@ static void reply(conn_t *c, tb_buf_t *b) {
 static void error(conn_t *c, const tb_id_t *id, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void error(conn_t *c, const tb_id_t *id, int code, const char *fmt, ...) {
-  char msg[300];
+  char msg[512]; /* what tb_msg_error() keeps */
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -513,18 +514,24 @@ static void do_submit(conn_t *c, const tb_req_t *q) {
   }
   char id[64];
   tb_err_t err = {{0}};
-  int r = tb_server_submit(c->srv, text, strlen(text), "params.job", NULL, id, &err);
+  /* A job from the network: held to the network's policy (its files under
+   * the data directories, relative paths against the first; the budget). */
+  tb_server_t *s = c->srv;
+  const char *base = s->o.n_data_dirs > 0 ? s->data_dirs[0] : NULL;
+  int r = tb__server_submit(s, text, strlen(text), "params.job", base, true, id, &err);
   cJSON_free(text);
   if (r != 0) {
     /* The job parser names fields as "params.job: model.layers[2].units: ...";
-     * join them into one path. */
+     * join them into one path. A message about the whole job ("params.job:
+     * needs an estimated ...") stays as it is. */
     char msg[600];
     const char *m = err.msg;
-    if (strncmp(m, "params.job: ", 12) == 0)
+    size_t field = strncmp(m, "params.job: ", 12) == 0 ? strcspn(m + 12, " :") : 0;
+    if (field > 0 && strncmp(m + 12 + field, ": ", 2) == 0)
       snprintf(msg, sizeof(msg), "params.job.%s", m + 12);
     else
       snprintf(msg, sizeof(msg), "%s", m);
-    error(c, &q->id, r == TB_ERANGE ? TB_PROTO_EOVERLOADED : TB_PROTO_EINVALID_PARAMS, "%s", msg);
+    error(c, &q->id, r == -EAGAIN ? TB_PROTO_EOVERLOADED : TB_PROTO_EINVALID_PARAMS, "%s", msg);
     return;
   }
   tb_buf_t b;

@@ -130,6 +130,10 @@ static void trainer_main(void *arg) {
       rc = tb_model_evaluate(job->model, job->test, fo.batch_size, 0, &cbs, &test, &err);
     }
   }
+  /* The model and the data go back now, not when the daemon ends: a daemon
+   * that has run a thousand jobs holds a thousand parsed jobs, not their
+   * weights. */
+  tb_job_release(job);
   if (rc == TB_EINTERRUPTED) {
     tb__log(r->srv, 1, "run %s: interrupted for shutdown; %s", r->id, err.msg);
   } else {
@@ -291,6 +295,17 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
         base[strcspn(base, "\n")] = '\0';
       fclose(bf);
     }
+    /* Whose job it was: runs submitted over the network are held to the
+     * network's policy again (data directories, budget). */
+    char by[32] = "";
+    snprintf(path, sizeof(path), "%s/%s/submitted_by", runs, id);
+    FILE *byf = fopen(path, "r");
+    if (byf != NULL) {
+      if (fgets(by, sizeof(by), byf) == NULL)
+        by[0] = '\0';
+      fclose(byf);
+    }
+    bool network = strncmp(by, "network", 7) == 0;
     snprintf(path, sizeof(path), "%s/%s/job.json", runs, id);
     tb_job_t *job = NULL;
     tb_err_t jerr = {{0}};
@@ -321,6 +336,15 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
     bool final = state == TB_RUN_FINISHED || state == TB_RUN_STOPPED || state == TB_RUN_CANCELLED ||
                  state == TB_RUN_FAILED;
     r->state = final ? state : TB_RUN_QUEUED;
+    /* A run that will train again is checked again: the data directories or
+     * the budget may have changed since it was submitted. */
+    if (!final &&
+        tb_job_check(job, network ? &s->network_policy : &s->operator_policy, NULL, &jerr) != 0) {
+      snprintf(r->fail_msg, sizeof(r->fail_msg), "%s", jerr.msg);
+      tb__log(s, 0, "restore: run %s: %s; it will not run", id, jerr.msg);
+      r->state = TB_RUN_FAILED;
+      continue;
+    }
     if (!final) {
       snprintf(r->resume_path, sizeof(r->resume_path), "%s/%s", r->dir, TB_CHECKPOINT_LATEST);
       tb__log(s, 1, "restore: run %s continues from %s (last event %lld)", id,

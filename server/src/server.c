@@ -247,6 +247,78 @@ static int write_private(const char *path, const char *text) {
   return r;
 }
 
+/* ---- jobs' policies ------------------------------------------------------------- */
+
+/* A number from a one-line file; 0 if absent or unreadable. */
+static uint64_t read_u64(const char *path) {
+  FILE *f = fopen(path, "r");
+  unsigned long long v = 0;
+  if (f == NULL)
+    return 0;
+  if (fscanf(f, "%llu", &v) != 1)
+    v = 0;
+  fclose(f);
+  return v;
+}
+
+uint64_t tb_server_default_job_memory(void) {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  uint64_t mem = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : (uint64_t)1 << 32;
+  /* A container's limit, cgroup v2 then v1 (each reads as the group the
+   * process is in when the container mounts its own hierarchy; "max" or a
+   * huge number means none). */
+  uint64_t cg[2] = {read_u64("/sys/fs/cgroup/memory.max"),
+                    read_u64("/sys/fs/cgroup/memory/memory.limit_in_bytes")};
+  for (int i = 0; i < 2; i++)
+    if (cg[i] > 0 && cg[i] < mem)
+      mem = cg[i];
+  /* Half: the daemon, the page cache and the rest of the machine keep the
+   * other half, so that a job at its budget cannot wake the OOM killer. */
+  return mem / 2;
+}
+
+/* Resolves the data directories and sets up the two policies. */
+static int setup_policies(tb_server_t *s, tb_err_t *err) {
+  char real[4096], state[4096] = "";
+  if (s->o.n_data_dirs < 0 || s->o.n_data_dirs > TB_SERVER_MAX_DATA_DIRS)
+    return tb_errf(err, TB_EINVAL, "at most %d data directories", TB_SERVER_MAX_DATA_DIRS);
+  if (s->state_dir[0] != '\0' && realpath(s->state_dir, state) == NULL)
+    state[0] = '\0';
+  for (int i = 0; i < s->o.n_data_dirs; i++) {
+    const char *d = s->o.data_dirs[i];
+    struct stat st;
+    if (d == NULL || realpath(d, real) == NULL)
+      return tb_errf(err, d == NULL ? TB_EINVAL : -errno, "data directory %s: %s", d ? d : "(null)",
+                     d ? strerror(errno) : "missing");
+    if (stat(real, &st) != 0 || !S_ISDIR(st.st_mode))
+      return tb_errf(err, TB_EINVAL, "data directory %s: not a directory", d);
+    if (strlen(real) >= sizeof(s->data_dirs[i]))
+      return tb_errf(err, TB_EINVAL, "data directory %s: path too long", d);
+    size_t n = strlen(real);
+    bool holds_state = state[0] != '\0' &&
+                       (strcmp(real, "/") == 0 ||
+                        (strncmp(state, real, n) == 0 && (state[n] == '\0' || state[n] == '/')));
+    if (holds_state)
+      return tb_errf(err, TB_EINVAL,
+                     "data directory %s holds the state directory %s (its token and every run's "
+                     "checkpoints): give a folder of data only",
+                     d, s->state_dir);
+    snprintf(s->data_dirs[i], sizeof(s->data_dirs[i]), "%s", real);
+    s->data_dir_ptrs[i] = s->data_dirs[i];
+  }
+  uint64_t budget = s->o.max_job_memory > 0 ? s->o.max_job_memory : tb_server_default_job_memory();
+  tb_job_policy_t *op = &s->operator_policy, *net = &s->network_policy;
+  op->max_bytes = budget;
+  op->limit_name = "--max-job-memory";
+  op->checkpoints = s->state_dir[0] != '\0';
+  *net = *op;
+  net->data.confined = true;
+  net->data.redact = true;
+  net->data.dirs = s->data_dir_ptrs;
+  net->data.n_dirs = s->o.n_data_dirs;
+  return 0;
+}
+
 int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   *out = NULL;
   tb_server_t *s = calloc(1, sizeof(*s));
@@ -279,6 +351,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       goto fail;
     }
   }
+  if ((r = setup_policies(s, err)) != 0)
+    goto fail;
   if (s->o.token != NULL && s->o.token[0] != '\0') {
     if (strlen(s->o.token) >= TB_PROTO_TOKEN_MAX) {
       r = tb_errf(err, TB_EINVAL, "the token is longer than %d bytes", TB_PROTO_TOKEN_MAX - 1);
@@ -397,10 +471,20 @@ const char *tb_server_token(const tb_server_t *s) {
 
 int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
                      const char *base_dir, char run_id[64], tb_err_t *err) {
+  return tb__server_submit(s, json, len, origin, base_dir, false, run_id, err);
+}
+
+int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
+                      const char *base_dir, bool network, char run_id[64], tb_err_t *err) {
   tb_job_t *job = NULL;
   int r = tb_job_parse(json, len, origin, base_dir, &job, err);
   if (r != 0)
     return r;
+  /* Budgeted, and its paths checked, before anything is allocated for it. */
+  if ((r = tb_job_check(job, network ? &s->network_policy : &s->operator_policy, NULL, err)) != 0) {
+    tb_job_free(job);
+    return r;
+  }
   int queued = 0;
   pthread_mutex_lock(&s->runs_mu);
   for (tb_run_t *q = s->runs; q != NULL; q = q->next)
@@ -410,7 +494,7 @@ int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *o
   pthread_mutex_unlock(&s->runs_mu);
   if (queued >= s->o.max_queued_runs) {
     tb_job_free(job);
-    return tb_errf(err, TB_ERANGE, "%d runs are queued already (the limit)", queued);
+    return tb_errf(err, -EAGAIN, "%d runs are queued already (the limit)", queued);
   }
   tb_run_t *run = tb__run_new(s, id, false);
   if (run == NULL) {
@@ -432,6 +516,9 @@ int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *o
     snprintf(path, sizeof(path), "%s/base_dir", run->dir);
     snprintf(base, sizeof(base), "%s\n", base_dir ? base_dir : "");
     write_private(path, base);
+    /* Whose job it is: a restart holds it to the same policy. */
+    snprintf(path, sizeof(path), "%s/submitted_by", run->dir);
+    write_private(path, network ? "network\n" : "operator\n");
   }
   snprintf(run_id, 64, "%s", id);
   uv_async_send(&s->wake);

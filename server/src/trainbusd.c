@@ -5,6 +5,7 @@
 
 #include <cjson/cJSON.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -24,8 +25,16 @@ static void usage(FILE *f) {
           "                       needs --token or TRAINBUS_TOKEN\n"
           "  --http HOST:PORT     serve the live dashboard (and the protocol over WebSocket)\n"
           "                       there, e.g. 127.0.0.1:8080 (docs/DASHBOARD.md)\n"
-          "  --job FILE           run this job (docs/JOB.md) instead of the demo\n"
+          "  --job FILE           run this job (docs/JOB.md) instead of the demo; it may read\n"
+          "                       and write any path\n"
           "  --no-job             start idle; runs come from `trainbus submit`\n"
+          "  --data-dir DIR       jobs submitted over the network may read and write files\n"
+          "                       under DIR only (repeatable; their relative paths resolve\n"
+          "                       against the first). Without it they may only use the\n"
+          "                       built-in generators (seed, spirals, blobs)\n"
+          "  --max-job-memory SIZE  refuse a job (submitted or --job) whose estimated memory\n"
+          "                       at its peak is over SIZE (bytes, or with K, M, G, T: powers\n"
+          "                       of 1024; default: half of this machine's memory)\n"
           "  --epochs N           override the first job's epochs\n"
           "  --state-dir DIR      keep event logs, checkpoints, the token and the address\n"
           "                       here (default $TRAINBUS_STATE_DIR, else $HOME/.trainbus)\n"
@@ -48,6 +57,24 @@ static void usage(FILE *f) {
           "(set_lr, stop, pause, resume, checkpoint, submit, cancel, lockstep) always needs\n"
           "the token. SIGINT/SIGTERM: runs stop at a batch boundary and checkpoint, logs are\n"
           "flushed, clients get bye, exit 0.\n");
+}
+
+/* "4G", "512M", "1048576": bytes, with an optional binary suffix. 0 when it
+ * is not a positive size. */
+static uint64_t parse_size(const char *s) {
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  if (end == s || errno != 0 || !(v > 0))
+    return 0;
+  static const char units[] = "KMGT";
+  const char *u = *end != '\0' ? strchr(units, end[0] & ~0x20) : NULL;
+  if (*end != '\0' &&
+      (u == NULL || (end[1] != '\0' && strcmp(end + 1, "iB") != 0 && strcmp(end + 1, "B") != 0)))
+    return 0;
+  for (const char *k = units; u != NULL && k <= u; k++)
+    v *= 1024.0;
+  return v >= 1.8e19 ? 0 : (uint64_t)v;
 }
 
 static uv_signal_t sigint_h, sigterm_h;
@@ -117,6 +144,18 @@ int main(int argc, char **argv) {
         return 2;
       }
       o.flush_interval_ms = (int)n;
+    } else if (strcmp(a, "--data-dir") == 0 && v) {
+      if (o.n_data_dirs == TB_SERVER_MAX_DATA_DIRS) {
+        fprintf(stderr, "trainbusd: at most %d --data-dir\n", TB_SERVER_MAX_DATA_DIRS);
+        return 2;
+      }
+      o.data_dirs[o.n_data_dirs++] = argv[++i];
+    } else if (strcmp(a, "--max-job-memory") == 0 && v) {
+      if ((o.max_job_memory = parse_size(argv[++i])) == 0) {
+        fprintf(stderr, "trainbusd: %s: expected a size such as 4G, 512M or 1048576, got '%s'\n", a,
+                argv[i]);
+        return 2;
+      }
     } else if (strcmp(a, "--http") == 0 && v) {
       o.http = argv[++i];
     } else if (strcmp(a, "--job") == 0 && v) {
@@ -191,6 +230,14 @@ int main(int argc, char **argv) {
   if (tb_server_http_address(s) != NULL)
     fprintf(stderr, "trainbusd: http on %s (dashboard: http://%s/)\n", tb_server_http_address(s),
             tb_server_http_address(s));
+  char budget[32];
+  tb_job_format_bytes(s->operator_policy.max_bytes, budget, sizeof(budget));
+  fprintf(stderr, "trainbusd: a job may use up to %s of memory (--max-job-memory)\n", budget);
+  if (s->o.n_data_dirs == 0)
+    fprintf(stderr, "trainbusd: submitted jobs may use the built-in generators only (no "
+                    "--data-dir)\n");
+  for (int i = 0; i < s->o.n_data_dirs; i++)
+    fprintf(stderr, "trainbusd: submitted jobs may read and write under %s\n", s->data_dirs[i]);
 
   /* The first job: the one given, the demo, or none. A restart with --resume
    * and no --job continues what was there. */

@@ -74,7 +74,8 @@ class Faults(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="tb-hostile-faults-")
         cls.ref_weights, cls.ref_wall = H.reference_run(EPOCHS, "faults-ref")
-        cls.d = H.Daemon(None)
+        # Submitted jobs write their weights under a data directory only.
+        cls.d = H.Daemon(None, args=("--data-dir", cls.tmp))
         cls.ctl = H.controller(cls.d)
         cls.n = 0
         cls.clean = []

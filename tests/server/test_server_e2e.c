@@ -114,6 +114,7 @@ static void job_long(char *out, size_t cap, int epochs, const char *weights) {
 typedef struct fx_s {
   char *dir;
   char state[600];
+  char data[600]; /* --data-dir: where submitted jobs write their weights */
   su_proc_t d;
   tb_client_t *ctl;
 } fx_t;
@@ -122,7 +123,12 @@ static void fx_start(fx_t *f, const char *const *extra) {
   memset(f, 0, sizeof(*f));
   f->dir = su_tmpdir();
   snprintf(f->state, sizeof(f->state), "%s/state", f->dir);
-  su_daemon(&f->d, f->state, extra);
+  snprintf(f->data, sizeof(f->data), "%s/data", f->dir);
+  mkdir(f->data, 0700);
+  const char *args[16] = {"--data-dir", f->data};
+  for (int i = 0; extra != NULL && extra[i] != NULL && i < 13; i++)
+    args[2 + i] = extra[i];
+  su_daemon(&f->d, f->state, args);
   f->ctl = su_client(f->d.addr, TB_ROLE_CONTROLLER, "e2e");
 }
 
@@ -590,8 +596,8 @@ static void test_lockstep_plateau_equivalence(void **state) {
   enum { EPOCHS = 12 };
   char w_local[700], w_remote[700], job[4096], r_local[TB_PROTO_RUN_MAX],
       r_remote[TB_PROTO_RUN_MAX];
-  snprintf(w_local, sizeof(w_local), "%s/local.weights", f.dir);
-  snprintf(w_remote, sizeof(w_remote), "%s/remote.weights", f.dir);
+  snprintf(w_local, sizeof(w_local), "%s/local.weights", f.data);
+  snprintf(w_remote, sizeof(w_remote), "%s/remote.weights", f.data);
 
   /* the local callback */
   job_plateau(job, sizeof(job), EPOCHS, w_local, true);
@@ -907,8 +913,8 @@ static void test_bad_messages(void **state) {
   fx_t f;
   fx_start(&f, NO_JOB);
   char job[4096], w1[700], w2[700], r1[TB_PROTO_RUN_MAX], r2[TB_PROTO_RUN_MAX];
-  snprintf(w1, sizeof(w1), "%s/quiet.weights", f.dir);
-  snprintf(w2, sizeof(w2), "%s/noisy.weights", f.dir);
+  snprintf(w1, sizeof(w1), "%s/quiet.weights", f.data);
+  snprintf(w2, sizeof(w2), "%s/noisy.weights", f.data);
   job_long(job, sizeof(job), 16, w1);
   submit(f.ctl, job, r1);
   job_long(job, sizeof(job), 16, w2);
@@ -1062,8 +1068,8 @@ static void test_kill9_resume(void **state) {
   fx_start(&f, NO_JOB);
   enum { EPOCHS = 6 };
   char job[4096], w_crash[700], w_ref[700], run[TB_PROTO_RUN_MAX], ref[TB_PROTO_RUN_MAX];
-  snprintf(w_crash, sizeof(w_crash), "%s/crash.weights", f.dir);
-  snprintf(w_ref, sizeof(w_ref), "%s/ref.weights", f.dir);
+  snprintf(w_crash, sizeof(w_crash), "%s/crash.weights", f.data);
+  snprintf(w_ref, sizeof(w_ref), "%s/ref.weights", f.data);
   /* The trainer waits for us at every train_batch_end, so the kill lands at
    * a known place: epoch 3, batch 4, after the checkpoint of epoch 2's end. */
   tb_client_sub_opts_t o = {.events = (const char *const[]){"train_batch_end"},
@@ -1094,7 +1100,7 @@ static void test_kill9_resume(void **state) {
   assert_int_equal(access(ckpt, R_OK), 0);
 
   /* restart on the same state directory */
-  static const char *const resume[] = {"--resume", NULL};
+  const char *const resume[] = {"--resume", "--data-dir", f.data, NULL};
   su_daemon(&f.d, f.state, resume);
   f.ctl = su_client(f.d.addr, TB_ROLE_CONTROLLER, "e2e");
   /* the uninterrupted reference, queued behind the resumed run */

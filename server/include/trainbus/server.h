@@ -18,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "trainbus/callback.h"
 #include "trainbus/control.h"
@@ -27,7 +28,7 @@
 typedef struct tb_server_s tb_server_t;
 typedef struct tb_run_s tb_run_t;
 
-enum { TB_SERVER_MAX_LISTEN = 8 };
+enum { TB_SERVER_MAX_LISTEN = 8, TB_SERVER_MAX_DATA_DIRS = 16 };
 
 typedef struct tb_server_opts_s {
   /* "HOST:PORT" (port 0: any free port) or a Unix socket path (contains '/'). */
@@ -55,6 +56,18 @@ typedef struct tb_server_opts_s {
   int log_level;         /* 0 errors, 1 info (default), 2 debug */
   const char *http;      /* "HOST:PORT": serve the dashboard, and the protocol over WebSocket,
                             there (docs/DASHBOARD.md); NULL: no HTTP */
+  /* Folders whose files jobs submitted over the network may read and write
+   * (docs/JOB.md): each must exist; relative paths in those jobs resolve
+   * against the first. None: such jobs may only use the built-in generators.
+   * Jobs given through tb_server_submit() are the operator's and may use any
+   * path. A folder that holds the state directory is refused. */
+  const char *data_dirs[TB_SERVER_MAX_DATA_DIRS];
+  int n_data_dirs;
+  /* The most memory one job may need at its peak (tb_job_estimate), in
+   * bytes; a job over it is refused at submit. 0 (default): half of the
+   * machine's memory, or of the memory limit of the daemon's control group
+   * when that is lower (tb_server_default_job_memory). */
+  uint64_t max_job_memory;
 } tb_server_opts_t;
 
 void tb_server_opts_defaults(tb_server_opts_t *o);
@@ -84,10 +97,19 @@ const char *tb_server_http_address(const tb_server_t *s);
 /* The token in force (given or generated). */
 const char *tb_server_token(const tb_server_t *s);
 
-/* Queues a job (JSON text as a job file) to run; *run_id receives its id.
+/* Queues a job of the operator (JSON text as a job file; relative paths
+ * resolve against base_dir) to run; *run_id receives its id. The job may
+ * read and write any path, and is held to the memory budget
+ * (max_job_memory). Errors: the job's (TB_EINVAL and others, with the
+ * field's path), TB_ERANGE for a job over the budget (the message names the
+ * estimate and the limit), -EAGAIN when max_queued_runs are waiting.
  * Thread-safe. */
 int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
                      const char *base_dir, char run_id[64], tb_err_t *err);
+/* The default of max_job_memory: half of the physical memory, or of the
+ * control group's memory limit (cgroup v2 memory.max, v1
+ * memory.limit_in_bytes) when that is lower. */
+uint64_t tb_server_default_job_memory(void);
 
 /* Embedding: a run whose training loop belongs to the caller. `epochs` is
  * reported in status (0 if unknown). Thread-safe. */
