@@ -303,7 +303,7 @@ static int setup_policies(tb_server_t *s, tb_err_t *err) {
                      "data directory %s holds the state directory %s (its token and every run's "
                      "checkpoints): give a folder of data only",
                      d, s->state_dir);
-    snprintf(s->data_dirs[i], sizeof(s->data_dirs[i]), "%s", real);
+    memcpy(s->data_dirs[i], real, n + 1); /* n < sizeof, checked above */
     s->data_dir_ptrs[i] = s->data_dirs[i];
   }
   uint64_t budget = s->o.max_job_memory > 0 ? s->o.max_job_memory : tb_server_default_job_memory();

@@ -25,7 +25,9 @@
 #include <unistd.h>
 
 #ifdef __SANITIZE_ADDRESS__
-#include <sanitizer/allocator_interface.h>
+/* From the sanitizer runtime (sanitizer/allocator_interface.h, which GCC's
+ * packages do not always ship): bytes its allocator has handed out. */
+size_t __sanitizer_get_current_allocated_bytes(void);
 #endif
 
 #define GiB (1024.0 * 1024.0 * 1024.0)
