@@ -287,6 +287,50 @@ case("submit_job_not_object", "controller", req("submit", {"job": "rm -rf /"}), 
      "wrong type")
 
 
+# -- jobs that cannot take the daemon down (issue 12; docs/JOB.md "Budgets" and
+# "Data directories"). The daemon has no --data-dir: a submitted job may name no
+# file. The sizes are such that, were one accepted, its allocation would fail
+# at once (terabytes) rather than grow until the OOM killer came.
+def job_with(data=None, layers=None, **top):
+    j = {"data": data or {"source": "spirals", "n_per_class": 50},
+         "model": {"layers": layers or [{"type": "dense", "units": 2, "activation": "softmax"}]},
+         "loss": "sparse_categorical_crossentropy", "epochs": 1}
+    j.update(top)
+    return {"job": j}
+
+
+WIDE = {"type": "dense", "units": 1 << 20, "activation": "relu"}
+OUT2 = {"type": "dense", "units": 2, "activation": "softmax"}
+case("submit_budget_wide_layers", "controller", req("submit", job_with(layers=[WIDE, WIDE, OUT2])),
+     "invalid_params", False, 7, "JOB.md budgets: 2^40 weights")
+case("submit_budget_huge_batch", "controller",
+     req("submit", job_with(data={"source": "spirals", "n_per_class": 1000000}, layers=[WIDE, OUT2],
+                            batch_size=1 << 20)),
+     "invalid_params", False, 7, "JOB.md budgets: 2^20 rows of 2^20 units")
+case("submit_budget_huge_data", "controller",
+     req("submit", job_with(data={"source": "blobs", "n": 100000000, "features": 100000})),
+     "invalid_params", False, 7, "JOB.md budgets: 10^13 values")
+case("submit_path_etc_shadow", "controller",
+     req("submit", job_with(data={"source": "csv", "path": "/etc/shadow"})), "invalid_params", False, 7,
+     "JOB.md data directories: none given")
+case("submit_path_dotdot", "controller",
+     req("submit", job_with(data={"source": "csv", "path": "../../../../etc/passwd"})), "invalid_params",
+     False, 7, "JOB.md data directories")
+case("submit_path_idx", "controller",
+     req("submit", job_with(data={"source": "idx", "images": "/proc/self/environ",
+                                  "labels": "/dev/zero"})), "invalid_params", False, 7,
+     "JOB.md data directories")
+case("submit_path_test_set", "controller",
+     req("submit", job_with(data={"source": "spirals", "test": {"source": "csv", "path": "/etc/passwd"}})),
+     "invalid_params", False, 7, "JOB.md data directories: every set")
+case("submit_write_outside", "controller",
+     req("submit", job_with(callbacks=[{"type": "ModelCheckpoint", "filepath": "/tmp/tb-hostile.tbw"}])),
+     "invalid_params", False, 7, "JOB.md data directories: written paths too")
+case("submit_checkpoint_dir_outside", "controller",
+     req("submit", job_with(checkpoint_dir="/var/tmp/tb-hostile")), "invalid_params", False, 7,
+     "JOB.md data directories: written paths too")
+
+
 class Catalogue(unittest.TestCase):
     """One daemon for the whole catalogue (setUpClass); see the module doc."""
 
@@ -500,6 +544,9 @@ class Catalogue(unittest.TestCase):
                 held = m["params"]
         self.assertIsNotNone(held)
         self.assertTrue(held.get("lockstep"), "train_end was not held: %r" % held)
+        # No input queued a run (a refused submit leaves nothing behind).
+        runs = gate.ok("runs", {})
+        self.assertEqual([r["run"] for r in runs["runs"]], ["r1"], runs)
         # The run was still running (held at train_end) when every case ran.
         self.assertEqual(gate.ok("continue", {"run": "r1", "seq": held["seq"]}), {"ok": True})
         info = H.wait_final(gate)
