@@ -8,6 +8,7 @@
  * halfway through a dispatch could not resume exactly). Weights-only files
  * need no such care and are written at once. */
 #include "internal.h"
+#include "pyfmt.h"
 #include "trainbus/callbacks.h"
 
 #include <ctype.h>
@@ -18,68 +19,62 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Python's str.format for the few specs file names use: {key}, {key:d},
- * {key:02d}, {key:.3f}, {key:e}, {key:g}. */
+/* The keyword arguments of Keras's _get_file_path:
+ * filepath.format(epoch=epoch + 1, batch=batch + 1, **logs), where batch is
+ * given only for a batch-level save and only if the logs have no "batch". */
+typedef struct fp_args_s {
+  int epoch1, batch1;
+  const tb_logs_t *logs;
+} fp_args_t;
+
+static bool fp_get(void *user, const char *name, size_t len, tb__pyval_t *v) {
+  const fp_args_t *a = user;
+  char key[TB_LOGS_NAME_MAX];
+  double d;
+  if (len >= sizeof(key))
+    return false;
+  memcpy(key, name, len);
+  key[len] = '\0';
+  if (strcmp(key, "epoch") == 0) {
+    *v = (tb__pyval_t){.is_int = true, .i = a->epoch1};
+    return true;
+  }
+  if (a->logs != NULL && tb_logs_get(a->logs, key, &d)) {
+    *v = (tb__pyval_t){.is_int = false, .f = d};
+    return true;
+  }
+  if (strcmp(key, "batch") == 0 && a->batch1 > 0) {
+    *v = (tb__pyval_t){.is_int = true, .i = a->batch1};
+    return true;
+  }
+  return false;
+}
+
+/* For checking a pattern: epoch and batch are ints, any other key a float. */
+static bool any_key(void *user, const char *name, size_t len, tb__pyval_t *v) {
+  (void)user;
+  bool is_int =
+      (len == 5 && memcmp(name, "epoch", 5) == 0) || (len == 5 && memcmp(name, "batch", 5) == 0);
+  *v = (tb__pyval_t){.is_int = is_int, .i = 1, .f = 0.0};
+  return true;
+}
+
 int tb_format_filepath(const char *pattern, int epoch1, int batch1, const tb_logs_t *logs,
                        char *out, size_t len, tb_err_t *err) {
-  size_t o = 0;
-  for (const char *p = pattern; *p; p++) {
-    if (*p != '{') {
-      if (o + 1 >= len)
-        return tb_errf(err, TB_ERANGE, "file path longer than %zu bytes", len - 1);
-      out[o++] = *p;
-      continue;
-    }
-    const char *close = strchr(p, '}');
-    if (close == NULL)
-      return tb_errf(err, TB_EINVAL, "filepath \"%s\": unclosed '{'", pattern);
-    char field[96], key[96], spec[32] = "";
-    size_t fl = (size_t)(close - p - 1);
-    if (fl == 0 || fl >= sizeof(field))
-      return tb_errf(err, TB_EINVAL, "filepath \"%s\": empty or overlong placeholder", pattern);
-    memcpy(field, p + 1, fl);
-    field[fl] = '\0';
-    char *colon = strchr(field, ':');
-    if (colon != NULL) {
-      *colon = '\0';
-      snprintf(spec, sizeof(spec), "%s", colon + 1);
-    }
-    snprintf(key, sizeof(key), "%s", field);
-    double v;
-    bool is_int = false;
-    if (strcmp(key, "epoch") == 0) {
-      v = epoch1;
-      is_int = true;
-    } else if (strcmp(key, "batch") == 0 && batch1 > 0) {
-      v = batch1;
-      is_int = true;
-    } else if (!tb_logs_get(logs, key, &v)) {
-      return tb_errf(err, TB_ENOTFOUND, "failed to format filepath \"%s\": no \"%s\" in the logs",
-                     pattern, key);
-    }
-    /* Translate the spec to printf: [0][width][.prec][type] */
-    char fmt[40];
-    size_t sl = strlen(spec);
-    bool spec_ok = sl < 16;
-    for (size_t i = 0; spec_ok && i < sl; i++)
-      spec_ok = isdigit((unsigned char)spec[i]) || spec[i] == '.' ||
-                (i == sl - 1 && strchr("dfeg", spec[i]) != NULL);
-    if (!spec_ok)
-      return tb_errf(err, TB_EINVAL, "filepath \"%s\": unsupported format spec \"%s\"", pattern,
-                     spec);
-    char type = is_int ? 'd' : 'g';
-    if (sl > 0 && isalpha((unsigned char)spec[sl - 1]))
-      type = spec[--sl];
-    snprintf(fmt, sizeof(fmt), "%%%.*s%s", (int)sl, spec,
-             type == 'd' ? "ld" : (char[]){type, '\0'});
-    int w =
-        type == 'd' ? snprintf(out + o, len - o, fmt, (long)v) : snprintf(out + o, len - o, fmt, v);
-    if (w < 0 || (size_t)w >= len - o)
-      return tb_errf(err, TB_ERANGE, "file path longer than %zu bytes", len - 1);
-    o += (size_t)w;
-    p = close;
-  }
-  out[o] = '\0';
+  fp_args_t a = {epoch1, batch1, logs};
+  char missing[TB_LOGS_NAME_MAX + 8];
+  tb_err_t e = {{0}};
+  int r = tb__py_format(pattern, fp_get, &a, out, len, missing, sizeof(missing), &e);
+  if (r == TB_ENOTFOUND)
+    return tb_errf(err, r,
+                   "Failed to format this callback filepath: \"%s\". Reason: '%s' is not "
+                   "in the logs",
+                   pattern, missing);
+  if (r == TB_ERANGE)
+    return tb_errf(err, r, "filepath \"%s\": the file name is longer than %zu bytes", pattern,
+                   len > 0 ? len - 1 : 0);
+  if (r != 0)
+    return tb_errf(err, r, "filepath \"%s\": %s", pattern, e.msg);
   return 0;
 }
 
@@ -87,9 +82,10 @@ int tb_format_filepath(const char *pattern, int epoch1, int batch1, const tb_log
 
 typedef struct mcp_s {
   tb_callback_t cb;
-  char name[96], filepath[1024], monitor[TB_LOGS_NAME_MAX];
+  char name[96], filepath[1024];
   tb_model_checkpoint_opts_t o;
-  bool less, op_set, has_best;
+  tb__monitor_t mo; /* min_delta 0, as Keras's ModelCheckpoint */
+  bool has_best;
   double best;
   long batches_since_save;
 } mcp_t;
@@ -100,6 +96,7 @@ void tb_model_checkpoint_defaults(tb_model_checkpoint_opts_t *o) {
   o->monitor = "val_loss";
 }
 
+/* _save_model with _get_file_path and _should_save_model. */
 static int mcp_save(mcp_t *c, tb_ctx_t *ctx, int epoch, int batch1, const tb_logs_t *logs) {
   char path[1024];
   int r;
@@ -108,25 +105,27 @@ static int mcp_save(mcp_t *c, tb_ctx_t *ctx, int epoch, int batch1, const tb_log
     return r;
   if (c->o.save_best_only) {
     double cur;
-    if (!tb_logs_get(logs, c->monitor, &cur)) {
-      fprintf(stderr, "warning: %s: can save best model only with %s available, saving anyway\n",
-              c->name, c->monitor);
+    if (!tb_logs_get(logs, c->mo.monitor, &cur)) {
+      if (!c->mo.warned)
+        fprintf(stderr, "warning: Can save best model only with %s available.\n", c->mo.monitor);
+      c->mo.warned = true;
     } else {
-      if (!c->op_set) {
-        const char *n = strncmp(c->monitor, "val_", 4) == 0 ? c->monitor + 4 : c->monitor;
-        c->less = c->o.mode == TB_MODE_MIN || (c->o.mode == TB_MODE_AUTO &&
-                                               strcmp(n, "accuracy") != 0 && strcmp(n, "acc") != 0);
-        c->op_set = true;
-      }
-      bool better = !c->has_best || (c->less ? cur < c->best : cur > c->best);
-      if (!better) {
+      /* A batch-level save may come before the first epoch end, where Keras
+       * sets the op (and would fail comparing with a threshold). */
+      if ((r = tb__monitor_op(&c->mo, ctx, c->name)) != 0)
+        return r;
+      char best[64] = "None", now[64];
+      if (c->has_best)
+        tb__py_format_float(c->best, ".5f", best, sizeof(best));
+      tb__py_format_float(cur, ".5f", now, sizeof(now));
+      if (!tb__monitor_improved(&c->mo, cur, c->has_best, c->best)) {
         if (c->o.verbose > 0)
-          printf("\nEpoch %d: %s did not improve from %.5f\n", epoch + 1, c->monitor, c->best);
+          printf("\nEpoch %d: %s did not improve from %s\n", epoch + 1, c->mo.monitor, best);
         return 0;
       }
       if (c->o.verbose > 0)
-        printf("\nEpoch %d: %s improved to %.5f, saving model to %s\n", epoch + 1, c->monitor, cur,
-               path);
+        printf("\nEpoch %d: %s improved from %s to %s, saving model to %s\n", epoch + 1,
+               c->mo.monitor, best, now, path);
       c->best = cur;
       c->has_best = true;
     }
@@ -136,12 +135,13 @@ static int mcp_save(mcp_t *c, tb_ctx_t *ctx, int epoch, int batch1, const tb_log
   if ((r = tb__make_parent(path)) != 0)
     return tb_errf(&ctx->err, r, "cannot create the folder of %s: %s", path, tb_strerror(r));
   if (c->o.save_weights_only) {
-    if (ctx->model == NULL)
-      return 0;
-    return tb_model_save_weights(ctx->model, path, &ctx->err);
-  }
-  if ((r = tb_ctx_request_checkpoint(ctx, path)) != 0)
+    if (ctx->model != NULL && (r = tb_model_save_weights(ctx->model, path, &ctx->err)) != 0)
+      return r;
+  } else if ((r = tb_ctx_request_checkpoint(ctx, path)) != 0) {
     return tb_errf(&ctx->err, r, "too many checkpoints requested at once");
+  }
+  if (c->o.verbose > 0)
+    printf("\nEpoch %d: finished saving model to %s\n", epoch + 1, path);
   return 0;
 }
 
@@ -153,8 +153,13 @@ static int mcp_train_batch_end(tb_callback_t *cb, tb_ctx_t *ctx, int batch, tb_l
   return mcp_save(c, ctx, ctx->epoch, batch + 1, logs);
 }
 
+/* Keras sets the monitor op at every epoch end, saving or not: a monitor
+ * whose direction cannot be inferred fails there. */
 static int mcp_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t *logs) {
   mcp_t *c = cb->user;
+  int r = tb__monitor_op(&c->mo, ctx, c->name);
+  if (r != 0)
+    return r;
   return c->o.save_freq <= 0 ? mcp_save(c, ctx, epoch, 0, logs) : 0;
 }
 
@@ -162,23 +167,20 @@ static int mcp_state_save(tb_callback_t *cb, tb_state_t *st) {
   mcp_t *c = cb->user;
   int r;
   if ((r = tb_state_put_i64(st, "has_best", c->has_best)) ||
-      (r = tb_state_put_f64(st, "best", c->best)) ||
-      (r = tb_state_put_i64(st, "op", c->op_set ? (c->less ? -1 : 1) : 0)))
+      (r = tb_state_put_f64(st, "best", c->best)) || (r = tb__monitor_save(&c->mo, st)))
     return r;
   return tb_state_put_i64(st, "batches_since_save", c->batches_since_save);
 }
 
 static int mcp_state_load(tb_callback_t *cb, const tb_state_t *st) {
   mcp_t *c = cb->user;
-  int64_t has_best, op, since;
+  int64_t has_best, since;
   int r;
   if ((r = tb_state_get_i64(st, "has_best", &has_best)) ||
-      (r = tb_state_get_f64(st, "best", &c->best)) || (r = tb_state_get_i64(st, "op", &op)) ||
+      (r = tb_state_get_f64(st, "best", &c->best)) || (r = tb__monitor_load(&c->mo, st)) ||
       (r = tb_state_get_i64(st, "batches_since_save", &since)))
     return r;
   c->has_best = has_best != 0;
-  c->op_set = op != 0;
-  c->less = op < 0;
   c->batches_since_save = since;
   return 0;
 }
@@ -194,19 +196,24 @@ tb_callback_t *tb_model_checkpoint_new(const tb_model_checkpoint_opts_t *o, tb_e
     tb_errf(err, TB_EINVAL, "%s: filepath is required (under 1024 bytes)", name);
     return NULL;
   }
-  if (o->save_freq < 0 || (unsigned)o->mode > TB_MODE_MAX || strlen(monitor) >= TB_LOGS_NAME_MAX ||
+  if (o->save_freq < 0 ||
       (o->has_initial_value_threshold && !isfinite(o->initial_value_threshold))) {
-    tb_errf(err, TB_EINVAL, "%s: save_freq must be >= 0 (0: every epoch), mode auto/min/max", name);
+    tb_errf(err, TB_EINVAL, "%s: save_freq must be >= 0 (0: every epoch), the threshold finite",
+            name);
     return NULL;
   }
-  /* Check the placeholders now, with every key present, so a typo in the
-   * pattern fails before training rather than at the first save. */
-  char probe[1024];
-  tb_logs_t none = {0};
-  tb_err_t perr;
-  int pr = tb_format_filepath(o->filepath, 1, 1, &none, probe, sizeof(probe), &perr);
-  if (pr != 0 && pr != TB_ENOTFOUND) {
-    tb_errf(err, pr, "%s: %s", name, perr.msg);
+  tb__monitor_t mo;
+  if (tb__monitor_init(&mo, monitor, o->mode, 0.0, name, err) != 0)
+    return NULL;
+  /* Check the pattern now, every key standing for a float, so a mistake in
+   * it fails before training rather than at the first save (where Keras
+   * raises). */
+  char probe[1024], missing[8];
+  tb_err_t perr = {{0}};
+  int pr = tb__py_format(o->filepath, any_key, NULL, probe, sizeof(probe), missing, sizeof(missing),
+                         &perr);
+  if (pr != 0) {
+    tb_errf(err, pr, "%s: filepath \"%s\": %s", name, o->filepath, perr.msg);
     return NULL;
   }
   mcp_t *c = calloc(1, sizeof(*c));
@@ -217,10 +224,10 @@ tb_callback_t *tb_model_checkpoint_new(const tb_model_checkpoint_opts_t *o, tb_e
   c->o = *o;
   snprintf(c->name, sizeof(c->name), "%s", name);
   snprintf(c->filepath, sizeof(c->filepath), "%s", o->filepath);
-  snprintf(c->monitor, sizeof(c->monitor), "%s", monitor);
+  c->mo = mo;
   c->o.name = c->name;
   c->o.filepath = c->filepath;
-  c->o.monitor = c->monitor;
+  c->o.monitor = c->mo.monitor;
   if (o->has_initial_value_threshold) {
     c->has_best = true;
     c->best = o->initial_value_threshold;
@@ -269,21 +276,22 @@ static int cmp_names(const void *a, const void *b) {
   return strcmp(a, b);
 }
 
-/* Python's repr(float): the shortest text that reads back as the same value. */
-static int write_num(FILE *f, double v) {
-  if (isnan(v))
-    return fprintf(f, "nan");
-  if (isinf(v))
-    return fprintf(f, v > 0 ? "inf" : "-inf");
-  char buf[40];
-  for (int prec = 1; prec <= 17; prec++) {
-    snprintf(buf, sizeof(buf), "%.*g", prec, v);
-    if (strtod(buf, NULL) == v)
-      break;
+/* One cell as Python's csv module writes it with Keras's dialect (csv.excel
+ * with the separator as delimiter, QUOTE_MINIMAL): quoted when it holds the
+ * separator, a quote or a line break, a quote doubled inside. */
+static void write_cell(FILE *f, const char *text, char sep) {
+  bool quote = strchr(text, sep) != NULL || strpbrk(text, "\"\r\n") != NULL;
+  if (!quote) {
+    fputs(text, f);
+    return;
   }
-  if (strchr(buf, '.') == NULL && strchr(buf, 'e') == NULL && strchr(buf, 'n') == NULL)
-    strncat(buf, ".0", sizeof(buf) - strlen(buf) - 1);
-  return fprintf(f, "%s", buf);
+  fputc('"', f);
+  for (const char *p = text; *p; p++) {
+    if (*p == '"')
+      fputc('"', f);
+    fputc(*p, f);
+  }
+  fputc('"', f);
 }
 
 static int csv_open(csv_t *c, tb_ctx_t *ctx, bool *header) {
@@ -321,8 +329,8 @@ static int csv_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t 
   int r;
   if (c->n_keys == 0) {
     /* Keras: keys fixed at the first epoch, sorted; if no val_ key is there
-     * yet, every key's val_ twin is added so later validation fits ("lr" gets
-     * none: it is not a metric). */
+     * yet, every key's val_ twin is appended (the rate's too: Keras does not
+     * tell metrics from other keys) so later validation fits. */
     for (int i = 0; i < logs->n; i++)
       snprintf(c->keys[c->n_keys++], sizeof(c->keys[0]), "%s", logs->names[i]);
     qsort(c->keys, (size_t)c->n_keys, sizeof(c->keys[0]), cmp_names);
@@ -330,34 +338,41 @@ static int csv_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t 
     for (int i = 0; i < c->n_keys; i++)
       has_val |= strncmp(c->keys[i], "val_", 4) == 0;
     int n = c->n_keys;
-    for (int i = 0; !has_val && i < n; i++)
-      if (strcmp(c->keys[i], "lr") != 0) {
-        char base[TB_LOGS_NAME_MAX];
-        snprintf(base, sizeof(base), "%.47s", c->keys[i]);
-        snprintf(c->keys[c->n_keys++], sizeof(c->keys[0]), "val_%.47s", base);
-      }
+    for (int i = 0; !has_val && i < n; i++) {
+      char base[TB_LOGS_NAME_MAX];
+      snprintf(base, sizeof(base), "%.47s", c->keys[i]);
+      snprintf(c->keys[c->n_keys++], sizeof(c->keys[0]), "val_%.47s", base);
+    }
   }
   if (c->f == NULL) {
     if ((r = csv_open(c, ctx, &header)) != 0)
       return r;
   }
+  /* csv.DictWriter: the header once, then one row per epoch, each line
+   * ended by the excel dialect's "\r\n"; numbers as str(float), Python's
+   * repr; a missing value as "NA". */
   long before = ftell(c->f);
+  char sep = c->o.separator, cell[40];
   if (header) {
-    fprintf(c->f, "epoch");
-    for (int i = 0; i < c->n_keys; i++)
-      fprintf(c->f, "%c%s", c->o.separator, c->keys[i]);
-    fputc('\n', c->f);
+    write_cell(c->f, "epoch", sep);
+    for (int i = 0; i < c->n_keys; i++) {
+      fputc(sep, c->f);
+      write_cell(c->f, c->keys[i], sep);
+    }
+    fputs("\r\n", c->f);
   }
-  fprintf(c->f, "%d", epoch);
+  snprintf(cell, sizeof(cell), "%d", epoch);
+  write_cell(c->f, cell, sep);
   for (int i = 0; i < c->n_keys; i++) {
     double v;
-    fputc(c->o.separator, c->f);
+    fputc(sep, c->f);
     if (tb_logs_get(logs, c->keys[i], &v))
-      write_num(c->f, v);
+      tb__py_repr(v, cell);
     else
-      fputs("NA", c->f);
+      snprintf(cell, sizeof(cell), "NA");
+    write_cell(c->f, cell, sep);
   }
-  fputc('\n', c->f);
+  fputs("\r\n", c->f);
   if (fflush(c->f) != 0 || ferror(c->f))
     return tb_errf(&ctx->err, TB_EIO, "cannot write %s: %s", c->filename, strerror(errno));
   long after = ftell(c->f);
@@ -542,10 +557,16 @@ static int nan_batch_end(tb_callback_t *cb, tb_ctx_t *ctx, int batch, tb_logs_t 
   double loss;
   if (!tb_logs_get(logs, "loss", &loss) || isfinite(loss))
     return 0;
+  /* Keras's words: the RuntimeError's with raise_error, else the print. */
+  if (cb->user != NULL) {
+    char v[32];
+    tb__py_repr(loss, v);
+    return tb_errf(&ctx->err, TB_ENONFINITE,
+                   "NaN or Inf loss encountered at batch %d. Loss value: %s. Terminating "
+                   "training immediately.",
+                   batch, v);
+  }
   printf("Batch %d: Invalid loss, terminating training\n", batch);
-  if (cb->user != NULL)
-    return tb_errf(&ctx->err, TB_ENONFINITE, "loss is %g at epoch %d batch %d", loss, ctx->epoch,
-                   batch);
   ctx->stop_training = true;
   return 0;
 }

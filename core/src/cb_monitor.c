@@ -1,16 +1,23 @@
 /* EarlyStopping and ReduceLROnPlateau, on one monitor rule (Keras 3's
- * MonitorCallback, keras/src/callbacks/monitor_callback.py):
+ * MonitorCallback, keras/src/callbacks/monitor_callback.py), which
+ * ModelCheckpoint shares too:
  *
  *   - min_delta is used as its absolute value, negated when minimising;
  *   - improvement(cur, ref) = ref is unset || op(cur - min_delta, ref), with
  *     op "<" when minimising and ">" when maximising: a strict improvement by
- *     more than |min_delta|;
- *   - "auto" strips "val_" and minimises loss-like names, maximises accuracy,
- *     and refuses anything else (Keras 3 raises a ValueError).
+ *     more than |min_delta|. Keras's ops.less/ops.greater turn the two Python
+ *     floats into float32 tensors, so the comparison is in float32;
+ *   - "auto" strips one "val_" and minimises "loss"; any other name must be a
+ *     compiled metric, whose direction decides (accuracy up, mse and mae
+ *     down); anything else is refused at the first epoch end (Keras 3 raises
+ *     a ValueError), even a name that looks like a loss ("lr", "mse" without
+ *     an mse metric).
  *
  * The two callbacks then follow keras/src/callbacks/early_stopping.py and
- * reduce_lr_on_plateau.py step for step; the comments name the steps. */
+ * reduce_lr_on_plateau.py step for step; the comments name the steps, and
+ * the verbose messages and warnings are Keras's words. */
 #include "internal.h"
+#include "pyfmt.h"
 #include "trainbus/callbacks.h"
 
 #include <math.h>
@@ -29,17 +36,8 @@ int tb_mode_from_name(const char *name) {
   return -1;
 }
 
-typedef struct monitor_s {
-  char monitor[TB_LOGS_NAME_MAX];
-  tb_mode_t mode;
-  double min_delta; /* signed once the op is known */
-  bool op_set;
-  bool less; /* the op: true for "<" */
-  bool warned;
-} monitor_t;
-
-static int monitor_init(monitor_t *mo, const char *monitor, tb_mode_t mode, double min_delta,
-                        const char *who, tb_err_t *err) {
+int tb__monitor_init(tb__monitor_t *mo, const char *monitor, tb_mode_t mode, double min_delta,
+                     const char *who, tb_err_t *err) {
   if (monitor == NULL || monitor[0] == '\0' || strlen(monitor) >= TB_LOGS_NAME_MAX)
     return tb_errf(err, TB_EINVAL, "%s: monitor must be a logs key of 1 to %d bytes", who,
                    TB_LOGS_NAME_MAX - 1);
@@ -54,8 +52,8 @@ static int monitor_init(monitor_t *mo, const char *monitor, tb_mode_t mode, doub
   return 0;
 }
 
-/* Keras sets the op lazily at the first epoch end. */
-static int monitor_op(monitor_t *mo, tb_ctx_t *ctx, const char *who) {
+/* Keras sets the op lazily at the first epoch end, once metrics are built. */
+int tb__monitor_op(tb__monitor_t *mo, tb_ctx_t *ctx, const char *who) {
   if (mo->op_set)
     return 0;
   if (mo->mode == TB_MODE_MIN) {
@@ -64,15 +62,16 @@ static int monitor_op(monitor_t *mo, tb_ctx_t *ctx, const char *who) {
     mo->less = false;
   } else {
     const char *n = strncmp(mo->monitor, "val_", 4) == 0 ? mo->monitor + 4 : mo->monitor;
-    if (strcmp(n, "loss") == 0 || strcmp(n, "mse") == 0 || strcmp(n, "mae") == 0 ||
-        strcmp(n, "lr") == 0)
+    int dir = ctx->model != NULL ? tb__metric_direction(ctx->model, n) : 0;
+    if (dir != 0)
+      mo->less = dir < 0;
+    else if (strcmp(n, "loss") == 0)
       mo->less = true;
-    else if (strcmp(n, "accuracy") == 0 || strcmp(n, "acc") == 0)
-      mo->less = false;
     else
       return tb_errf(&ctx->err, TB_EINVAL,
-                     "%s: cannot infer whether \"%s\" should go up or down; set mode to "
-                     "\"min\" or \"max\"",
+                     "%s: monitor \"%s\" is neither the loss nor a compiled metric, so whether "
+                     "it should be maximized or minimized cannot be inferred (Keras raises a "
+                     "ValueError); set \"mode\" to \"max\" or \"min\"",
                      who, mo->monitor);
   }
   if (mo->less)
@@ -81,35 +80,32 @@ static int monitor_op(monitor_t *mo, tb_ctx_t *ctx, const char *who) {
   return 0;
 }
 
-static bool improved(const monitor_t *mo, double cur, bool has_ref, double ref) {
+bool tb__monitor_improved(const tb__monitor_t *mo, double cur, bool has_ref, double ref) {
   if (!has_ref)
     return true;
-  return mo->less ? cur - mo->min_delta < ref : cur - mo->min_delta > ref;
+  float a = (float)(cur - mo->min_delta), b = (float)ref;
+  return mo->less ? a < b : a > b;
 }
 
-/* The monitored value, or false (with one warning naming the keys there are). */
-static bool monitor_get(monitor_t *mo, const tb_logs_t *logs, const char *who, double *v) {
-  if (tb_logs_get(logs, mo->monitor, v))
-    return true;
-  if (!mo->warned) {
-    char keys[512] = "";
-    for (int i = 0; i < logs->n; i++) {
-      strncat(keys, i ? ", " : "", sizeof(keys) - strlen(keys) - 1);
-      strncat(keys, logs->names[i], sizeof(keys) - strlen(keys) - 1);
-    }
-    fprintf(stderr, "warning: %s: metric \"%s\" is not available; available metrics are: %s\n", who,
-            mo->monitor, keys);
-    mo->warned = true;
+void tb__monitor_warn(tb__monitor_t *mo, const tb_logs_t *logs, const char *what, const char *end) {
+  if (mo->warned)
+    return;
+  char keys[512] = "";
+  for (int i = 0; i < logs->n; i++) {
+    strncat(keys, i ? "," : "", sizeof(keys) - strlen(keys) - 1);
+    strncat(keys, logs->names[i], sizeof(keys) - strlen(keys) - 1);
   }
-  return false;
+  fprintf(stderr, "warning: %s `%s` which is not available. Available metrics are: %s%s\n", what,
+          mo->monitor, keys, end);
+  mo->warned = true;
 }
 
-static int save_monitor(const monitor_t *mo, tb_state_t *st) {
+int tb__monitor_save(const tb__monitor_t *mo, tb_state_t *st) {
   int r = tb_state_put_i64(st, "op", mo->op_set ? (mo->less ? -1 : 1) : 0);
   return r ? r : tb_state_put_f64(st, "min_delta", mo->min_delta);
 }
 
-static int load_monitor(monitor_t *mo, const tb_state_t *st) {
+int tb__monitor_load(tb__monitor_t *mo, const tb_state_t *st) {
   int64_t op;
   int r = tb_state_get_i64(st, "op", &op);
   if (r == 0)
@@ -126,7 +122,7 @@ static int load_monitor(monitor_t *mo, const tb_state_t *st) {
 typedef struct early_s {
   tb_callback_t cb;
   char name[96];
-  monitor_t mo;
+  tb__monitor_t mo;
   tb_early_stopping_opts_t o;
   int wait, stopped_epoch, best_epoch;
   bool has_best;
@@ -169,24 +165,31 @@ static int es_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t *
   early_t *e = cb->user;
   double cur;
   int r;
-  if ((r = monitor_op(&e->mo, ctx, e->name)) != 0)
+  if ((r = tb__monitor_op(&e->mo, ctx, e->name)) != 0)
     return r;
   /* 1. nothing to compare, or not yet watching */
-  if (!monitor_get(&e->mo, logs, e->name, &cur) || epoch < e->o.start_from_epoch)
+  if (!tb_logs_get(logs, e->mo.monitor, &cur)) {
+    tb__monitor_warn(&e->mo, logs, "Early stopping conditioned on metric", "");
     return 0;
-  /* 2. keep the first weights seen */
-  if (e->o.restore_best_weights && e->best_weights == NULL && (r = es_store_weights(e, ctx->model)))
-    return r;
+  }
+  if (epoch < e->o.start_from_epoch)
+    return 0;
+  /* 2. keep the first weights seen (they are the best so far) */
+  if (e->o.restore_best_weights && e->best_weights == NULL) {
+    if ((r = es_store_weights(e, ctx->model)) != 0)
+      return r;
+    e->best_epoch = epoch;
+  }
   /* 3. wait grows before the comparison */
   e->wait++;
   /* 4. an improvement resets wait only if it also beats the baseline */
-  if (improved(&e->mo, cur, e->has_best, e->best)) {
+  if (tb__monitor_improved(&e->mo, cur, e->has_best, e->best)) {
     e->best = cur;
     e->has_best = true;
     e->best_epoch = epoch;
     if (e->o.restore_best_weights && (r = es_store_weights(e, ctx->model)) != 0)
       return r;
-    if (!e->o.has_baseline || improved(&e->mo, cur, true, e->o.baseline))
+    if (!e->o.has_baseline || tb__monitor_improved(&e->mo, cur, true, e->o.baseline))
       e->wait = 0;
     return 0;
   }
@@ -215,7 +218,7 @@ static int es_train_end(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *
 static int es_save(tb_callback_t *cb, tb_state_t *st) {
   early_t *e = cb->user;
   int r;
-  if ((r = save_monitor(&e->mo, st)) || (r = tb_state_put_i64(st, "wait", e->wait)) ||
+  if ((r = tb__monitor_save(&e->mo, st)) || (r = tb_state_put_i64(st, "wait", e->wait)) ||
       (r = tb_state_put_i64(st, "stopped_epoch", e->stopped_epoch)) ||
       (r = tb_state_put_i64(st, "best_epoch", e->best_epoch)) ||
       (r = tb_state_put_i64(st, "has_best", e->has_best)) ||
@@ -230,7 +233,7 @@ static int es_load(tb_callback_t *cb, const tb_state_t *st) {
   early_t *e = cb->user;
   int64_t wait, stopped, best_epoch, has_best;
   int r;
-  if ((r = load_monitor(&e->mo, st)) || (r = tb_state_get_i64(st, "wait", &wait)) ||
+  if ((r = tb__monitor_load(&e->mo, st)) || (r = tb_state_get_i64(st, "wait", &wait)) ||
       (r = tb_state_get_i64(st, "stopped_epoch", &stopped)) ||
       (r = tb_state_get_i64(st, "best_epoch", &best_epoch)) ||
       (r = tb_state_get_i64(st, "has_best", &has_best)) ||
@@ -275,8 +278,8 @@ tb_callback_t *tb_early_stopping_new(const tb_early_stopping_opts_t *o, tb_err_t
     tb_errf(err, TB_ENOMEM, "%s: out of memory", name);
     return NULL;
   }
-  if (monitor_init(&e->mo, o->monitor ? o->monitor : "val_loss", o->mode, o->min_delta, name,
-                   err) != 0) {
+  if (tb__monitor_init(&e->mo, o->monitor ? o->monitor : "val_loss", o->mode, o->min_delta, name,
+                       err) != 0) {
     free(e);
     return NULL;
   }
@@ -308,7 +311,7 @@ int tb_early_stopping_best_epoch(const tb_callback_t *cb) {
 typedef struct plateau_s {
   tb_callback_t cb;
   char name[96];
-  monitor_t mo;
+  tb__monitor_t mo;
   tb_reduce_lr_opts_t o;
   int wait, cooldown_counter;
   bool has_best;
@@ -337,33 +340,39 @@ static int rl_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t *
   double cur;
   int r;
   /* 1. the op; 2. logs["lr"] is written by fit() before epoch_end */
-  if ((r = monitor_op(&p->mo, ctx, p->name)) != 0)
+  if ((r = tb__monitor_op(&p->mo, ctx, p->name)) != 0)
     return r;
   /* 3. no value, no decision */
-  if (!monitor_get(&p->mo, logs, p->name, &cur))
+  if (!tb_logs_get(logs, p->mo.monitor, &cur)) {
+    tb__monitor_warn(&p->mo, logs, "Learning rate reduction is conditioned on metric", ".");
     return 0;
+  }
   /* 4. cooling down: count down, and wait stays 0 */
   if (p->cooldown_counter > 0) {
     p->cooldown_counter--;
     p->wait = 0;
   }
   /* 5. improvement (tracked during cooldown too) */
-  if (improved(&p->mo, cur, p->has_best, p->best)) {
+  if (tb__monitor_improved(&p->mo, cur, p->has_best, p->best)) {
     p->best = cur;
     p->has_best = true;
     p->wait = 0;
   } else if (p->cooldown_counter == 0) { /* 6. re-checked after the decrement */
     p->wait++;
     if (p->wait >= p->o.patience && ctx->model != NULL) {
+      /* old_lr is float(the float32 variable); the new rate is computed in
+       * double and rounds to float32 when assigned, so once the rate sits at
+       * float32(min_lr) nothing is reduced any more. */
       double old_lr = tb_model_lr(ctx->model);
-      /* Keras compares with float32(min_lr). */
       if (old_lr > (double)(float)p->o.min_lr) {
         double new_lr = fmax(old_lr * p->o.factor, p->o.min_lr);
         if ((r = tb_model_set_lr(ctx->model, new_lr)) != 0)
           return tb_errf(&ctx->err, r, "%s: cannot set the learning rate to %g", p->name, new_lr);
-        if (p->o.verbose > 0)
-          printf("\nEpoch %d: ReduceLROnPlateau reducing learning rate to %g.\n", epoch + 1,
-                 new_lr);
+        if (p->o.verbose > 0) {
+          char v[32];
+          tb__py_repr(new_lr, v);
+          printf("\nEpoch %d: ReduceLROnPlateau reducing learning rate to %s.\n", epoch + 1, v);
+        }
         p->cooldown_counter = p->o.cooldown;
         p->wait = 0;
       }
@@ -377,7 +386,7 @@ static int rl_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t *
 static int rl_save(tb_callback_t *cb, tb_state_t *st) {
   plateau_t *p = cb->user;
   int r;
-  if ((r = save_monitor(&p->mo, st)) || (r = tb_state_put_i64(st, "wait", p->wait)) ||
+  if ((r = tb__monitor_save(&p->mo, st)) || (r = tb_state_put_i64(st, "wait", p->wait)) ||
       (r = tb_state_put_i64(st, "cooldown_counter", p->cooldown_counter)) ||
       (r = tb_state_put_i64(st, "has_best", p->has_best)))
     return r;
@@ -388,7 +397,7 @@ static int rl_load(tb_callback_t *cb, const tb_state_t *st) {
   plateau_t *p = cb->user;
   int64_t wait, cool, has_best;
   int r;
-  if ((r = load_monitor(&p->mo, st)) || (r = tb_state_get_i64(st, "wait", &wait)) ||
+  if ((r = tb__monitor_load(&p->mo, st)) || (r = tb_state_get_i64(st, "wait", &wait)) ||
       (r = tb_state_get_i64(st, "cooldown_counter", &cool)) ||
       (r = tb_state_get_i64(st, "has_best", &has_best)) ||
       (r = tb_state_get_f64(st, "best", &p->best)))
@@ -428,8 +437,8 @@ tb_callback_t *tb_reduce_lr_new(const tb_reduce_lr_opts_t *o, tb_err_t *err) {
     tb_errf(err, TB_ENOMEM, "%s: out of memory", name);
     return NULL;
   }
-  if (monitor_init(&p->mo, o->monitor ? o->monitor : "val_loss", o->mode, o->min_delta, name,
-                   err) != 0) {
+  if (tb__monitor_init(&p->mo, o->monitor ? o->monitor : "val_loss", o->mode, o->min_delta, name,
+                       err) != 0) {
     free(p);
     return NULL;
   }

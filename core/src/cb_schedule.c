@@ -1,9 +1,16 @@
 /* LearningRateScheduler (keras/src/callbacks/learning_rate_scheduler.py):
  * at every epoch_begin the rate becomes schedule(epoch, current rate); the
- * result must be finite and non-negative. Named schedules give job files Keras's
- * common shapes (step decay, ExponentialDecay, CosineDecay with warmup,
- * PiecewiseConstantDecay) counted in epochs. */
+ * result must be finite and non-negative. Named schedules give job files
+ * Keras's schedule classes (ExponentialDecay, CosineDecay with its optional
+ * warmup, PiecewiseConstantDecay) counted in epochs, plus the classic step
+ * decay.
+ *
+ * Keras's schedule classes compute in the dtype of initial_learning_rate,
+ * float32: every operation below rounds to float32 (F), with cos and pow
+ * evaluated in double and rounded, and Python floats mixed in (1 - alpha) are
+ * computed in double first, as Python does, then converted. */
 #include "internal.h"
+#include "pyfmt.h"
 #include "trainbus/callbacks.h"
 
 #include <math.h>
@@ -19,33 +26,49 @@ typedef struct sched_s {
   double lr0; /* the rate at train_begin, for named schedules */
 } sched_t;
 
+static float F(double x) {
+  return (float)x;
+}
+
+/* CosineDecay._decay_function */
+static float cosine_decay(const tb_schedule_t *s, float step, float decay_steps, float from) {
+  float completed = step / decay_steps;
+  float pi = F(3.141592653589793);
+  float cosine_decayed = 0.5f * (1.0f + F(cos((double)(pi * completed))));
+  float decayed = F(1.0 - s->alpha) * cosine_decayed + F(s->alpha);
+  return from * decayed;
+}
+
 double tb_schedule_eval(const tb_schedule_t *s, int epoch, double lr0) {
-  double init = s->initial_lr > 0 ? s->initial_lr : lr0;
+  double init = s->initial_lr != 0 || s->has_initial_lr ? s->initial_lr : lr0;
   switch (s->kind) {
   case TB_SCHED_STEP:
     return init * pow(s->drop, floor((double)epoch / s->every));
   case TB_SCHED_EXPONENTIAL: {
-    double p = epoch / s->decay_epochs;
-    return init * pow(s->decay_rate, s->staircase ? floor(p) : p);
+    float p = F(epoch) / F(s->decay_epochs);
+    if (s->staircase)
+      p = floorf(p);
+    return F(init) * F(pow((double)F(s->decay_rate), (double)p));
   }
   case TB_SCHED_COSINE: {
-    /* Keras's CosineDecay: warm up linearly from the initial rate to the
-     * target, then decay from the target (or the initial rate) by a cosine to
-     * alpha times it, and stay there. */
-    double peak = s->warmup_target > 0 ? s->warmup_target : init;
-    if (s->warmup_target > 0 && epoch < s->warmup_epochs)
-      return init + (peak - init) * epoch / s->warmup_epochs;
-    double t =
-        fmin((double)(epoch - (s->warmup_target > 0 ? s->warmup_epochs : 0)), s->decay_epochs) /
-        s->decay_epochs;
-    double cosine = 0.5 * (1.0 + cos(3.141592653589793 * t));
-    return peak * ((1.0 - s->alpha) * cosine + s->alpha);
+    float step = F(epoch), decay_steps = F(s->decay_epochs), initial = F(init);
+    if (!(s->warmup_target != 0 || s->has_warmup_target))
+      return cosine_decay(s, fminf(step, decay_steps), decay_steps, initial);
+    float target = F(s->warmup_target), warmup_steps = F(s->warmup_epochs);
+    step = fminf(step, decay_steps + warmup_steps);
+    if (step < warmup_steps) /* _warmup_function */
+      return (target - initial) * (step / warmup_steps) + initial;
+    return cosine_decay(s, step - warmup_steps, decay_steps, target);
   }
   case TB_SCHED_PIECEWISE: {
-    int i = 0;
-    while (i < s->n_boundaries && epoch > s->boundaries[i])
-      i++;
-    return s->values[i];
+    /* the sum of Keras's indicator terms, in its order */
+    int n = s->n_boundaries;
+    float r = 0.0f;
+    r += (float)(epoch <= s->boundaries[0]) * F(s->values[0]);
+    r += (float)(epoch > s->boundaries[n - 1]) * F(s->values[n]);
+    for (int i = 0; i + 1 < n; i++)
+      r += (float)(epoch > s->boundaries[i] && epoch <= s->boundaries[i + 1]) * F(s->values[i + 1]);
+    return r;
   }
   }
   return lr0;
@@ -74,8 +97,11 @@ static int sc_epoch_begin(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t
                    "non-negative",
                    lr, epoch);
   tb_model_set_lr(ctx->model, lr);
-  if (s->verbose > 0)
-    printf("\nEpoch %d: LearningRateScheduler setting learning rate to %g.\n", epoch + 1, lr);
+  if (s->verbose > 0) {
+    char v[32];
+    tb__py_repr(lr, v);
+    printf("\nEpoch %d: LearningRateScheduler setting learning rate to %s.\n", epoch + 1, v);
+  }
   return 0;
 }
 
@@ -127,26 +153,23 @@ tb_callback_t *tb_lr_schedule_new(const tb_schedule_t *sp, int verbose, tb_err_t
   if (sp == NULL)
     bad = "no schedule";
   else if (!(sp->initial_lr >= 0) || !isfinite(sp->initial_lr))
-    bad = "initial_lr must be >= 0 (0: the optimizer's rate)";
-  else if (sp->kind == TB_SCHED_STEP && (!(sp->drop > 0) || sp->every < 1))
+    bad = "initial_lr must be >= 0 (absent: the optimizer's rate)";
+  else if (sp->kind == TB_SCHED_STEP && (!(sp->drop > 0) || !isfinite(sp->drop) || sp->every < 1))
     bad = "step: drop must be > 0 and every >= 1";
-  else if (sp->kind == TB_SCHED_EXPONENTIAL && (!(sp->decay_rate > 0) || !(sp->decay_epochs > 0)))
-    bad = "exponential: decay_rate and decay_epochs must be > 0";
+  else if (sp->kind == TB_SCHED_EXPONENTIAL &&
+           (!(sp->decay_epochs > 0) || !isfinite(sp->decay_epochs) || !isfinite(sp->decay_rate)))
+    bad = "exponential: decay_epochs must be > 0 (Keras's decay_steps) and decay_rate finite";
   else if (sp->kind == TB_SCHED_COSINE &&
-           (!(sp->decay_epochs > 0) || !(sp->alpha >= 0 && sp->alpha <= 1) ||
-            sp->warmup_epochs < 0 || !(sp->warmup_target >= 0) ||
-            (sp->warmup_epochs > 0 && !(sp->warmup_target > 0))))
-    bad = "cosine: decay_epochs > 0, alpha in [0, 1], warmup_epochs >= 0 with a positive "
-          "warmup_target";
+           (!(sp->decay_epochs > 0) || !isfinite(sp->decay_epochs) || !isfinite(sp->alpha) ||
+            sp->warmup_epochs < 0 || !isfinite(sp->warmup_target)))
+    bad = "cosine: decay_epochs must be > 0 (Keras's decay_steps), alpha and warmup_target "
+          "finite, warmup_epochs >= 0";
   else if (sp->kind == TB_SCHED_PIECEWISE) {
     if (sp->n_boundaries < 1 || sp->n_boundaries > 32)
       bad = "piecewise: 1 to 32 boundaries, and one more value than boundaries";
-    for (int i = 0; bad == NULL && i < sp->n_boundaries; i++)
-      if (i > 0 && sp->boundaries[i] <= sp->boundaries[i - 1])
-        bad = "piecewise: boundaries must increase";
     for (int i = 0; bad == NULL && i <= sp->n_boundaries; i++)
-      if (!(sp->values[i] > 0) || !isfinite(sp->values[i]))
-        bad = "piecewise: values must be finite and positive";
+      if (!isfinite(sp->values[i]))
+        bad = "piecewise: values must be finite";
   } else if (sp->kind < TB_SCHED_STEP || sp->kind > TB_SCHED_PIECEWISE)
     bad = "unknown schedule";
   if (bad != NULL) {

@@ -13,6 +13,7 @@
  * Restoring checks every shape and the job before changing anything. */
 #include "internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,7 +53,7 @@ int tb__check_state_names(tb_callbacks_t *cbs, tb_err_t *err) {
 static int put_metrics(tb_state_t *s, const tb_model_t *m) {
   double v[4] = {m->m_loss_sum, m->m_acc_sum, m->m_mse_sum, m->m_mae_sum};
   int r = tb_state_put_bytes(s, "fit.metric_sums", v, sizeof(v));
-  return r ? r : tb_state_put_i64(s, "fit.metric_count", m->m_count);
+  return r ? r : tb_state_put_i64(s, "fit.metric_count", (int64_t)m->m_count);
 }
 
 int tb__checkpoint_save(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const char *job_id,
@@ -194,7 +195,7 @@ int tb__checkpoint_load(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const
   }
   if (kind != m->opts.optim.kind || rng_len != sizeof(m->rng) || tl_len != sizeof(tb_logs_t) ||
       sums_len != 4 * sizeof(double) || n_idx != m->pos.n || epoch < 0 || next_batch < 0 ||
-      next_batch > m->pos.steps || !(lr > 0)) {
+      next_batch > m->pos.steps || !(lr >= 0 && isfinite((float)lr))) {
     r = tb_errf(err, TB_ESTATE,
                 "checkpoint %s does not fit this run (optimizer %s, %ld training rows in the "
                 "checkpoint, %d here)",
@@ -237,7 +238,7 @@ int tb__checkpoint_load(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const
   if (m->slot2)
     memcpy(m->slot2, slot2, np * sizeof(float));
   m->iterations = (long)iterations;
-  m->lr = lr;
+  m->lr = (float)lr; /* exact for files of this version; older ones held doubles */
   memcpy(&m->rng, rng, sizeof(m->rng));
   m->pos.epoch = (int)epoch;
   m->pos.next_batch = (int)next_batch;
@@ -246,11 +247,12 @@ int tb__checkpoint_load(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const
   memcpy(m->pos.idx, idx, (size_t)n_idx * sizeof(int32_t));
   m->pos.train_logs = *tlogs;
   const double *sm = sums;
-  m->m_loss_sum = sm[0];
-  m->m_acc_sum = sm[1];
-  m->m_mse_sum = sm[2];
-  m->m_mae_sum = sm[3];
-  m->m_count = (long)count;
+  /* float32 values, kept exactly in the file's doubles */
+  m->m_loss_sum = (float)sm[0];
+  m->m_acc_sum = (float)sm[1];
+  m->m_mse_sum = (float)sm[2];
+  m->m_mae_sum = (float)sm[3];
+  m->m_count = (float)count;
   ctx->resumed = true;
 out:
   free(sh);

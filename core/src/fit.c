@@ -311,9 +311,11 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
         goto done;
       tb_logs_merge(&epoch_logs, &val_logs, "val_");
     }
-    /* The rate the epoch trained with, so History, CSVLogger and the bus see
-     * every change, whoever made it. */
+    /* The rate the epoch trained with (float(the float32 variable)), so
+     * History, CSVLogger and the bus see every change, whoever made it:
+     * under Keras 3's name, learning_rate, and tf.keras 2's, lr. */
     tb_logs_set(&epoch_logs, "lr", m->lr);
+    tb_logs_set(&epoch_logs, "learning_rate", m->lr);
     ctx.batch = -1;
     if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_EPOCH_END, epoch, &epoch_logs)) != 0) {
       fail_hook(&ctx, r, err);

@@ -3,6 +3,7 @@
 #ifndef TB_CORE_INTERNAL_H
 #define TB_CORE_INTERNAL_H
 
+#include "trainbus/callbacks.h"
 #include "trainbus/model.h"
 
 #include <stdbool.h>
@@ -52,9 +53,11 @@ struct tb_model_s {
   float *ybuf;  /* gathered batch targets */
   int y_width;  /* width of y the loss expects (1 for sparse) */
 
-  /* running metrics since tb_model_reset_metrics() */
-  double m_loss_sum, m_acc_sum, m_mse_sum, m_mae_sum;
-  long m_count;
+  /* running metrics since tb_model_reset_metrics(): float32 totals and one
+   * float32 count, as Keras's Mean trackers (every tracker counts the same
+   * rows) */
+  float m_loss_sum, m_acc_sum, m_mse_sum, m_mae_sum;
+  float m_count;
   bool fused_softmax_ce; /* last activation softmax + (sparse) CCE on probabilities */
 
   /* fit()'s position, saved in checkpoints: the current epoch, the next batch
@@ -69,6 +72,34 @@ struct tb_model_s {
   tb_history_t history;
   tb_callback_t history_cb;
 };
+
+/* cb_monitor.c: Keras 3's MonitorCallback (keras/src/callbacks/
+ * monitor_callback.py), shared by EarlyStopping, ReduceLROnPlateau and
+ * ModelCheckpoint. */
+typedef struct tb__monitor_s {
+  char monitor[TB_LOGS_NAME_MAX];
+  tb_mode_t mode;
+  double min_delta; /* |min_delta|, negated once the op is known to be "<" */
+  bool op_set;
+  bool less; /* the op: true for "<" */
+  bool warned;
+} tb__monitor_t;
+int tb__monitor_init(tb__monitor_t *mo, const char *monitor, tb_mode_t mode, double min_delta,
+                     const char *who, tb_err_t *err);
+/* _set_monitor_op, at the first epoch end: min, max, or for auto "loss" (with
+ * or without "val_") minimised and a compiled metric by its direction; any
+ * other name fails (Keras raises ValueError) with a message naming the
+ * monitor and the fix. */
+int tb__monitor_op(tb__monitor_t *mo, tb_ctx_t *ctx, const char *who);
+/* _is_improvement: true without a reference, else op(cur - min_delta, ref),
+ * compared in float32 as Keras's ops.less / ops.greater compare Python
+ * floats (converted to float32 tensors). */
+bool tb__monitor_improved(const tb__monitor_t *mo, double cur, bool has_ref, double ref);
+int tb__monitor_save(const tb__monitor_t *mo, tb_state_t *st);
+int tb__monitor_load(tb__monitor_t *mo, const tb_state_t *st);
+/* One warning (Keras's text after "warning: "): `what` then the monitor and
+ * the keys there are. */
+void tb__monitor_warn(tb__monitor_t *mo, const tb_logs_t *logs, const char *what, const char *end);
 
 /* state.c: mkdir -p of the folder part of a file path. */
 int tb__make_parent(const char *path);
@@ -98,13 +129,19 @@ const float *tb__forward(tb_model_t *m, const float *x, int n, bool training);
 void tb__backward(tb_model_t *m, const float *x, int n);
 int tb__ensure_rows(tb_model_t *m, int rows);
 
-/* loss.c: loss of the batch (mean over rows) and, if dout is not NULL, its
- * gradient w.r.t. the model output (or w.r.t. the softmax's input when fused).
- * Also accumulates the running metrics. */
-double tb__loss(tb_model_t *m, const float *out, const float *pre, const float *y, int n,
-                float *dout);
-void tb__metrics_update(tb_model_t *m, const float *out, const float *y, int n, double loss);
+/* loss.c: loss of the batch (the float32 mean over rows of the float32
+ * per-sample losses) and, if dout is not NULL, its gradient w.r.t. the model
+ * output (or w.r.t. the softmax's input when fused). */
+float tb__loss(tb_model_t *m, const float *out, const float *pre, const float *y, int n,
+               float *dout);
+/* Adds a batch to the running (float32) metric trackers. */
+void tb__metrics_update(tb_model_t *m, const float *out, const float *y, int n, float loss);
+/* The trackers' means, under the metrics' names. */
 void tb__metrics_logs(const tb_model_t *m, tb_logs_t *logs);
+/* +1 if the compiled metric `name` improves upward (accuracy), -1 downward
+ * (mse, mae), 0 if the model has no metric of that name (Keras's
+ * Metric._direction, looked up by MonitorCallback._set_monitor_op). */
+int tb__metric_direction(const tb_model_t *m, const char *name);
 
 /* optim.c */
 int tb__optim_alloc(tb_model_t *m);

@@ -299,19 +299,23 @@ static int parse_loss(parse_t *p, const cJSON *root, tb_compile_opts_t *c) {
   if (m != NULL) {
     if (!cJSON_IsArray(m))
       return tb__jp_bad(p, "metrics", "an array of metric names", m);
+    /* Keras names each metric after the string written ("acc" -> acc and
+     * val_acc in the logs). */
     int i = 0;
     for (const cJSON *it = m->child; it != NULL; it = it->next, i++) {
       char path[32];
       snprintf(path, sizeof(path), "metrics[%d]", i);
-      if (cJSON_IsString(it) &&
-          (strcmp(it->valuestring, "accuracy") == 0 || strcmp(it->valuestring, "acc") == 0))
-        c->metrics |= TB_METRIC_ACCURACY;
-      else if (cJSON_IsString(it) && strcmp(it->valuestring, "mse") == 0)
-        c->metrics |= TB_METRIC_MSE;
-      else if (cJSON_IsString(it) && strcmp(it->valuestring, "mae") == 0)
-        c->metrics |= TB_METRIC_MAE;
-      else
-        return tb__jp_bad(p, path, "\"accuracy\", \"mse\" or \"mae\"", it);
+      unsigned bit = cJSON_IsString(it) ? tb_metric_from_name(it->valuestring) : 0;
+      if (bit == 0 || strlen(it->valuestring) > TB_LOGS_NAME_MAX - 5)
+        return tb__jp_bad(p, path,
+                          "\"accuracy\" or \"acc\" (any case), \"mse\" (\"MSE\", "
+                          "\"mean_squared_error\", \"MeanSquaredError\") or \"mae\" (likewise)",
+                          it);
+      if (i >= TB_METRICS_MAX)
+        return tb_errf(p->err, TB_EINVAL, "%s: metrics: at most %d", p->origin, TB_METRICS_MAX);
+      c->metrics |= bit;
+      snprintf(c->metric_names[i], sizeof(c->metric_names[i]), "%s", it->valuestring);
+      c->n_metric_names = i + 1;
     }
   }
   return 0;

@@ -142,20 +142,39 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
       return tb__jp_bad(p, fp, "\"step\", \"exponential\", \"cosine\" or \"piecewise\"",
                         cJSON_GetObjectItem(o, "schedule"));
     }
-    const char *pos = "a positive number";
+    /* The ranges Keras's schedule classes accept: decay_steps > 0, any
+     * decay_rate, alpha and warmup_target; warmup_target absent is None. A
+     * rate the schedule then gives below 0 fails at that epoch. */
+    const char *pos = "a positive number", *num = "a finite number";
     if ((r = tb__jp_get_num(p, o, path, "initial_lr", 0, 1e6, false, "a number >= 0",
                             &s.initial_lr)) ||
         (r = tb__jp_get_num(p, o, path, "drop", 0, 1e6, true, pos, &s.drop)) ||
         (r = tb__jp_get_int(p, o, path, "every", 1, INT32_MAX, false, &every)) ||
-        (r = tb__jp_get_num(p, o, path, "decay_rate", 0, 1e6, true, pos, &s.decay_rate)) ||
+        (r = tb__jp_get_num(p, o, path, "decay_rate", -1e6, 1e6, false, num, &s.decay_rate)) ||
         (r = tb__jp_get_num(p, o, path, "decay_epochs", 0, 1e9, true, pos, &s.decay_epochs)) ||
         (r = tb__jp_get_bool(p, o, path, "staircase", &s.staircase)) ||
-        (r = tb__jp_get_num(p, o, path, "alpha", 0, 1, false, "a number in [0, 1]", &s.alpha)) ||
-        (r = tb__jp_get_num(p, o, path, "warmup_target", 0, 1e6, true, pos, &s.warmup_target)) ||
+        (r = tb__jp_get_num(p, o, path, "alpha", -1e6, 1e6, false, num, &s.alpha)) ||
+        (r = tb__jp_get_num(p, o, path, "warmup_target", 0, 1e6, false, "a number >= 0",
+                            &s.warmup_target)) ||
         (r = tb__jp_get_int(p, o, path, "warmup_epochs", 0, INT32_MAX, false, &warm)))
       return r;
     s.every = (int)every;
     s.warmup_epochs = (int)warm;
+    s.has_initial_lr = cJSON_GetObjectItemCaseSensitive(o, "initial_lr") != NULL;
+    s.has_warmup_target = cJSON_GetObjectItemCaseSensitive(o, "warmup_target") != NULL;
+    static const char *const only[][2] = {{"drop", "step"},
+                                          {"every", "step"},
+                                          {"decay_rate", "exponential"},
+                                          {"staircase", "exponential"},
+                                          {"alpha", "cosine"},
+                                          {"warmup_target", "cosine"},
+                                          {"warmup_epochs", "cosine"},
+                                          {"decay_epochs", "exponential cosine"}};
+    for (size_t i = 0; i < sizeof(only) / sizeof(only[0]); i++)
+      if (cJSON_GetObjectItemCaseSensitive(o, only[i][0]) != NULL &&
+          strstr(only[i][1], kind) == NULL)
+        return tb_errf(p->err, TB_EINVAL, "%s: %s.%s: not a parameter of schedule \"%s\" (only %s)",
+                       p->origin, path, only[i][0], kind, only[i][1]);
     const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "boundaries");
     const cJSON *vals = cJSON_GetObjectItemCaseSensitive(o, "values");
     if (s.kind == TB_SCHED_PIECEWISE) {
@@ -171,16 +190,17 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
       s.n_boundaries = nb;
       for (int i = 0; i <= nb; i++) {
         const cJSON *x = cJSON_GetArrayItem(vals, i), *y = cJSON_GetArrayItem(b, i);
-        if (!cJSON_IsNumber(x)) {
+        if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble)) {
           snprintf(fp, sizeof(fp), "%s.values[%d]", path, i);
           return tb__jp_bad(p, fp, "a number", x);
         }
         s.values[i] = x->valuedouble;
         if (i < nb) {
-          if (!cJSON_IsNumber(y) || y->valuedouble != floor(y->valuedouble) || y->valuedouble < 0 ||
-              y->valuedouble > 1e9) {
+          /* Keras casts a boundary to the step's integer type: 2.5 is 2. Any
+           * order is accepted, as Keras's sum of indicator terms is. */
+          if (!cJSON_IsNumber(y) || !(fabs(y->valuedouble) <= 1e9)) {
             snprintf(fp, sizeof(fp), "%s.boundaries[%d]", path, i);
-            return tb__jp_bad(p, fp, "a non-negative integer", y);
+            return tb__jp_bad(p, fp, "an epoch number", y);
           }
           s.boundaries[i] = (int)y->valuedouble;
         }
@@ -189,7 +209,8 @@ static int one(parse_t *p, const cJSON *o, const char *path, tb_callback_t **out
       return tb_errf(p->err, TB_EINVAL, "%s: %s: boundaries and values belong to \"piecewise\"",
                      p->origin, path);
     }
-    if ((s.kind == TB_SCHED_EXPONENTIAL && s.decay_rate == 0) ||
+    if ((s.kind == TB_SCHED_EXPONENTIAL &&
+         cJSON_GetObjectItemCaseSensitive(o, "decay_rate") == NULL) ||
         (s.kind != TB_SCHED_STEP && s.kind != TB_SCHED_PIECEWISE && s.decay_epochs == 0))
       return tb_errf(p->err, TB_EINVAL, "%s: %s: schedule \"%s\" needs decay_epochs%s", p->origin,
                      path, kind, s.kind == TB_SCHED_EXPONENTIAL ? " and decay_rate" : "");

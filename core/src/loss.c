@@ -10,12 +10,20 @@
  * which is both cheaper and numerically stable (what Keras's TensorFlow backend
  * does when it finds a softmax under the loss).
  *
- * Sums are accumulated in double so the reported running means do not drift
- * over a long epoch. */
+ * Values are float32, as Keras computes them: each element of a loss is the
+ * float32 nearest its exact value (a product or a difference of floats is
+ * exactly that; log and exp are evaluated in double and rounded), and every
+ * reduction adds float32s in order: the mean over the last axis, the sum over
+ * the batch, its division by the row count. The running metrics are Keras's
+ * Mean trackers (keras/src/metrics/reduction_metrics.py): a float32 total
+ * that gains loss * rows per batch (per-sample sums for metrics) and a
+ * float32 count that gains rows, reported as total / count (0 when the count
+ * is 0, as divide_no_nan). So a squared error of 1e40 is inf, as in Keras. */
 #include "internal.h"
 
 #include <math.h>
 #include <string.h>
+#include <strings.h>
 
 #define TB_EPS 1e-7f
 
@@ -34,12 +42,12 @@ static double logsumexp(const float *z, int k) {
   return (double)mx + log(s);
 }
 
-double tb__loss(tb_model_t *m, const float *out, const float *pre, const float *y, int n,
-                float *dout) {
+float tb__loss(tb_model_t *m, const float *out, const float *pre, const float *y, int n,
+               float *dout) {
   int k = tb_model_n_outputs(m);
   tb_loss_kind_t kind = m->opts.loss;
   bool sparse = kind == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY;
-  double total = 0.0;
+  float total = 0.0f; /* the batch's sum of per-sample losses */
   float inv_n = 1.0f / (float)n;
 
   for (int r = 0; r < n; r++) {
@@ -49,42 +57,42 @@ double tb__loss(tb_model_t *m, const float *out, const float *pre, const float *
     switch (kind) {
     case TB_LOSS_MSE:
     case TB_LOSS_MAE: {
-      double s = 0.0;
+      float s = 0.0f;
       for (int c = 0; c < k; c++) {
         float e = o[c] - yr[c];
         if (kind == TB_LOSS_MSE) {
-          s += (double)e * e;
+          s += e * e;
           if (d)
             d[c] = 2.0f * e * inv_n / (float)k;
         } else {
-          s += fabs((double)e);
+          s += fabsf(e);
           if (d)
             d[c] = (e > 0.0f ? 1.0f : e < 0.0f ? -1.0f : 0.0f) * inv_n / (float)k;
         }
       }
-      total += s / k;
+      total += s / (float)k;
       break;
     }
     case TB_LOSS_BINARY_CROSSENTROPY: {
-      double s = 0.0;
+      float s = 0.0f;
       for (int c = 0; c < k; c++) {
         float t = yr[c];
         if (m->opts.from_logits) {
           /* max(z, 0) - z * t + log(1 + exp(-|z|)) */
           float z = o[c];
-          s += (z > 0.0f ? z : 0.0f) - z * t + log1p(exp(-fabs((double)z)));
+          s += (float)((z > 0.0f ? z : 0.0f) - z * t + log1p(exp(-fabs((double)z))));
           if (d)
             d[c] = (1.0f / (1.0f + expf(-z)) - t) * inv_n / (float)k;
         } else {
           float p = o[c];
           bool clipped = p < TB_EPS || p > 1.0f - TB_EPS;
           p = p < TB_EPS ? TB_EPS : p > 1.0f - TB_EPS ? 1.0f - TB_EPS : p;
-          s += -(t * log((double)p) + (1.0 - t) * log(1.0 - (double)p));
+          s += (float)(-(t * log((double)p) + (1.0 - t) * log(1.0 - (double)p)));
           if (d)
             d[c] = clipped ? 0.0f : (-t / p + (1.0f - t) / (1.0f - p)) * inv_n / (float)k;
         }
       }
-      total += s / k;
+      total += s / (float)k;
       break;
     }
     case TB_LOSS_CATEGORICAL_CROSSENTROPY:
@@ -102,10 +110,11 @@ double tb__loss(tb_model_t *m, const float *out, const float *pre, const float *
             d[c] = (p - t) * inv_n;
           }
         }
-        total += s;
+        total += (float)s;
       } else {
         /* Keras: scale the probabilities to sum to 1, clip, -sum y log p. */
-        double sum = 0.0, s = 0.0;
+        double sum = 0.0;
+        float s = 0.0f;
         for (int c = 0; c < k; c++)
           sum += o[c];
         if (sum <= 0.0)
@@ -116,7 +125,7 @@ double tb__loss(tb_model_t *m, const float *out, const float *pre, const float *
           double p = o[c] / sum;
           bool clipped = p < TB_EPS || p > 1.0 - TB_EPS;
           p = p < TB_EPS ? TB_EPS : p > 1.0 - TB_EPS ? 1.0 - TB_EPS : p;
-          s -= t * log(p);
+          s -= (float)(t * log(p));
           if (!clipped)
             gsum += t / sum;
           if (d)
@@ -131,14 +140,16 @@ double tb__loss(tb_model_t *m, const float *out, const float *pre, const float *
     }
     }
   }
-  return total / n;
+  return total / (float)n;
 }
 
-/* Keras's accuracy variants, chosen from the loss at compile time. */
-static double accuracy_sum(const tb_model_t *m, const float *out, const float *y, int n) {
+/* Keras's accuracy variants, chosen from the loss at compile time: the
+ * float32 sum over the batch of each row's value (1 or 0, or for binary
+ * accuracy over several outputs the row's mean). */
+static float accuracy_sum(const tb_model_t *m, const float *out, const float *y, int n) {
   int k = tb_model_n_outputs(m);
   tb_loss_kind_t kind = m->opts.loss;
-  double acc = 0.0;
+  float acc = 0.0f;
   bool binary = kind == TB_LOSS_BINARY_CROSSENTROPY ||
                 ((kind == TB_LOSS_MSE || kind == TB_LOSS_MAE) && k == 1);
   float thr = (kind == TB_LOSS_BINARY_CROSSENTROPY && m->opts.from_logits) ? 0.0f : 0.5f;
@@ -146,10 +157,10 @@ static double accuracy_sum(const tb_model_t *m, const float *out, const float *y
     const float *o = out + (long)r * k;
     if (binary) {
       const float *yr = y + (long)r * k;
-      int hit = 0;
+      float hit = 0.0f;
       for (int c = 0; c < k; c++)
-        hit += (o[c] > thr) == (yr[c] > 0.5f);
-      acc += (double)hit / k;
+        hit += (float)((o[c] > thr) == (yr[c] > 0.5f));
+      acc += hit / (float)k;
       continue;
     }
     int best = 0;
@@ -166,40 +177,91 @@ static double accuracy_sum(const tb_model_t *m, const float *out, const float *y
         if (yr[c] > yr[label])
           label = c;
     }
-    acc += best == label;
+    acc += (float)(best == label);
   }
   return acc;
 }
 
-void tb__metrics_update(tb_model_t *m, const float *out, const float *y, int n, double loss) {
+void tb__metrics_update(tb_model_t *m, const float *out, const float *y, int n, float loss) {
   unsigned mt = m->opts.metrics;
   int k = tb_model_n_outputs(m);
-  m->m_loss_sum += loss * n;
-  m->m_count += n;
+  float rows = (float)n;
+  /* the loss tracker: update_state(loss, sample_weight=rows) */
+  m->m_loss_sum += loss * rows;
+  m->m_count += rows;
   if (mt & TB_METRIC_ACCURACY)
     m->m_acc_sum += accuracy_sum(m, out, y, n);
   if (mt & (TB_METRIC_MSE | TB_METRIC_MAE)) {
+    float se_sum = 0.0f, ae_sum = 0.0f;
     for (int r = 0; r < n; r++) {
-      double se = 0.0, ae = 0.0;
+      float se = 0.0f, ae = 0.0f;
       for (int c = 0; c < k; c++) {
-        double e = (double)out[(long)r * k + c] - y[(long)r * k + c];
+        float e = y[(long)r * k + c] - out[(long)r * k + c];
         se += e * e;
-        ae += fabs(e);
+        ae += fabsf(e);
       }
-      m->m_mse_sum += se / k;
-      m->m_mae_sum += ae / k;
+      se_sum += se / (float)k;
+      ae_sum += ae / (float)k;
     }
+    m->m_mse_sum += se_sum;
+    m->m_mae_sum += ae_sum;
   }
 }
 
+static const char *const default_names[3] = {"accuracy", "mse", "mae"};
+
+static float metric_total(const tb_model_t *m, unsigned bit) {
+  return bit == TB_METRIC_ACCURACY ? m->m_acc_sum
+         : bit == TB_METRIC_MSE    ? m->m_mse_sum
+                                   : m->m_mae_sum;
+}
+
+/* divide_no_nan(total, count) */
+static float mean_of(float total, float count) {
+  return count != 0.0f ? total / count : 0.0f;
+}
+
 void tb__metrics_logs(const tb_model_t *m, tb_logs_t *logs) {
-  double n = m->m_count > 0 ? (double)m->m_count : 1.0;
-  unsigned mt = m->opts.metrics;
-  tb_logs_set(logs, "loss", m->m_loss_sum / n);
-  if (mt & TB_METRIC_ACCURACY)
-    tb_logs_set(logs, "accuracy", m->m_acc_sum / n);
-  if (mt & TB_METRIC_MSE)
-    tb_logs_set(logs, "mse", m->m_mse_sum / n);
-  if (mt & TB_METRIC_MAE)
-    tb_logs_set(logs, "mae", m->m_mae_sum / n);
+  tb_logs_set(logs, "loss", mean_of(m->m_loss_sum, m->m_count));
+  if (m->opts.n_metric_names > 0) {
+    for (int i = 0; i < m->opts.n_metric_names; i++) {
+      unsigned bit = tb_metric_from_name(m->opts.metric_names[i]);
+      tb_logs_set(logs, m->opts.metric_names[i], mean_of(metric_total(m, bit), m->m_count));
+    }
+    return;
+  }
+  for (int i = 0; i < 3; i++)
+    if (m->opts.metrics & (1u << i))
+      tb_logs_set(logs, default_names[i], mean_of(metric_total(m, 1u << i), m->m_count));
+}
+
+unsigned tb_metric_from_name(const char *name) {
+  static const char *const mse[] = {"mse", "MSE", "mean_squared_error", "MeanSquaredError"};
+  static const char *const mae[] = {"mae", "MAE", "mean_absolute_error", "MeanAbsoluteError"};
+  if (name == NULL)
+    return 0;
+  /* compile_utils.get_metric: str(identifier).lower() in ["accuracy", "acc"] */
+  if (strcasecmp(name, "accuracy") == 0 || strcasecmp(name, "acc") == 0)
+    return TB_METRIC_ACCURACY;
+  for (int i = 0; i < 4; i++) {
+    if (strcmp(name, mse[i]) == 0)
+      return TB_METRIC_MSE;
+    if (strcmp(name, mae[i]) == 0)
+      return TB_METRIC_MAE;
+  }
+  return 0;
+}
+
+int tb__metric_direction(const tb_model_t *m, const char *name) {
+  unsigned bit = 0;
+  if (m->opts.n_metric_names > 0) {
+    for (int i = 0; i < m->opts.n_metric_names && bit == 0; i++)
+      if (strcmp(m->opts.metric_names[i], name) == 0)
+        bit = tb_metric_from_name(name);
+  } else {
+    for (int i = 0; i < 3 && bit == 0; i++)
+      if ((m->opts.metrics & (1u << i)) && strcmp(default_names[i], name) == 0)
+        bit = 1u << i;
+  }
+  return bit == 0 ? 0 : bit == TB_METRIC_ACCURACY ? 1 : -1;
 }

@@ -191,10 +191,24 @@ int tb_model_compile(tb_model_t *m, const tb_compile_opts_t *o, tb_err_t *err) {
     return tb_errf(err, TB_EINVAL, "compile: the model must end with a Dense or Activation layer");
   if ((unsigned)o->loss > TB_LOSS_MAE || (unsigned)o->optim.kind > TB_OPT_RMSPROP)
     return tb_errf(err, TB_EINVAL, "compile: unknown loss or optimizer");
-  if (!(isfinite(o->optim.lr) && o->optim.lr > 0.0))
-    return tb_errf(err, TB_ERANGE, "compile: learning rate must be finite and positive, got %g",
+  if (!(isfinite((float)o->optim.lr) && o->optim.lr > 0.0))
+    return tb_errf(err, TB_ERANGE,
+                   "compile: learning rate must be positive and within float32's range, got %g",
                    o->optim.lr);
-  if (o->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY && (o->metrics & ~TB_METRIC_ACCURACY))
+  unsigned named = 0;
+  if (o->n_metric_names < 0 || o->n_metric_names > TB_METRICS_MAX)
+    return tb_errf(err, TB_EINVAL, "compile: at most %d metrics", TB_METRICS_MAX);
+  for (int i = 0; i < o->n_metric_names; i++) {
+    const char *nm = o->metric_names[i];
+    unsigned bit = tb_metric_from_name(nm);
+    if (bit == 0 || strnlen(nm, TB_LOGS_NAME_MAX) > TB_LOGS_NAME_MAX - 5)
+      return tb_errf(err, TB_EINVAL,
+                     "compile: metric \"%.*s\" is not accuracy/acc, mse or mae (or too long)",
+                     TB_LOGS_NAME_MAX, nm);
+    named |= bit;
+  }
+  if (o->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY &&
+      ((o->metrics | named) & ~TB_METRIC_ACCURACY))
     return tb_errf(err, TB_EINVAL,
                    "compile: mse/mae metrics need dense targets, not sparse labels");
   int k = tb_model_n_outputs(m);
@@ -204,7 +218,9 @@ int tb_model_compile(tb_model_t *m, const tb_compile_opts_t *o, tb_err_t *err) {
     return tb_errf(err, TB_ESHAPE, "compile: %s needs at least 2 output units, the model has %d",
                    tb_loss_name(o->loss), k);
   m->opts = *o;
-  m->lr = o->optim.lr;
+  if (o->n_metric_names > 0)
+    m->opts.metrics = named;
+  m->lr = (float)o->optim.lr; /* Keras's float32 variable */
   m->y_width = o->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY ? 1 : k;
   m->fused_softmax_ce = !o->from_logits && last_act(m) == TB_ACT_SOFTMAX &&
                         m->layers[m->n_layers - 1].kind != TB__DROPOUT &&
@@ -249,10 +265,13 @@ double tb_model_lr(const tb_model_t *m) {
 
 int tb_model_set_lr(tb_model_t *m, double lr) {
   /* 0 is allowed here: schedules such as CosineDecay with alpha 0 end there.
-   * Requests from outside (the control block) must be positive. */
-  if (!(isfinite(lr) && lr >= 0.0))
+   * Requests from outside (the control block) must be positive. The
+   * assignment rounds to float32, as assigning Keras's optimizer.learning_rate
+   * (a float32 variable) does. */
+  float f = (float)lr;
+  if (!(isfinite(f) && lr >= 0.0))
     return TB_ERANGE;
-  m->lr = lr;
+  m->lr = f;
   return 0;
 }
 
@@ -330,8 +349,8 @@ void tb_model_summary(const tb_model_t *m, FILE *f) {
 }
 
 void tb_model_reset_metrics(tb_model_t *m) {
-  m->m_loss_sum = m->m_acc_sum = m->m_mse_sum = m->m_mae_sum = 0.0;
-  m->m_count = 0;
+  m->m_loss_sum = m->m_acc_sum = m->m_mse_sum = m->m_mae_sum = 0.0f;
+  m->m_count = 0.0f;
 }
 
 /* The output of the last Dense before its activation, for the fused loss. */
@@ -347,7 +366,7 @@ int tb_model_train_step(tb_model_t *m, const float *x, const float *y, int n, tb
   if (r != 0)
     return r;
   const float *out = tb__forward(m, x, n, true);
-  double loss = tb__loss(m, out, last_pre(m), y, n, m->dout);
+  float loss = tb__loss(m, out, last_pre(m), y, n, m->dout);
   tb__backward(m, x, n);
   tb__optim_step(m);
   tb__metrics_update(m, out, y, n, loss);
@@ -363,7 +382,7 @@ int tb_model_test_step(tb_model_t *m, const float *x, const float *y, int n, tb_
   if (r != 0)
     return r;
   const float *out = tb__forward(m, x, n, false);
-  double loss = tb__loss(m, out, last_pre(m), y, n, NULL);
+  float loss = tb__loss(m, out, last_pre(m), y, n, NULL);
   tb__metrics_update(m, out, y, n, loss);
   if (logs != NULL)
     tb__metrics_logs(m, logs);

@@ -15,15 +15,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A one-unit model: something whose rate and weights callbacks can change. */
-static tb_model_t *tiny(double lr) {
+/* The float32 a value becomes: Keras keeps the rate in a float32 variable. */
+#define F(x) ((double)(float)(x))
+
+/* A one-unit model: something whose rate and weights callbacks can change;
+ * with the accuracy metric, so auto mode can tell accuracy's direction. */
+static tb_model_t *tiny_m(double lr, unsigned metrics) {
   tb_model_t *m = tb_model_new(1, 1);
   assert_int_equal(tb_model_add_dense(m, 1, TB_ACT_LINEAR), 0);
-  tb_compile_opts_t o = {.loss = TB_LOSS_MSE};
+  tb_compile_opts_t o = {.loss = TB_LOSS_MSE, .metrics = metrics};
   tb_optim_defaults(&o.optim, TB_OPT_SGD);
   o.optim.lr = lr;
   assert_int_equal(tb_model_compile(m, &o, NULL), 0);
   return m;
+}
+
+static tb_model_t *tiny(double lr) {
+  return tiny_m(lr, 0);
 }
 
 typedef struct script_s {
@@ -69,10 +77,11 @@ static void run_script(script_t *s, tb_callback_t *cb, const char *key, const do
   tb_callbacks_release(&s->list);
 }
 
+/* The rates are float32 values: exactly the float32 chain Keras computes. */
 static void assert_lrs(const script_t *s, const double *want, int n) {
   for (int e = 0; e < n; e++)
-    if (fabs(s->lr_after[e] - want[e]) > 1e-12)
-      fail_msg("epoch %d: lr %.10g, want %.10g", e, s->lr_after[e], want[e]);
+    if (s->lr_after[e] != F(want[e]))
+      fail_msg("epoch %d: lr %.17g, want %.17g", e, s->lr_after[e], F(want[e]));
 }
 
 static int64_t state_i64(tb_callback_t *cb, const char *key) {
@@ -118,8 +127,9 @@ static void test_reduce_lr_cooldown_min_lr(void **state) {
   o.min_lr = 0.3;
   tb_callback_t *cb = tb_reduce_lr_new(&o, NULL);
   /* e0 best; e1 wait 1 -> .5, cooldown 2; e2 counter 1; e3 counter 0, wait 1
-   * -> max(.25, .3) = .3; e4 counter 1; e5 counter 0, wait 1 but .3 is not
-   * above float32(.3): nothing reduced, wait not reset; e6 wait 2; e7 wait 3 */
+   * -> max(.25, .3) = .3, float32(.3) once assigned; e4 counter 1; e5 counter
+   * 0, wait 1 but float32(.3) is not above float32(.3): nothing reduced, wait
+   * not reset; e6 wait 2; e7 wait 3 */
   double v[] = {1, 1, 1, 1, 1, 1, 1, 1};
   run_script(&s, cb, "val_loss", v, 8);
   double want[] = {1, .5, .5, .3, .3, .3, .3, .3};
@@ -132,10 +142,10 @@ static void test_reduce_lr_cooldown_min_lr(void **state) {
 
 static void test_reduce_lr_mode_max_min_delta(void **state) {
   (void)state;
-  script_t s = {.m = tiny(1.0)};
+  script_t s = {.m = tiny_m(1.0, TB_METRIC_ACCURACY)};
   tb_reduce_lr_opts_t o;
   tb_reduce_lr_defaults(&o);
-  o.monitor = "val_accuracy"; /* auto -> max */
+  o.monitor = "val_accuracy"; /* auto -> max: the compiled accuracy goes up */
   o.factor = 0.1;
   o.patience = 1;
   o.min_delta = 0.01;
@@ -144,7 +154,7 @@ static void test_reduce_lr_mode_max_min_delta(void **state) {
    * e3 .51 > .52? no -> .01 */
   double v[] = {0.5, 0.505, 0.52, 0.52};
   run_script(&s, cb, "val_accuracy", v, 4);
-  double want[] = {1, .1, .1, .01};
+  double want[] = {1, .1, .1, F(.1) * .1};
   assert_lrs(&s, want, 4);
   tb_callback_free(cb);
   tb_model_free(s.m);
@@ -175,8 +185,21 @@ static void test_reduce_lr_errors(void **state) {
   double w[] = {0.5};
   run_script(&s, cb, "val_f1", w, 1);
   assert_int_equal(s.rc, TB_EINVAL);
-  assert_non_null(strstr(s.ctx.err.msg, "set mode"));
+  assert_non_null(strstr(s.ctx.err.msg, "set \"mode\" to \"max\" or \"min\""));
   tb_callback_free(cb);
+  /* Keras 3 infers auto from the compiled metrics, not from the name: "lr",
+   * "learning_rate", "mse" without an mse metric and "val_accuracy" without
+   * accuracy all fail; "loss" and "val_loss" are always minimised. */
+  const char *unknown[] = {"lr", "learning_rate", "mse", "val_accuracy", "val_val_loss"};
+  for (int i = 0; i < 5; i++) {
+    tb_reduce_lr_defaults(&o);
+    o.monitor = unknown[i];
+    cb = tb_reduce_lr_new(&o, NULL);
+    run_script(&s, cb, unknown[i], w, 1);
+    if (s.rc != TB_EINVAL || strstr(s.ctx.err.msg, unknown[i]) == NULL)
+      fail_msg("monitor %s: rc %d, %s", unknown[i], s.rc, s.ctx.err.msg);
+    tb_callback_free(cb);
+  }
   tb_model_free(s.m);
 }
 
@@ -292,10 +315,12 @@ static void test_named_schedules(void **state) {
   double want_step[] = {.1, .1, .05, .05, .025};
   for (int e = 0; e < 5; e++)
     assert_float_equal(tb_schedule_eval(&st, e, 0.1), want_step[e], 1e-15);
+  /* Keras's schedule classes compute in float32 */
   tb_schedule_t ex = {.kind = TB_SCHED_EXPONENTIAL, .decay_rate = 0.5, .decay_epochs = 2};
-  assert_float_equal(tb_schedule_eval(&ex, 1, 0.1), 0.1 * sqrt(0.5), 1e-15);
+  assert_float_equal(tb_schedule_eval(&ex, 1, 0.1), 0.1 * sqrt(0.5), 1e-8);
+  assert_true(tb_schedule_eval(&ex, 1, 0.1) == F(tb_schedule_eval(&ex, 1, 0.1)));
   ex.staircase = true;
-  assert_float_equal(tb_schedule_eval(&ex, 3, 0.1), 0.05, 1e-15);
+  assert_true(tb_schedule_eval(&ex, 3, 0.1) == F(0.1) * 0.5);
   tb_schedule_t co = {.kind = TB_SCHED_COSINE,
                       .initial_lr = 0.1,
                       .warmup_target = 1.0,
@@ -306,16 +331,42 @@ static void test_named_schedules(void **state) {
                        0.5, 0.5 * (1 + cos(3 * 3.141592653589793 / 4)),
                        0.0, 0.0};
   for (int e = 0; e < 8; e++)
-    assert_float_equal(tb_schedule_eval(&co, e, 0.0), want_cos[e], 1e-12);
+    assert_float_equal(tb_schedule_eval(&co, e, 0.0), want_cos[e], 1e-7);
+  /* Without a warmup target (Keras's None) the warmup is skipped, whatever
+   * warmup_epochs says, and the decay starts from initial_lr. */
+  tb_schedule_t nw = {
+      .kind = TB_SCHED_COSINE, .initial_lr = 0.01, .decay_epochs = 10, .warmup_epochs = 2};
+  assert_true(tb_schedule_eval(&nw, 0, 0.5) == F(0.01));
+  assert_float_equal(tb_schedule_eval(&nw, 5, 0.5), 0.005, 1e-9);
+  tb_callback_t *ok = tb_lr_schedule_new(&nw, 0, NULL);
+  assert_non_null(ok);
+  tb_callback_free(ok);
+  /* A warmup may start from 0 (has_initial_lr) to a target of 0 too. */
+  tb_schedule_t z = {.kind = TB_SCHED_COSINE,
+                     .has_initial_lr = true,
+                     .warmup_target = 0.1,
+                     .warmup_epochs = 2,
+                     .decay_epochs = 2};
+  assert_true(tb_schedule_eval(&z, 0, 0.5) == 0.0);
+  assert_true(tb_schedule_eval(&z, 1, 0.5) == F(0.1) * 0.5f);
   tb_schedule_t pw = {
       .kind = TB_SCHED_PIECEWISE, .n_boundaries = 2, .boundaries = {2, 4}, .values = {1, .5, .1}};
   double want_pw[] = {1, 1, 1, .5, .5, .1};
   for (int e = 0; e < 6; e++)
-    assert_float_equal(tb_schedule_eval(&pw, e, 9), want_pw[e], 0);
-  tb_err_t err = {{0}};
+    assert_true(tb_schedule_eval(&pw, e, 9) == F(want_pw[e]));
+  /* Keras sums indicator terms and accepts boundaries in any order: with
+   * [2, 1], epoch 2 is both <= 2 and > 1. */
   pw.boundaries[1] = 1;
+  double want_odd[] = {1, 1, F(1.0f + (float).1), .1};
+  for (int e = 0; e < 4; e++)
+    assert_true(tb_schedule_eval(&pw, e, 9) == F(want_odd[e]));
+  tb_callback_t *cb = tb_lr_schedule_new(&pw, 0, NULL);
+  assert_non_null(cb);
+  tb_callback_free(cb);
+  tb_err_t err = {{0}};
+  pw.values[2] = NAN;
   assert_null(tb_lr_schedule_new(&pw, 0, &err));
-  assert_non_null(strstr(err.msg, "boundaries must increase"));
+  assert_non_null(strstr(err.msg, "values must be finite"));
 }
 
 static double halve_every_epoch(int epoch, double lr, void *user) {
@@ -346,7 +397,9 @@ static void test_lr_scheduler_in_fit(void **state) {
   double lr;
   for (int e = 0; e < 3; e++) {
     assert_true(tb_logs_get(&h->logs[e], "lr", &lr));
-    assert_float_equal(lr, 0.1 / (1 << e), 1e-15);
+    assert_true(lr == F(0.1) / (1 << e));
+    assert_true(tb_logs_get(&h->logs[e], "learning_rate", &lr));
+    assert_true(lr == F(0.1) / (1 << e));
   }
   tb_callback_free(cb);
   cb = tb_lr_scheduler_new(bad_schedule, NULL, 0, NULL);
@@ -378,10 +431,23 @@ static void test_filepath_format(void **state) {
   assert_string_equal(out, "b7-e2");
   assert_int_equal(tb_format_filepath("{val_acc}", 1, 0, &logs, out, sizeof(out), &err),
                    TB_ENOTFOUND);
-  assert_non_null(strstr(err.msg, "no \"val_acc\" in the logs"));
+  assert_non_null(strstr(err.msg, "Failed to format this callback filepath"));
+  assert_non_null(strstr(err.msg, "'val_acc'"));
   assert_int_equal(tb_format_filepath("{epoch", 1, 0, &logs, out, sizeof(out), &err), TB_EINVAL);
+  assert_non_null(strstr(err.msg, "expected '}' before end of string"));
   assert_int_equal(tb_format_filepath("{epoch:>5s}", 1, 0, &logs, out, sizeof(out), &err),
                    TB_EINVAL);
+  assert_non_null(strstr(err.msg, "Unknown format code 's' for object of type 'int'"));
+  /* Python's str.format: a bare float is its repr, specs are the whole
+   * mini-language (tests/keras/test_pyformat.py compares with python3) */
+  assert_int_equal(tb_format_filepath("m-{val_loss}-{val_loss:+.2f}-{epoch:_>4}-{val_loss:.1%}", 3,
+                                      0, &logs, out, sizeof(out), &err),
+                   0);
+  assert_string_equal(out, "m-0.12345-+0.12-___3-12.3%");
+  /* {batch} comes from the logs when they have one, as in Keras */
+  tb_logs_set(&logs, "batch", 9);
+  assert_int_equal(tb_format_filepath("b{batch}", 2, 7, &logs, out, sizeof(out), &err), 0);
+  assert_string_equal(out, "b9.0");
 }
 
 static int count_files(const char *dir, const char *prefix) {
@@ -526,15 +592,31 @@ static void test_csv_logger_late_validation(void **state) {
   f.validation_freq = 2; /* validation appears at the second epoch */
   assert_int_equal(tb_model_fit(m, d, &f, &l, NULL, NULL), 0);
   char *csv = slurp(path);
-  /* keys sorted at the first epoch, then val_ twins (none for lr) */
-  assert_true(strncmp(csv, "epoch,accuracy,loss,lr,val_accuracy,val_loss\n0,", 47) == 0);
+  /* keys sorted at the first epoch, then every key's val_ twin (the rate's
+   * too, as Keras does); lines end with the csv module's "\r\n" */
+  const char *head = "epoch,accuracy,learning_rate,loss,lr,val_accuracy,val_learning_rate,"
+                     "val_loss,val_lr\r\n0,";
+  assert_true(strncmp(csv, head, strlen(head)) == 0);
   char *row0 = strchr(csv, '\n') + 1, *row1 = strchr(row0, '\n') + 1;
   char *row2 = strchr(row1, '\n') + 1;
-  assert_non_null(strstr(row0, ",NA,NA\n1,"));
-  assert_true(strncmp(row1, "1,", 2) == 0 && strstr(row1, "NA") > row2);
+  assert_non_null(strstr(row0, ",NA,NA,NA,NA\r\n1,"));
+  /* epoch 1 validated: val_accuracy and val_loss are there, the rate's twins
+   * never are */
+  assert_true(strncmp(row1, "1,", 2) == 0);
+  char *cells[9], *save = NULL, *row1c = strndup(row1, (size_t)(row2 - row1 - 2));
+  int nc = 0;
+  for (char *c = strtok_r(row1c, ",", &save); c != NULL && nc < 9; c = strtok_r(NULL, ",", &save))
+    cells[nc++] = c;
+  assert_int_equal(nc, 9);
+  assert_string_not_equal(cells[5], "NA");
+  assert_string_equal(cells[6], "NA");
+  assert_string_not_equal(cells[7], "NA");
+  assert_string_equal(cells[8], "NA");
+  free(row1c);
   assert_true(strncmp(row2, "2,", 2) == 0);
-  /* values are written to round-trip: row 1's lr is the exact rate */
-  assert_non_null(strstr(row0, ",0.05,"));
+  /* values are Python's repr of the float32 values: the rate is
+   * float32(0.05) */
+  assert_non_null(strstr(row0, ",0.05000000074505806,"));
   free(csv);
 
   /* append: no second header, rows continue; separator ';' */

@@ -326,13 +326,16 @@ static void test_fit_hook_order(void **state) {
 
   /* Epoch logs: train means then val_ results; train_end gets the last. */
   const tb_logs_t *el = &rec.epoch_end_logs[1];
-  assert_int_equal(el->n, 5);
+  assert_int_equal(el->n, 6);
   assert_string_equal(el->names[0], "loss");
   assert_string_equal(el->names[1], "accuracy");
   assert_string_equal(el->names[2], "val_loss");
   assert_string_equal(el->names[3], "val_accuracy");
-  assert_string_equal(el->names[4], "lr"); /* the rate the epoch trained with */
-  assert_float_equal(el->values[4], 0.01, 0);
+  /* the rate the epoch trained with, float(the float32 variable), under
+   * tf.keras's name and Keras 3's */
+  assert_string_equal(el->names[4], "lr");
+  assert_string_equal(el->names[5], "learning_rate");
+  assert_true(el->values[4] == (double)0.01f && el->values[5] == (double)0.01f);
   /* History (appended last) holds every epoch's logs. */
   const tb_history_t *h = tb_model_history(m);
   assert_int_equal(h->n, 2);

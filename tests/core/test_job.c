@@ -218,9 +218,20 @@ static void test_job_callbacks(void **state) {
       {HEAD "{\"type\":\"ModelCheckpoint\",\"filepath\":\"x\",\"save_freq\":\"batch\"}]}",
        "j: callbacks[0].save_freq: expected \"epoch\" or a positive number of batches, got "
        "\"batch\""},
-      {HEAD "{\"type\":\"ModelCheckpoint\",\"filepath\":\"w-{epoch:>3}\"}]}",
-       "j: callbacks[0]: ModelCheckpoint: filepath \"w-{epoch:>3}\": unsupported format spec "
-       "\">3\""},
+      /* a pattern Python's str.format refuses, with Python's reason */
+      {HEAD "{\"type\":\"ModelCheckpoint\",\"filepath\":\"w-{epoch:>3q}\"}]}",
+       "j: callbacks[0]: ModelCheckpoint: filepath \"w-{epoch:>3q}\": Unknown format code 'q' "
+       "for object of type 'int'"},
+      {HEAD "{\"type\":\"ModelCheckpoint\",\"filepath\":\"w-{val_loss:02d}\"}]}",
+       "j: callbacks[0]: ModelCheckpoint: filepath \"w-{val_loss:02d}\": Unknown format code 'd' "
+       "for object of type 'float'"},
+      /* the schedule parameters belong to their schedule */
+      {HEAD "{\"type\":\"LearningRateScheduler\",\"schedule\":\"cosine\",\"decay_epochs\":3,"
+            "\"drop\":0.5}]}",
+       "j: callbacks[0].drop: not a parameter of schedule \"cosine\" (only step)"},
+      {HEAD "{\"type\":\"LearningRateScheduler\",\"schedule\":\"exponential\","
+            "\"decay_epochs\":3}]}",
+       "j: callbacks[0]: schedule \"exponential\" needs decay_epochs and decay_rate"},
       {HEAD "{\"type\":\"CSVLogger\",\"filename\":\"a\",\"separator\":\";;\"}]}",
        "j: callbacks[0].separator: expected a single character, got \";;\""},
       {HEAD "]"

@@ -62,32 +62,43 @@ void tb_reduce_lr_defaults(tb_reduce_lr_opts_t *o);
 tb_callback_t *tb_reduce_lr_new(const tb_reduce_lr_opts_t *o, tb_err_t *err);
 
 /* LearningRateScheduler: at every epoch_begin the rate becomes
- * fn(epoch, current_rate, user), which must be finite and positive. */
+ * fn(epoch, current_rate, user), which must be finite and non-negative (it is
+ * rounded to float32, as Keras's assignment to optimizer.learning_rate). */
 typedef double (*tb_schedule_fn)(int epoch, double lr, void *user);
 tb_callback_t *tb_lr_scheduler_new(tb_schedule_fn fn, void *user, int verbose, tb_err_t *err);
 
-/* Named schedules (for job files), as functions of the 0-based epoch. */
+/* Named schedules (for job files), as functions of the 0-based epoch: Keras's
+ * schedule classes (keras/src/optimizers/schedules/learning_rate_schedule.py)
+ * called with the epoch as their step, computed in float32 as Keras computes
+ * them; "step" is the classic step decay a Keras user writes as a Python
+ * function (computed in double). */
 typedef struct tb_schedule_s {
   enum {
     TB_SCHED_STEP = 1,    /* initial_lr * drop ^ floor(epoch / every) */
-    TB_SCHED_EXPONENTIAL, /* initial_lr * decay_rate ^ (epoch / decay_epochs), floored with
-                             staircase */
-    TB_SCHED_COSINE,      /* linear warmup from initial_lr to warmup_target over warmup_epochs,
-                             then cosine decay over decay_epochs to alpha * peak (Keras's
-                             CosineDecay with warmup) */
-    TB_SCHED_PIECEWISE    /* values[i] while boundaries[i-1] < epoch <= boundaries[i] (Keras's
-                             PiecewiseConstantDecay) */
+    TB_SCHED_EXPONENTIAL, /* ExponentialDecay: initial_lr * decay_rate ^ (epoch / decay_epochs),
+                             the exponent floored with staircase */
+    TB_SCHED_COSINE,      /* CosineDecay: with a warmup target, linear warmup from initial_lr to
+                             it over warmup_epochs, then cosine decay from it to alpha times it
+                             over decay_epochs; without one, warmup_epochs is ignored and the
+                             decay starts from initial_lr */
+    TB_SCHED_PIECEWISE    /* PiecewiseConstantDecay: values[0] while epoch <= boundaries[0],
+                             values[i] while boundaries[i-1] < epoch <= boundaries[i], the last
+                             value after the last boundary (Keras's sum of indicator terms, so
+                             boundaries need not increase) */
   } kind;
-  double initial_lr;    /* 0: the optimizer's rate at train_begin */
-  double drop;          /* step: default 0.5 */
-  int every;            /* step: default 10 */
-  double decay_rate;    /* exponential */
-  double decay_epochs;  /* exponential, cosine */
-  bool staircase;       /* exponential */
-  double alpha;         /* cosine: default 0 */
-  double warmup_target; /* cosine: 0 means no warmup target (peak = initial_lr) */
-  int warmup_epochs;    /* cosine */
-  int n_boundaries;     /* piecewise: values has n_boundaries + 1 entries */
+  double initial_lr;      /* used when non-zero or has_initial_lr; else the optimizer's rate at
+                             train_begin */
+  bool has_initial_lr;    /* initial_lr was given (0 included: a warmup may start at 0) */
+  double drop;            /* step: default 0.5 */
+  int every;              /* step: default 10 */
+  double decay_rate;      /* exponential */
+  double decay_epochs;    /* exponential, cosine: > 0 */
+  bool staircase;         /* exponential */
+  double alpha;           /* cosine: default 0 */
+  double warmup_target;   /* cosine: a target when non-zero or has_warmup_target */
+  bool has_warmup_target; /* warmup_target was given (Keras's warmup_target=None otherwise) */
+  int warmup_epochs;      /* cosine: >= 0 */
+  int n_boundaries;       /* piecewise: 1 to 32; values has n_boundaries + 1 entries */
   int boundaries[32];
   double values[33];
 } tb_schedule_t;

@@ -63,12 +63,25 @@ void tb_optim_defaults(tb_optim_opts_t *o, tb_optim_kind_t kind);
  * crossentropy; for mse/mae, binary when the output has one unit, else
  * categorical. */
 enum { TB_METRIC_ACCURACY = 1 << 0, TB_METRIC_MSE = 1 << 1, TB_METRIC_MAE = 1 << 2 };
+#define TB_METRICS_MAX 8
+
+/* The metric a name stands for, as Keras's compile resolves the strings of
+ * metrics=[...] (keras/src/trainers/compile_utils.py get_metric): "accuracy"
+ * and "acc" in any case; "mse", "MSE", "mean_squared_error",
+ * "MeanSquaredError"; the same four for mae. 0 if unknown. */
+unsigned tb_metric_from_name(const char *name);
 
 typedef struct tb_compile_opts_s {
   tb_loss_kind_t loss;
   bool from_logits; /* crossentropies: the output is a logit, not a probability */
-  unsigned metrics;
+  unsigned metrics; /* the TB_METRIC_ bits; logged as "accuracy", "mse", "mae" */
   tb_optim_opts_t optim;
+  /* Optional, instead of the bitmask: the metrics by the names the user
+   * wrote, in order. Logs carry each under its name and "val_" + its name, as
+   * Keras names a metric after its string ("acc" -> acc, val_acc). Names are
+   * at most TB_LOGS_NAME_MAX - 5 bytes; compile() sets `metrics` from them. */
+  int n_metric_names;
+  char metric_names[TB_METRICS_MAX][TB_LOGS_NAME_MAX];
 } tb_compile_opts_t;
 
 typedef struct tb_fit_opts_s {
@@ -127,7 +140,11 @@ long tb_model_n_params(const tb_model_t *m);
 void tb_model_summary(const tb_model_t *m, FILE *f);
 
 /* The learning rate now, and a direct change (takes effect at the next
- * optimizer step). TB_ERANGE for a rate that is not finite and non-negative. */
+ * optimizer step). The rate is kept as a float32, as Keras keeps it in a
+ * float32 variable: a change rounds to the nearest float32, and tb_model_lr()
+ * gives that value (set 0.01, read 0.009999999776482582), which is what epoch
+ * logs carry. TB_ERANGE for a rate that is negative, not finite, or beyond
+ * float32's range. */
 double tb_model_lr(const tb_model_t *m);
 int tb_model_set_lr(tb_model_t *m, double lr);
 /* The model's RNG (shuffles, dropout), e.g. to save or restore its state. */
@@ -150,8 +167,11 @@ int tb_model_predict(tb_model_t *m, const tb_dataset_t *data, int batch_size, in
 
 /* Building blocks for a hand-written loop (Keras's train_step / test_step).
  * Metrics are running means since the last tb_model_reset_metrics(), written
- * to *logs as Keras's step functions return them. x is n * n_inputs, y is
- * n * (width of the dataset's y). */
+ * to *logs as Keras's step functions return them, in float32 as Keras's Mean
+ * trackers keep them: a batch's loss is the float32 mean of its per-sample
+ * losses, and each tracker adds loss * rows to a float32 total and rows to a
+ * float32 count and reports total / count (so a loss of 1e40 is inf). x is
+ * n * n_inputs, y is n * (width of the dataset's y). */
 void tb_model_reset_metrics(tb_model_t *m);
 int tb_model_train_step(tb_model_t *m, const float *x, const float *y, int n, tb_logs_t *logs);
 int tb_model_test_step(tb_model_t *m, const float *x, const float *y, int n, tb_logs_t *logs);
