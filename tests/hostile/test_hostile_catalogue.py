@@ -20,6 +20,7 @@ import json
 import os
 import random
 import socket
+import struct
 import sys
 import threading
 import time
@@ -551,7 +552,8 @@ class Catalogue(unittest.TestCase):
         self.assertEqual(gate.ok("continue", {"run": "r1", "seq": held["seq"]}), {"ok": True})
         info = H.wait_final(gate)
         self.assertEqual(info["state"], "finished", info)
-        self.assertEqual(info["lr"], 0.003, "the learning rate changed: %r" % info)
+        self.assertEqual(info["lr"], struct.unpack("f", struct.pack("f", 0.003))[0],  # float32, as Keras
+                         "the learning rate changed: %r" % info)
         events = H.history_all(gate)
         self.assertEqual([e["seq"] for e in events], list(range(1, len(events) + 1)), "seq gap")
         controls = [e for e in events if e["event"] == "control"]

@@ -308,7 +308,7 @@ static void test_hook_sequence(void **state) {
     if (!is_batch_event(e->name))
       assert_int_equal(e->batch, -1);
     if (strcmp(e->name, "epoch_end") == 0) {
-      assert_true(e->lr == 0.1);
+      assert_true(e->lr == (double)0.1f); /* float32, as Keras's variable */
       assert_false(isnan(e->val_loss));
     }
   }
@@ -371,14 +371,14 @@ static void test_set_lr_next_batch(void **state) {
   /* the reply: old and new rate, and where it was applied: at a batch
    * boundary no earlier than the last batch end seen before asking */
   assert_true(ap.has_lr);
-  assert_true(ap.old_lr == 0.003);
+  assert_true(ap.old_lr == (double)0.003f); /* the model's float32 rate */
   assert_true(ap.lr == new_lr);
   assert_true(ap.has_applied_at);
   assert_true(ap.batch >= 0 && ap.batch < LONG_STEPS);
   assert_true(ap.epoch > seen.epoch || (ap.epoch == seen.epoch && ap.batch >= seen.batch));
   tb_run_info_t info;
   assert_int_equal(tb_client_status(f.ctl, run, &info, NULL), 0);
-  assert_true(info.has_lr && info.lr == new_lr);
+  assert_true(info.has_lr && info.lr == (double)(float)new_lr);
 
   /* the end of the epoch it was applied in carries the new rate (the epoch
    * trained with it); an epoch_end already on its way when set_lr was
@@ -387,7 +387,7 @@ static void test_set_lr_next_batch(void **state) {
   do
     wait_ev(f.ctl, is_named, "epoch_end", &ee);
   while (ee.epoch < ap.epoch);
-  assert_true(ee.lr == new_lr);
+  assert_true(ee.lr == (double)(float)new_lr);
   assert_int_equal(tb_client_stop(f.ctl, run, NULL, NULL), 0);
   wait_final(&f, run, "stopped");
 
@@ -401,7 +401,7 @@ static void test_set_lr_next_batch(void **state) {
   assert_true(k > 0);
   assert_string_equal(h[k].action, "set_lr");
   assert_true(h[k].has_value && h[k].value == new_lr);
-  assert_true(h[k].has_old && h[k].old == 0.003);
+  assert_true(h[k].has_old && h[k].old == (double)0.003f);
   assert_non_null(strstr(h[k].by, "e2e"));
   assert_int_equal(h[k].epoch, ap.epoch);
   assert_int_equal(h[k].batch, ap.batch);
@@ -414,7 +414,7 @@ static void test_set_lr_next_batch(void **state) {
     assert_int_equal(h[nb].batch, ap.batch + 1);
   for (int i = 0; i < n; i++)
     if (strcmp(h[i].name, "epoch_end") == 0)
-      assert_true(h[i].lr == (i < k ? 0.003 : new_lr));
+      assert_true(h[i].lr == (double)(i < k ? 0.003f : (float)new_lr));
   free(h);
   fx_end(&f);
 }
@@ -1050,7 +1050,7 @@ static void test_bad_messages(void **state) {
   tb_run_info_t info;
   assert_int_equal(tb_client_status(w, r2, &info, NULL), 0);
   assert_string_equal(tb_run_state_name(info.state), "running");
-  assert_true(info.lr == 0.003);
+  assert_true(info.lr == (double)0.003f);
   f.ctl = w;
   wait_final(&f, r1, "finished");
   wait_final(&f, r2, "finished");

@@ -86,13 +86,13 @@ static void test_embed_driven_remotely(void **state) {
       saw_control = true;
     }
     if (saw_control && strcmp(e.name, "epoch_end") == 0) {
-      assert_true(e.lr == 0.05);
+      assert_true(e.lr == (double)0.05f); /* the model's rate is a float32 */
       break;
     }
   }
   tb_run_info_t info;
   assert_int_equal(tb_client_status(c, "embed", &info, NULL), 0);
-  assert_true(info.has_lr && info.lr == 0.05);
+  assert_true(info.has_lr && info.lr == (double)0.05f);
   assert_string_equal(tb_run_state_name(info.state), "running");
 
   /* stop: the loop ends after the current batch; train_end; stopped; the

@@ -116,7 +116,9 @@ try {
     const r = await until('set_lr reply', async () => (await hook(page, 'tb.replies()')).find((x) => x.method === 'set_lr' && (x.result || x.error)));
     assert(r.result, `set_lr failed: ${JSON.stringify(r.error)}`);
     reply = r.result;
-    assert(reply.lr === 0.0005 && reply.old === 0.0001 && reply.applied_at, JSON.stringify(reply));
+    // The model keeps its rate in float32, as Keras does: old is float32(1e-4);
+    // the reply echoes the value asked for.
+    assert(reply.lr === 0.0005 && reply.old === Math.fround(0.0001) && reply.applied_at, JSON.stringify(reply));
     const shown = await text(page, '#replies li:first-child');
     assert(/set_lr r1: lr 1e-4 → 5e-4, applied at epoch \d+, after batch \d+ \(seq \d+\)/.test(shown), `reply shown: ${shown}`);
     // The daemon's log: the batch named by applied_at ends, the control event
@@ -125,7 +127,7 @@ try {
     const at = reply.applied_at;
     const h = await rpc(daemon.tcp, 'history', { run: 'r1', since_seq: at.seq - 1, limit: 3 });
     const [prev, ctl, next] = h.events;
-    assert(ctl.seq === at.seq && ctl.event === 'control' && ctl.action === 'set_lr' && ctl.value === 0.0005 && ctl.old === 0.0001,
+    assert(ctl.seq === at.seq && ctl.event === 'control' && ctl.action === 'set_lr' && ctl.value === 0.0005 && ctl.old === Math.fround(0.0001),
       `control event ${JSON.stringify(ctl)}`);
     assert(ctl.epoch === at.epoch && ctl.batch === at.batch, `control at ${ctl.epoch}/${ctl.batch}, reply ${JSON.stringify(at)}`);
     assert(ctl.time >= clickedAt - 1, 'control event older than the click');
@@ -133,12 +135,12 @@ try {
     assert((next.event === 'train_batch_begin' && next.epoch === at.epoch && next.batch === at.batch + 1) ||
       next.event === 'epoch_end' || next.event === 'test_begin', `after: ${JSON.stringify(next)}`);
     const st = cliStatus(daemon.tcp);
-    assert(st.lr === 0.0005, `trainbus status: lr ${st.lr}`);
+    assert(st.lr === Math.fround(0.0005), `trainbus status: lr ${st.lr}`);
     await until('epoch_end with the new rate', async () => {
       const s = await rpc(daemon.tcp, 'status', { run: 'r1' });
-      return s.history.some((e) => e.epoch >= at.epoch && e.logs.lr === 0.0005);
+      return s.history.some((e) => e.epoch >= at.epoch && e.logs.lr === Math.fround(0.0005));
     }, 60000);
-    await until('page lr', async () => (await hook(page, 'tb.lr()')) === 0.0005);
+    await until('page lr', async () => (await hook(page, 'tb.lr()')) === Math.fround(0.0005));
   });
 
   await check(`screenshot during the run (${SHOT})`, async () => {
