@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Runs a shell command; returns its exit code and its output (stdout and
@@ -225,12 +226,116 @@ static void test_train_killed_and_resumed(void **state) {
   assert_int_equal(system(cmd), 0);
 }
 
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Seconds in a progress line's "- 3s - 12ms/step" (verbose 2; Keras 2's
+ * "- 3s 12ms/step" is read too): the elapsed time and the time per step. */
+static void line_times(const char *line, double *el, double *per) {
+  const char *p = strstr(line, " - ");
+  int n = 0;
+  char unit[8] = "";
+  assert_non_null(p);
+  assert_int_equal(sscanf(p, " - %lfs%n", el, &n), 1);
+  p += n;
+  if (strncmp(p, " -", 2) == 0)
+    p += 2;
+  assert_int_equal(sscanf(p, " %lf%7[mus]/step", per, unit), 2);
+  *per *= strcmp(unit, "s") == 0 ? 1 : strcmp(unit, "ms") == 0 ? 1e-3 : 1e-6;
+}
+
+/* Issue 11, kind 4: BackupAndRestore (save_freq 7 batches) killed mid-epoch
+ * with SIGKILL and run again resumes exactly, and what a person sees of the
+ * resumed epoch is right: its "Epoch k/N" line, then its figures counted from
+ * the resume (the elapsed time no longer than the resumed process ran, not
+ * the time since boot; the time per step likewise), every later epoch with
+ * its own line, and the same weights and CSV as a run never interrupted. */
+static void test_backup_killed_resume_display(void **state) {
+  (void)state;
+  char dir[] = "/tmp/tb_bkXXXXXX", cmd[4096], *out;
+  assert_non_null(mkdtemp(dir));
+  snprintf(cmd, sizeof(cmd),
+           "cd %s && mkdir a b && cat > job.json <<'EOF'\n"
+           "{\"data\":{\"source\":\"blobs\",\"n\":24000,\"classes\":4,\"features\":16,"
+           "\"std\":3.0},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":64,"
+           "\"activation\":\"relu\"},{\"type\":\"dense\",\"units\":4,\"activation\":"
+           "\"softmax\"}]},\"loss\":\"sparse_categorical_crossentropy\",\"metrics\":[\"acc\"],"
+           "\"epochs\":6,\"batch_size\":32,\"callbacks\":["
+           "{\"type\":\"BackupAndRestore\",\"backup_dir\":\"bk\",\"save_freq\":7},"
+           "{\"type\":\"CSVLogger\",\"filename\":\"log.csv\"}]}\n"
+           "EOF\n"
+           "cp job.json a/ && cp job.json b/ && "
+           "(cd a && " TRAINBUS " train job.json --save-weights w.tbw >/dev/null) && "
+           "cd b && (" TRAINBUS " train job.json >/dev/null & echo $! > pid; wait) & "
+           /* kill once an epoch is logged and a later backup is there */
+           "for i in $(seq 4000); do [ -f b/log.csv ] && [ $(wc -l < b/log.csv) -ge 2 ] && "
+           "[ b/bk/latest.tbck -nt b/log.csv ] && break; sleep 0.005; done; "
+           "kill -9 $(cat b/pid); wait; "
+           "test -f b/bk/latest.tbck && ! grep -q '^5,' b/log.csv && echo KILLED_MID_RUN",
+           dir);
+  assert_int_equal(run(cmd, &out), 0);
+  assert_non_null(strstr(out, "KILLED_MID_RUN"));
+  free(out);
+  snprintf(cmd, sizeof(cmd),
+           "cd %s/b && " TRAINBUS " train job.json --verbose 2 --save-weights w.tbw && "
+           "cmp w.tbw ../a/w.tbw && cmp log.csv ../a/log.csv && echo SAME",
+           dir);
+  double t0 = wall_s();
+  assert_int_equal(run(cmd, &out), 0);
+  double wall = wall_s() - t0;
+  assert_non_null(strstr(out, "SAME"));
+  /* Every progress line right after its epoch's header, epochs k..6. */
+  int k = 0, first = 0, lines = 0;
+  for (char *l = out; l != NULL && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    int epoch, of, seen, steps;
+    if (sscanf(l, "%d/%d - ", &seen, &steps) == 2 && strstr(l, "/step") != NULL &&
+        strncmp(strchr(l, ' '), " - ", 3) == 0) {
+      assert_int_equal(seen, 750);
+      assert_int_equal(steps, 750);
+      double el, per;
+      line_times(l, &el, &per);
+      if (el > wall + 1 || per > wall + 0.5)
+        fail_msg("epoch %d: %.0fs, %g s/step, but the resumed run took %.1fs:\n%s", k, el, per,
+                 wall, out);
+      lines++;
+      continue;
+    }
+    if (sscanf(l, "Epoch %d/%d", &epoch, &of) == 2) {
+      assert_int_equal(of, 6);
+      if (k != 0 && epoch != k + 1)
+        fail_msg("epoch %d after %d:\n%s", epoch, k, out);
+      if (k == 0)
+        first = epoch;
+      k = epoch;
+      char *next = strchr(l, '\n');
+      assert_non_null(next);
+      if (!(sscanf(next + 1, "%d/%d - ", &seen, &steps) == 2))
+        fail_msg("no progress line after \"Epoch %d/6\":\n%s", epoch, out);
+    }
+  }
+  /* resumed in epoch 2 or later (one was logged before the kill), each
+   * epoch from there shown once */
+  assert_int_equal(k, 6);
+  assert_true(first >= 2);
+  assert_int_equal(lines, 6 - first + 1);
+  free(out);
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_manual_loop_example),      cmocka_unit_test(test_train_json_events),
-      cmocka_unit_test(test_train_plain_output),       cmocka_unit_test(test_train_errors),
-      cmocka_unit_test(test_logging_callback_example), cmocka_unit_test(test_plateau_example),
+      cmocka_unit_test(test_manual_loop_example),
+      cmocka_unit_test(test_train_json_events),
+      cmocka_unit_test(test_train_plain_output),
+      cmocka_unit_test(test_train_errors),
+      cmocka_unit_test(test_logging_callback_example),
+      cmocka_unit_test(test_plateau_example),
       cmocka_unit_test(test_train_killed_and_resumed),
+      cmocka_unit_test(test_backup_killed_resume_display),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
