@@ -69,9 +69,9 @@ int tb__monitor_op(tb__monitor_t *mo, tb_ctx_t *ctx, const char *who) {
       mo->less = true;
     else
       return tb_errf(&ctx->err, TB_EINVAL,
-                     "%s: monitor \"%s\" is neither the loss nor a compiled metric, so whether "
-                     "it should be maximized or minimized cannot be inferred (Keras raises a "
-                     "ValueError); set \"mode\" to \"max\" or \"min\"",
+                     "%s: set \"mode\" to \"max\" or \"min\" for monitor \"%s\": auto cannot "
+                     "tell whether it should be maximized or minimized (it is neither the loss "
+                     "nor a compiled metric; Keras raises a ValueError)",
                      who, mo->monitor);
   }
   if (mo->less)
