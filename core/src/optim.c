@@ -6,10 +6,14 @@
  *            (momentum 0: w -= lr*g)
  *   Adam:    t = iterations + 1; alpha = lr*sqrt(1-beta_2^t)/(1-beta_1^t)
  *            m += (g-m)*(1-beta_1); v += (g*g-v)*(1-beta_2)
- *            w -= alpha*m/(sqrt(v)+epsilon)
- *   RMSprop: v = rho*v + (1-rho)*g*g; inc = lr*g/sqrt(v+epsilon)
+ *            w -= m*alpha/(sqrt(v)+epsilon)
+ *   RMSprop: v = rho*v + (1-rho)*(g*g); inc = lr*g/sqrt(v+epsilon)
  *            momentum > 0: m = momentum*m + inc; w -= m  (else w -= inc)
- */
+ *
+ * In float32 as Keras computes them: the rate is the float32 variable; the
+ * hyperparameters are Python floats, so (1 - beta_1) is computed in double
+ * and then converted (float32(0.1), not 1 - float32(0.9)); the beta powers
+ * and alpha are float32 operations (pow evaluated in double and rounded). */
 #include "internal.h"
 
 #include <math.h>
@@ -58,22 +62,25 @@ void tb__optim_step(tb_model_t *m) {
     break;
   }
   case TB_OPT_ADAM: {
-    double t = (double)(m->iterations + 1);
-    float b1 = (float)o->beta_1, b2 = (float)o->beta_2, eps = (float)o->epsilon;
-    float alpha = (float)(m->lr * sqrt(1.0 - pow(o->beta_2, t)) / (1.0 - pow(o->beta_1, t)));
+    float t = (float)(m->iterations + 1), eps = (float)o->epsilon;
+    float b1_power = (float)pow((double)(float)o->beta_1, (double)t);
+    float b2_power = (float)pow((double)(float)o->beta_2, (double)t);
+    float alpha = lr * sqrtf(1.0f - b2_power) / (1.0f - b1_power);
+    float one_b1 = (float)(1.0 - o->beta_1), one_b2 = (float)(1.0 - o->beta_2);
     float *restrict mm = m->slot1, *restrict vv = m->slot2;
     for (long i = 0; i < n; i++) {
-      mm[i] += (g[i] - mm[i]) * (1.0f - b1);
-      vv[i] += (g[i] * g[i] - vv[i]) * (1.0f - b2);
-      w[i] -= alpha * mm[i] / (sqrtf(vv[i]) + eps);
+      mm[i] += (g[i] - mm[i]) * one_b1;
+      vv[i] += (g[i] * g[i] - vv[i]) * one_b2;
+      w[i] -= mm[i] * alpha / (sqrtf(vv[i]) + eps);
     }
     break;
   }
   case TB_OPT_RMSPROP: {
     float rho = (float)o->rho, eps = (float)o->epsilon, mu = (float)o->momentum;
+    float one_rho = (float)(1.0 - o->rho);
     float *restrict vv = m->slot1, *restrict mm = m->slot2;
     for (long i = 0; i < n; i++) {
-      vv[i] = rho * vv[i] + (1.0f - rho) * g[i] * g[i];
+      vv[i] = rho * vv[i] + one_rho * (g[i] * g[i]);
       float inc = lr * g[i] / sqrtf(vv[i] + eps);
       if (mm != NULL) {
         mm[i] = mu * mm[i] + inc;

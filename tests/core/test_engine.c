@@ -226,6 +226,21 @@ static void test_adam(void **state) {
   step(m, &w, &b);
   assert_float_equal(w, w_exp, 1e-4);
   tb_model_free(m);
+
+  /* Bit for bit, Keras's float32 step (adam.py update_step): the constants
+   * (1 - beta) are Python floats converted to float32, the powers and alpha
+   * float32 operations. One step from w 0.5, b 0, x 2, y 3. */
+  m = one_unit(&o);
+  step(m, &w, &b);
+  float gw = 2.0f * (0.5f * 2.0f + 0.0f - 3.0f) * 2.0f;
+  float one_b1 = (float)(1.0 - 0.9), one_b2 = (float)(1.0 - 0.999);
+  float mf = (gw - 0.0f) * one_b1, vf = (gw * gw - 0.0f) * one_b2;
+  float b1p = (float)pow((double)0.9f, 1.0), b2p = (float)pow((double)0.999f, 1.0);
+  float alpha_f = (float)0.1 * sqrtf(1.0f - b2p) / (1.0f - b1p);
+  float wf = 0.5f - mf * alpha_f / (sqrtf(vf) + (float)1e-7);
+  assert_true(w == wf);
+  assert_true(one_b1 != 1.0f - 0.9f); /* the distinction matters */
+  tb_model_free(m);
 }
 
 static void test_rmsprop(void **state) {
