@@ -1,13 +1,8 @@
-/* Python's number formatting, ported from CPython 3.11 (Objects/stringlib/
- * unicode_format.h for str.format's fields, Python/formatter_unicode.c for
- * the format-spec mini-language, Python/pystrtod.c for the digit layout).
- *
- * Digits come from glibc's printf, which is exact and rounds ties to even as
- * CPython's dtoa does: "%.*e" gives dtoa's mode 2 (n significant digits),
- * "%.*f" its mode 3 (n digits after the point), and the shortest digits that
- * strtod reads back are its mode 0 (repr). The layout around the digits
- * (where the point goes, when an exponent is used, padding, grouping, signs)
- * follows CPython line by line; the comments name the functions ported.
+/* Python's str.format, ported from CPython 3.11: Objects/stringlib/
+ * unicode_format.h for the fields, Python/formatter_unicode.c for the
+ * format-spec mini-language; the digits and their layout are pyrepr.c's.
+ * Padding, grouping and signs follow CPython line by line; the comments name
+ * the functions ported.
  *
  * Text is UTF-8; widths and precisions count code points, as Python's do. */
 #include "pyfmt.h"
@@ -85,223 +80,6 @@ static uint32_t utf8_get(const unsigned char *s, size_t n, size_t *used) {
   }
   *used = k;
   return cp;
-}
-
-/* ---- digits (what CPython's _Py_dg_dtoa gives) -------------------------- */
-
-/* Exact digits never run longer: a double has at most 767 significant
- * decimal digits and 1074 after the point, so printf is asked for no more and
- * the layout pads the rest with zeros, as dtoa's callers do. */
-#define MAX_SIG 800
-#define MAX_FRAC 1100
-#define DIGBUF (MAX_FRAC + 330)
-
-/* Significant digits of a > 0 (finite) without leading or trailing zeros, and
- * the position of the decimal point: a = 0.d1d2d3... * 10^decpt. mode 0:
- * shortest that reads back; 2: nd significant digits; 3: nd digits after the
- * point (may leave no digit: "" with decpt -nd, as dtoa does). */
-static void float_digits(double a, int mode, int nd, char *dig, int *decpt) {
-  char buf[DIGBUF + 16];
-  if (mode == 3) {
-    snprintf(buf, sizeof(buf), "%.*f", nd < MAX_FRAC ? nd : MAX_FRAC, a);
-    char *dot = strchr(buf, '.');
-    int n_int = dot ? (int)(dot - buf) : (int)strlen(buf);
-    int k = 0, lead = 0;
-    bool seen = false;
-    for (const char *p = buf; *p; p++) {
-      if (*p == '.')
-        continue;
-      if (!seen && *p == '0') {
-        lead++;
-        continue;
-      }
-      seen = true;
-      dig[k++] = *p;
-    }
-    while (k > 0 && dig[k - 1] == '0')
-      k--;
-    dig[k] = '\0';
-    *decpt = k == 0 ? -nd : n_int - lead;
-    return;
-  }
-  int n = mode == 2 ? (nd < MAX_SIG ? nd : MAX_SIG) : 1;
-  for (;; n++) {
-    snprintf(buf, sizeof(buf), "%.*e", n - 1, a);
-    if (mode == 2 || n >= 17 || strtod(buf, NULL) == a)
-      break;
-    /* dtoa's shortest is the nearest of the shortest strings that read back.
-     * printf's nearest n-digit string failing does not rule out the one on
-     * the other side of a, where a power of two's wider upper half-gap may
-     * reach it. */
-    int mexp;
-    if (frexp(a, &mexp) == 0.5) {
-      char up[64];
-      snprintf(up, sizeof(up), "%.40s", buf);
-      char *e = strchr(up, 'e');
-      char *q = e - 1;
-      while (q >= up && (*q == '9' || *q == '.')) {
-        if (*q == '9')
-          *q = '0';
-        q--;
-      }
-      if (q >= up && strtod(buf, NULL) < a) {
-        (*q)++;
-        if (strtod(up, NULL) == a) {
-          snprintf(buf, sizeof(buf), "%s", up);
-          break;
-        }
-      }
-    }
-  }
-  /* "d.ddde+XX" */
-  char *e = strchr(buf, 'e');
-  int k = 0;
-  for (const char *p = buf; p < e; p++)
-    if (*p != '.')
-      dig[k++] = *p;
-  while (k > 1 && dig[k - 1] == '0')
-    k--;
-  dig[k] = '\0';
-  *decpt = atoi(e + 1) + 1;
-}
-
-/* ---- PyOS_double_to_string / format_float_short ------------------------- */
-
-typedef struct fflags_s {
-  bool alt, add_dot_0, no_neg_0, upper;
-} fflags_t;
-
-/* Writes v in `code` ('e', 'f', 'g' or 'r') into out (size cap). Returns the
- * length, or -1 if it would not fit. */
-static long float_short(double v, char code, int precision, fflags_t fl, char *out, size_t cap) {
-  char e_ch = fl.upper ? 'E' : 'e';
-  if (isnan(v)) /* CPython writes no sign for a NaN */
-    return snprintf(out, cap, "%s", fl.upper ? "NAN" : "nan");
-  if (isinf(v))
-    return snprintf(out, cap, "%s%s", v < 0 ? "-" : "", fl.upper ? "INF" : "inf");
-  int mode, nd = precision;
-  switch (code) {
-  case 'e':
-    mode = 2;
-    nd = ++precision;
-    break;
-  case 'f':
-    mode = 3;
-    break;
-  case 'g':
-    mode = 2;
-    if (precision == 0)
-      nd = precision = 1;
-    break;
-  default: /* 'r' */
-    mode = 0;
-    break;
-  }
-  char *digits = malloc(DIGBUF + 16);
-  if (digits == NULL)
-    return -1;
-  int decpt;
-  bool sign = signbit(v) != 0;
-  if (v == 0.0) {
-    strcpy(digits, "0");
-    decpt = 1;
-  } else {
-    float_digits(fabs(v), mode, nd, digits, &decpt);
-  }
-  long digits_len = (long)strlen(digits);
-  if (fl.no_neg_0 && sign && (digits_len == 0 || (digits_len == 1 && digits[0] == '0')))
-    sign = false;
-
-  bool use_exp = false;
-  long vdigits_end = digits_len, dp = decpt;
-  int exp = 0;
-  switch (code) {
-  case 'e':
-    use_exp = true;
-    vdigits_end = precision;
-    break;
-  case 'f':
-    vdigits_end = dp + precision;
-    break;
-  case 'g':
-    if (dp <= -4 || dp > (fl.add_dot_0 ? precision - 1 : precision))
-      use_exp = true;
-    if (fl.alt)
-      vdigits_end = precision;
-    break;
-  default:
-    if (dp <= -4 || dp > 16)
-      use_exp = true;
-    break;
-  }
-  if (use_exp) {
-    exp = (int)dp - 1;
-    dp = 1;
-  }
-  long vdigits_start = dp <= 0 ? dp - 1 : 0;
-  if (!use_exp && fl.add_dot_0)
-    vdigits_end = vdigits_end > dp ? vdigits_end : dp + 1;
-  else
-    vdigits_end = vdigits_end > dp ? vdigits_end : dp;
-
-  size_t need = (size_t)(vdigits_end - vdigits_start) + 16;
-  if (need > cap) {
-    free(digits);
-    return -1;
-  }
-  char *p = out;
-  if (sign)
-    *p++ = '-';
-  if (dp <= 0) {
-    memset(p, '0', (size_t)(dp - vdigits_start));
-    p += dp - vdigits_start;
-    *p++ = '.';
-    memset(p, '0', (size_t)(0 - dp));
-    p += 0 - dp;
-  } else {
-    memset(p, '0', (size_t)(0 - vdigits_start));
-    p += 0 - vdigits_start;
-  }
-  if (0 < dp && dp <= digits_len) {
-    memcpy(p, digits, (size_t)dp);
-    p += dp;
-    *p++ = '.';
-    memcpy(p, digits + dp, (size_t)(digits_len - dp));
-    p += digits_len - dp;
-  } else {
-    memcpy(p, digits, (size_t)digits_len);
-    p += digits_len;
-  }
-  if (digits_len < dp) {
-    memset(p, '0', (size_t)(dp - digits_len));
-    p += dp - digits_len;
-    *p++ = '.';
-    memset(p, '0', (size_t)(vdigits_end - dp));
-    p += vdigits_end - dp;
-  } else {
-    memset(p, '0', (size_t)(vdigits_end - digits_len));
-    p += vdigits_end - digits_len;
-  }
-  if (p[-1] == '.' && !fl.alt)
-    p--;
-  if (use_exp) {
-    *p++ = e_ch;
-    p += sprintf(p, "%+.02d", exp);
-  }
-  *p = '\0';
-  free(digits);
-  return (long)(p - out);
-}
-
-int tb__py_repr(double v, char out[32]) {
-  fflags_t fl = {.add_dot_0 = true};
-  char buf[64]; /* float_short's bound is loose; the text is at most 24 bytes */
-  long n = float_short(v, 'r', 0, fl, buf, sizeof(buf));
-  if (n < 0 || n > 31)
-    n = 0;
-  memcpy(out, buf, (size_t)n);
-  out[n] = '\0';
-  return (int)n;
 }
 
 /* ---- the format-spec mini-language (formatter_unicode.c) ---------------- */
@@ -610,7 +388,7 @@ static int write_number(fmt_t *f, wbuf_t *w, const spec_t *o, char sign_char, co
 static int format_float(fmt_t *f, wbuf_t *w, double val, const spec_t *o) {
   uint32_t type = o->type;
   int default_precision = 6;
-  fflags_t fl = {.alt = o->alt != 0, .no_neg_0 = o->no_neg_0 != 0};
+  tb__pyflags_t fl = {.alt = o->alt != 0, .no_neg_0 = o->no_neg_0 != 0};
   if (o->precision > INT_MAX)
     return py_error(f, "precision too big");
   int precision = (int)o->precision;
@@ -635,15 +413,15 @@ static int format_float(fmt_t *f, wbuf_t *w, double val, const spec_t *o) {
   /* 'e', 'f' and '#g' write every digit of the precision; 'g' and 'r' at
    * most the exact digits. */
   bool pads = code == 'e' || code == 'f' || (code == 'g' && fl.alt);
-  if (pads && precision > (long long)w->cap + DIGBUF) {
+  if (pads && precision > (long long)w->cap + TB__PY_DIGBUF) {
     w->over = true;
     return 0;
   }
-  size_t cap = DIGBUF + 64 + (pads ? (size_t)precision : 0);
+  size_t cap = TB__PY_DIGBUF + 64 + (pads ? (size_t)precision : 0);
   char *buf = malloc(cap + 2);
   if (buf == NULL)
     return py_error(f, "out of memory");
-  long n = float_short(val, code, precision, fl, buf, cap);
+  long n = tb__py_float_short(val, code, precision, fl, buf, cap);
   if (n < 0) {
     free(buf);
     w->over = true;

@@ -22,6 +22,21 @@
  * most 32 bytes including the NUL; returns the length. */
 int tb__py_repr(double v, char out[32]);
 
+/* pyrepr.c: CPython's format_float_short. v in `code` ('e', 'f', 'g' or
+ * 'r' for repr) with `precision` (digits after the point for e and f,
+ * significant digits for g), written into out (cap bytes). Returns the
+ * length, or -1 if it would not fit: TB__PY_DIGBUF + 64 bytes, plus the
+ * precision for e, f and #g, always suffice. */
+#define TB__PY_DIGBUF 1430
+typedef struct tb__pyflags_s {
+  bool alt;       /* '#' */
+  bool add_dot_0; /* "1.0", not "1" (repr, and a spec without a type) */
+  bool no_neg_0;  /* 'z' */
+  bool upper;     /* E, F, G: "E", "INF", "NAN" */
+} tb__pyflags_t;
+long tb__py_float_short(double v, char code, int precision, tb__pyflags_t fl, char *out,
+                        size_t cap);
+
 /* A value str.format can be given: a Python int or float. */
 typedef struct tb__pyval_s {
   bool is_int;
