@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the protocol's libFuzzer targets with clang in a separate folder and
+# Builds the libFuzzer targets (the protocol's, and core's file-name patterns) with clang in a separate folder and
 # runs each for a bounded time.
 #   FUZZ_SECONDS  seconds per target (default 30, what CI uses)
 #   BUILD_DIR     build folder (default: build-fuzz)
@@ -20,7 +20,7 @@ CC=clang cmake -S "$top/tests/fuzz" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInf
 cmake --build "$build" -j"$(nproc)" >&2
 
 status=0
-for t in frame decode; do
+for t in frame decode pyformat; do
   work="$build/corpus/$t"
   mkdir -p "$work" "$build/artifacts"
   echo "fuzz: fuzz_$t for ${secs}s" >&2
