@@ -43,7 +43,8 @@ int tb_control_set_lr(tb_control_t *c, double lr, const char *by) {
 }
 
 int tb_control_set_lr_ticket(tb_control_t *c, double lr, const char *by, uint64_t *ticket) {
-  if (!(isfinite(lr) && lr > 0.0))
+  /* the model keeps a float32 (tb_model_set_lr): its range is the limit */
+  if (!(isfinite((float)lr) && lr > 0.0))
     return TB_ERANGE;
   pthread_mutex_lock(&c->mu);
   c->lr_ticket = ++c->tickets;

@@ -117,6 +117,10 @@ static int get_bool(const cJSON *obj, const char *path, const char *key, bool *o
   return 0;
 }
 
+/* The trainer keeps the rate as a float32, as Keras's variable: a rate
+ * beyond float32's range would become infinite. */
+#define FLOAT32_RANGE "%s.%s: expected a rate within float32's range (at most 3.4e38), got %s"
+
 static int get_lr(const cJSON *obj, const char *path, bool required, double *out, bool *has,
                   tb_proto_err_t *err) {
   char got[64];
@@ -132,6 +136,10 @@ static int get_lr(const cJSON *obj, const char *path, bool required, double *out
     tb__describe(v, got, sizeof got);
     return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
                     "%s.lr: expected a finite positive number, got %s", path, got);
+  }
+  if (isinf((float)v->valuedouble)) {
+    tb__describe(v, got, sizeof got);
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, FLOAT32_RANGE, path, "lr", got);
   }
   *out = v->valuedouble;
   *has = true;
@@ -305,6 +313,11 @@ static int decode_continue(const cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
       tb__describe(lr, got, sizeof got);
       return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
                       "params.actions.set_lr: expected a finite positive number, got %s", got);
+    }
+    if (isinf((float)lr->valuedouble)) {
+      tb__describe(lr, got, sizeof got);
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS, FLOAT32_RANGE, "params.actions", "set_lr",
+                      got);
     }
     r->cont.has_lr = true;
     r->cont.lr = lr->valuedouble;

@@ -223,6 +223,8 @@ case("observer_with_controller_token_set_lr", None,
 # -- set_lr values (section 5)
 case("set_lr_zero", "controller", req("set_lr", {"run": R1, "lr": 0}), "invalid_params", False, 7, "s5")
 case("set_lr_negative", "controller", req("set_lr", {"run": R1, "lr": -1}), "invalid_params", False, 7, "s5")
+case("set_lr_beyond_float32", "controller", req("set_lr", {"run": R1, "lr": 1e300}), "invalid_params", False, 7,
+     "s5: the rate is a float32, as Keras's variable")
 case("set_lr_negative_zero", "controller", req("set_lr", {"run": R1, "lr": -0.0}), "invalid_params", False, 7,
      "s5 > 0")
 case("set_lr_nan_string", "controller", req("set_lr", {"run": R1, "lr": "NaN"}), "invalid_params", False, 7,
