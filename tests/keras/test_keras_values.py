@@ -373,6 +373,21 @@ class KerasValues(unittest.TestCase):
     def test_5_float32_overflow_daemon(self):
         self.check_5(self.daemon_ok("5_float32_overflow.json"))
 
+    def test_5b_float32_overflow_raise_cli(self):
+        """TerminateOnNaN(raise_error=True): Keras's RuntimeError, no train_end."""
+        cli = self.cli_run("5b_float32_overflow_raise.json")
+        self.assertEqual(cli.rc, 1)
+        self.assertIn("NaN or Inf loss encountered at batch 0. Loss value: inf. "
+                      "Terminating training immediately.", cli.err)
+        self.assertEqual(cli.messages, [])
+        self.assertEqual(cli.of("epoch_end"), [])
+        self.assertEqual(cli.of("train_end"), [])
+
+    def test_5b_float32_overflow_raise_daemon(self):
+        d = self.daemon_run("5b_float32_overflow_raise.json")
+        self.assertEqual(d.state, "failed")
+        self.assertIn("NaN or Inf loss encountered at batch 0. Loss value: inf.", d.err)
+
     # ---- 6. file names: Python's str.format ---------------------------------------
 
     def check_6(self, run):
@@ -428,6 +443,44 @@ class KerasValues(unittest.TestCase):
 
     def test_8_learning_rate_name_daemon(self):
         self.check_8(self.daemon_ok("8_learning_rate_name.json"))
+
+    # ---- the callbacks' verbose messages: Keras's words and numbers ---------------
+
+    def test_9_verbose_messages_cli(self):
+        cli = self.cli_ok("9_verbose_messages.json")
+        logs = cli.epoch_logs()
+        path = os.path.join(cli.folder, "out/best.w")
+        want, best, best_acc, best_epoch, wait, stopped = [], None, None, 0, 0, 0
+        for epoch, l in enumerate(logs):
+            # learning_rate_scheduler.py: the schedule's value, as Python prints
+            # it; without initial_lr the schedule starts from the optimizer's
+            # rate at train begin, float(the float32 variable)
+            rate = f32(0.3) * 0.3 ** math.floor(epoch / 2)
+            want.append("Epoch %d: LearningRateScheduler setting learning rate to %r."
+                        % (epoch + 1, rate))
+            self.assertEqual(l["learning_rate"], f32(rate))
+            # model_checkpoint.py _should_save_model, then _save_model
+            cur = l["val_loss"]
+            best_str = "None" if best is None else "%.5f" % best
+            if best is None or f32(cur) < f32(best):
+                want.append("Epoch %d: val_loss improved from %s to %.5f, saving model to %s"
+                            % (epoch + 1, best_str, cur, path))
+                want.append("Epoch %d: finished saving model to %s" % (epoch + 1, path))
+                best = cur
+            else:
+                want.append("Epoch %d: val_loss did not improve from %s" % (epoch + 1, best_str))
+            # early_stopping.py, mode max from the compiled accuracy
+            wait += 1
+            if best_acc is None or f32(l["val_accuracy"] - 0.5) > f32(best_acc):
+                best_acc, best_epoch, wait = l["val_accuracy"], epoch, 0
+            elif wait >= 1 and epoch > 0:
+                stopped = epoch
+                break
+        self.assertEqual(len(logs), stopped + 1)
+        self.assertGreater(stopped, 0)
+        want.append("Epoch %d: early stopping" % (stopped + 1))
+        want.append("Restoring model weights from the end of the best epoch: %d." % (best_epoch + 1))
+        self.assertEqual(cli.messages, want)
 
 
 if __name__ == "__main__":
