@@ -307,6 +307,65 @@ static void test_early_stopping_start_and_delta(void **state) {
   tb_model_free(s.m);
 }
 
+static int count_files(const char *dir, const char *prefix);
+
+/* Keras compares in float32 (ops.less/ops.greater on Python floats make
+ * float32 tensors): 1 - 1e-12 is not below 1.0, nor is 0.3 + 1e-9 above the
+ * baseline 0.3. */
+static void test_monitor_compares_in_float32(void **state) {
+  (void)state;
+  script_t s = {.m = tiny(1.0)};
+  tb_reduce_lr_opts_t o;
+  tb_reduce_lr_defaults(&o);
+  o.factor = 0.5;
+  o.patience = 1;
+  o.min_delta = 0;
+  tb_callback_t *cb = tb_reduce_lr_new(&o, NULL);
+  double v[] = {1.0, 1.0 - 1e-12, 1.0 - 1e-12};
+  run_script(&s, cb, "val_loss", v, 3);
+  double want[] = {1, .5, .25};
+  assert_lrs(&s, want, 3);
+  tb_callback_free(cb);
+  /* a baseline that is never beaten in float32: wait keeps growing */
+  tb_early_stopping_opts_t e;
+  tb_early_stopping_defaults(&e);
+  e.mode = TB_MODE_MAX;
+  e.monitor = "val_f1";
+  e.patience = 2;
+  e.has_baseline = true;
+  e.baseline = 0.3;
+  cb = tb_early_stopping_new(&e, NULL);
+  double w[] = {0.3 + 1e-9, 0.3 + 2e-9, 0.3 + 3e-9, 0.3 + 4e-9};
+  run_script(&s, cb, "val_f1", w, 4);
+  /* e0: best, but the baseline is not beaten in float32: wait 1; e1: no
+   * improvement in float32: wait 2 >= 2 -> stop (in double both beat it) */
+  assert_int_equal(s.stopped_at, 1);
+  tb_callback_free(cb);
+  /* ModelCheckpoint's best too: 0.7 + 1e-12 does not improve on 0.7 */
+  char dir[] = "/tmp/tb_mcpXXXXXX", pat[256];
+  assert_non_null(mkdtemp(dir));
+  snprintf(pat, sizeof(pat), "%s/w-{epoch}.tbw", dir);
+  tb_model_checkpoint_opts_t c;
+  tb_model_checkpoint_defaults(&c);
+  c.filepath = pat;
+  c.save_best_only = true;
+  c.save_weights_only = true;
+  c.mode = TB_MODE_MIN;
+  c.has_initial_value_threshold = true;
+  c.initial_value_threshold = 0.7;
+  cb = tb_model_checkpoint_new(&c, NULL);
+  double x[] = {0.7 - 1e-12, 0.6};
+  run_script(&s, cb, "val_loss", x, 2);
+  assert_int_equal(s.rc, 0);
+  assert_int_equal(count_files(dir, "w-1"), 0);
+  assert_int_equal(count_files(dir, "w-2"), 1);
+  tb_callback_free(cb);
+  tb_model_free(s.m);
+  char cmd[300];
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+}
+
 /* ---- LearningRateScheduler ------------------------------------------------ */
 
 static void test_named_schedules(void **state) {
@@ -734,6 +793,7 @@ int main(void) {
       cmocka_unit_test(test_early_stopping_baseline),
       cmocka_unit_test(test_early_stopping_restore_best),
       cmocka_unit_test(test_early_stopping_start_and_delta),
+      cmocka_unit_test(test_monitor_compares_in_float32),
       cmocka_unit_test(test_named_schedules),
       cmocka_unit_test(test_lr_scheduler_in_fit),
       cmocka_unit_test(test_filepath_format),
