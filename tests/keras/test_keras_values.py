@@ -144,13 +144,13 @@ class Run:
 
 def copy_tree(dst):
     shutil.copytree(os.path.join(HERE, "jobs"), os.path.join(dst, "jobs"))
-    shutil.copytree(os.path.join(HERE, "data"), os.path.join(dst, "data"))
     return os.path.join(dst, "jobs")
 
 
 class Daemon:
-    """trainbusd on 127.0.0.1:0 with a temporary state directory, running in
-    `cwd` (where a submitted job's relative paths point)."""
+    """trainbusd on 127.0.0.1:0 with a temporary state directory; `cwd` is
+    its data directory (--data-dir), where a submitted job's relative paths
+    point and the only place its files may be."""
 
     def __init__(self, cwd):
         self.state_dir = tempfile.mkdtemp(prefix="tb-keras-state-")
@@ -159,7 +159,7 @@ class Daemon:
         env.pop("TRAINBUS_TOKEN", None)
         self.proc = subprocess.Popen(
             [TRAINBUSD, "--listen", "127.0.0.1:0", "--state-dir", self.state_dir, "--token",
-             self.token, "--no-job"], cwd=cwd, stdout=subprocess.DEVNULL,
+             self.token, "--no-job", "--data-dir", cwd], cwd=cwd, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True, env=env)
         self.addr, self.log = None, []
         found = threading.Event()
