@@ -1,9 +1,22 @@
 /* Connections: reading and framing requests, queueing and writing output,
  * and the per-client output limits.
  *
- * Output is a queue of buffers per connection, handed to one uv_write (a
- * writev) per flush; shared events go in by reference, never copied. The
- * bytes queued or in flight are the client's backlog, and its limits are
+ * Output is a queue of buffers per connection; shared events go in by
+ * reference (a pointer and a length into the drain's chunk), never copied,
+ * and consecutive lines of one chunk extend one buffer. Writes coalesce the
+ * way Redis's do: a client with nothing in flight is written at once (at the
+ * end of the drain or request that gave it output: one writev, straight from
+ * the loop, uv_try_write); what the socket does not take goes to uv_write,
+ * and while that is in flight new output gathers and goes out together when
+ * it completes. So an idle client gets each event with no delay, and a busy
+ * one gets big writes, as few as its socket allows.
+ *
+ * Where a per-client transform (TLS record encryption) would go: flush()
+ * turns the queued buffers into the bytes handed to the socket; a transform
+ * encrypts there, from the shared plaintext into the client's own buffer,
+ * and everything before it (sharing, limits, drops) stays as it is.
+ *
+ * The bytes queued or in flight are the client's backlog, and its limits are
  * Redis's client-output-buffer-limit with one more step:
  *   above out_drop_bytes, batch events for it are dropped (and counted, and
  *     the client told what it lost before its next event of that run);
@@ -22,10 +35,10 @@ size_t tb__conn_backlog(const conn_t *c) {
 }
 
 void tb__outbuf_release(outbuf_t *o) {
-  if (o->ev != NULL)
-    tb__ev_unref(o->ev);
+  if (o->chunk != NULL)
+    tb__chunk_unref(o->chunk);
   else
-    free(o->buf.base);
+    free(o->mem);
 }
 
 void tb__conn_free(conn_t *c) {
@@ -71,7 +84,44 @@ static void really_close(conn_t *c) {
   uv_close((uv_handle_t *)&c->h.stream, on_close);
 }
 
-static int push_out(conn_t *c, uv_buf_t buf, tb_ev_t *ev) {
+/* Puts c on the list of clients written at the end of the current drain. */
+static void touch(conn_t *c) {
+  tb_server_t *s = c->srv;
+  if (!s->draining || c->touched)
+    return;
+  if (s->n_touched == s->cap_touched) {
+    int cap = s->cap_touched ? s->cap_touched * 2 : 64;
+    conn_t **t = realloc(s->touched, (size_t)cap * sizeof(*t));
+    if (t == NULL)
+      return; /* written by the next flush of it instead */
+    s->touched = t;
+    s->cap_touched = cap;
+  }
+  s->touched[s->n_touched++] = c;
+  c->touched = true;
+}
+
+void tb__flush_touched(tb_server_t *s) {
+  /* Connections are freed only in close callbacks, never during a drain. */
+  for (int i = 0; i < s->n_touched; i++) {
+    s->touched[i]->touched = false;
+    tb__conn_flush(s->touched[i]);
+  }
+  s->n_touched = 0;
+}
+
+static int push_out(conn_t *c, uv_buf_t buf, tb_chunk_t *chunk, char *mem) {
+  touch(c);
+  /* The next line of the same chunk: extend the last buffer (a WebSocket
+   * sends one line per message, so its lines stay apart). */
+  if (chunk != NULL && c->n_out > 0 && c->wsi == NULL) {
+    outbuf_t *last = &c->out[c->n_out - 1];
+    if (last->chunk == chunk && last->buf.base + last->buf.len == buf.base) {
+      last->buf.len += buf.len;
+      c->pend_bytes += buf.len;
+      return 1;
+    }
+  }
   if (c->n_out == c->cap_out) {
     int cap = c->cap_out ? c->cap_out * 2 : 16;
     outbuf_t *o = realloc(c->out, (size_t)cap * sizeof(*o));
@@ -81,7 +131,8 @@ static int push_out(conn_t *c, uv_buf_t buf, tb_ev_t *ev) {
     c->cap_out = cap;
   }
   c->out[c->n_out].buf = buf;
-  c->out[c->n_out].ev = ev;
+  c->out[c->n_out].chunk = chunk;
+  c->out[c->n_out].mem = mem;
   c->n_out++;
   c->pend_bytes += buf.len;
   return 0;
@@ -94,15 +145,15 @@ void tb__conn_send(conn_t *c, const char *data, size_t len) {
   if (copy == NULL)
     return;
   memcpy(copy, data, len);
-  if (push_out(c, uv_buf_init(copy, (unsigned)len), NULL) != 0)
+  if (push_out(c, uv_buf_init(copy, (unsigned)len), NULL, copy) != 0)
     free(copy);
 }
 
 void tb__conn_send_ev(conn_t *c, tb_ev_t *e) {
   if (c->closing)
     return;
-  if (push_out(c, uv_buf_init(e->data, (unsigned)e->len), e) == 0)
-    tb__ev_ref(e);
+  if (push_out(c, uv_buf_init((char *)e->data, (unsigned)e->len), e->chunk, NULL) == 0)
+    tb__chunk_ref(e->chunk);
 }
 
 static void on_write(uv_write_t *req, int status) {
@@ -129,47 +180,87 @@ static void on_write(uv_write_t *req, int status) {
   tb__conn_flush(c);
 }
 
+/* Drops the first `n` bytes of c's queue (written by uv_try_write). */
+static void consume(conn_t *c, size_t n) {
+  int i = 0;
+  while (i < c->n_out && n >= c->out[i].buf.len) {
+    n -= c->out[i].buf.len;
+    c->pend_bytes -= c->out[i].buf.len;
+    tb__outbuf_release(&c->out[i]);
+    i++;
+  }
+  if (i < c->n_out && n > 0) {
+    c->out[i].buf.base += n;
+    c->out[i].buf.len -= n;
+    c->pend_bytes -= n;
+  }
+  if (i > 0) {
+    memmove(c->out, c->out + i, (size_t)(c->n_out - i) * sizeof(outbuf_t));
+    c->n_out -= i;
+  }
+}
+
+static void write_failed(conn_t *c) {
+  c->closing = true;
+  c->close_after_flush = false;
+  if (c->inflight == 0)
+    really_close(c);
+}
+
+/* Writes c's queue now unless a write is in flight (then on_write does,
+ * with whatever gathered meanwhile). */
 void tb__conn_flush(conn_t *c) {
   if (c->wsi != NULL) {
     if (c->n_out > 0 || c->closing)
       tb__ws_want_write(c); /* written one message at a time when writable */
     return;
   }
-  if (c->n_out == 0 || uv_is_closing((uv_handle_t *)&c->h.stream))
+  if (c->n_out == 0 || c->inflight > 0 || uv_is_closing((uv_handle_t *)&c->h.stream))
     return;
+  uv_buf_t stackv[64];
+  uv_buf_t *bv = c->n_out <= 64 ? stackv : malloc((size_t)c->n_out * sizeof(uv_buf_t));
+  if (bv == NULL)
+    return; /* the next flush tries again */
+  for (int i = 0; i < c->n_out; i++)
+    bv[i] = c->out[i].buf;
+  /* First straight to the socket: no request, no callback. */
+  int n = uv_try_write(&c->h.stream, bv, (unsigned)c->n_out);
+  if (bv != stackv)
+    free(bv);
+  if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
+    write_failed(c);
+    return;
+  }
+  if (n > 0)
+    consume(c, (size_t)n);
+  if (c->n_out <= 0)
+    return;
+  /* The socket is full: the rest waits in libuv until it drains. */
   wreq_t *w = malloc(sizeof(*w) + (size_t)c->n_out * sizeof(outbuf_t));
-  if (w == NULL)
+  bv = c->n_out <= 64 ? stackv : malloc((size_t)c->n_out * sizeof(uv_buf_t));
+  if (w == NULL || bv == NULL) {
+    free(w);
+    if (bv != stackv)
+      free(bv);
     return;
-  uv_buf_t bufs[64];
+  }
   w->conn = c;
   w->n = c->n_out;
   memcpy(w->bufs, c->out, (size_t)c->n_out * sizeof(outbuf_t));
-  c->n_out = 0;
-  c->pend_bytes = 0;
-  uv_buf_t *bv = w->n <= 64 ? bufs : malloc((size_t)w->n * sizeof(uv_buf_t));
-  if (bv == NULL) {
-    /* Put them back; the next flush tries again. */
-    memcpy(c->out, w->bufs, (size_t)w->n * sizeof(outbuf_t));
-    c->n_out = w->n;
-    for (int i = 0; i < w->n; i++)
-      c->pend_bytes += w->bufs[i].buf.len;
-    free(w);
-    return;
-  }
   for (int i = 0; i < w->n; i++)
     bv[i] = w->bufs[i].buf;
+  c->n_out = 0;
+  c->pend_bytes = 0;
   c->inflight++;
   int r = uv_write(&w->req, &c->h.stream, bv, (unsigned)w->n, on_write);
-  if (bv != bufs)
+  if (bv != stackv)
     free(bv);
   if (r != 0) {
     c->inflight--;
     for (int i = 0; i < w->n; i++)
       tb__outbuf_release(&w->bufs[i]);
     free(w);
-    c->closing = true;
-    if (c->inflight == 0)
-      really_close(c);
+    write_failed(c);
   }
 }
 
@@ -442,18 +533,35 @@ void tb__conn_tick(conn_t *c, uint64_t now) {
 
 /* ---- fan-out ---------------------------------------------------------------- */
 
-static bool sub_matches(const sub_t *sb, const tb_run_t *r, tb_event_kind_t kind, int batch) {
+static bool sub_matches(sub_t *sb, const tb_run_t *r, tb_event_kind_t kind, int batch) {
   if (sb->replay_run != NULL)
     return false; /* still replaying: live events come after the replay */
-  bool run_ok = sb->n_runs == 0;
-  for (int i = 0; i < sb->n_runs && !run_ok; i++)
-    run_ok = tb_proto_match(sb->runs[i], r->id);
-  if (!run_ok)
+  if (!sb->m_ready) {
+    /* The patterns are fixed: which kinds they match is worked out once. */
+    sb->m_kinds = 0;
+    for (unsigned k = 0; k < 32; k++) {
+      const char *name = tb_event_name((tb_event_kind_t)k);
+      if (k > 0 && name[0] == '\0')
+        break;
+      bool ok = sb->n_events == 0;
+      for (int i = 0; i < sb->n_events && !ok; i++)
+        ok = tb_proto_match(sb->events[i], name);
+      if (ok)
+        sb->m_kinds |= 1u << k;
+    }
+    sb->m_ready = true;
+  }
+  if ((unsigned)kind >= 32 || !(sb->m_kinds & (1u << kind)))
     return false;
-  bool ev_ok = sb->n_events == 0;
-  for (int i = 0; i < sb->n_events && !ev_ok; i++)
-    ev_ok = tb_proto_match(sb->events[i], tb_event_name(kind));
-  if (!ev_ok)
+  if (sb->m_run != r) {
+    /* Runs live as long as the server: the last one seen is remembered. */
+    bool ok = sb->n_runs == 0;
+    for (int i = 0; i < sb->n_runs && !ok; i++)
+      ok = tb_proto_match(sb->runs[i], r->id);
+    sb->m_run = r;
+    sb->m_run_ok = ok;
+  }
+  if (!sb->m_run_ok)
     return false;
   return !(tb_event_is_batch(kind) && sb->every > 1 && batch % sb->every != 0);
 }
@@ -510,7 +618,34 @@ static void deliver_one(conn_t *c, tb_run_t *r, tb_ev_t *e) {
   check_limits(c);
 }
 
-void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, const tb_rec_t *rec) {
+/* Every subscriber of run r lost seqs from..to at the queue: merged into its
+ * drop record for r, told before its next event there. */
+void tb__deliver_gap(tb_server_t *s, tb_run_t *r, int64_t count, int64_t from, int64_t to) {
+  for (conn_t *c = s->conns; c != NULL; c = c->next) {
+    if (c->closing || c->role == TB_ROLE_NONE)
+      continue;
+    bool sub = false;
+    for (int i = 0; i < c->n_subs && !sub; i++)
+      sub = sub_matches(&c->subs[i], r, TB_EVENT_TRAIN_BATCH_END, 0) ||
+            sub_matches(&c->subs[i], r, TB_EVENT_TEST_BATCH_END, 0) ||
+            sub_matches(&c->subs[i], r, TB_EVENT_PREDICT_BATCH_END, 0) ||
+            sub_matches(&c->subs[i], r, TB_EVENT_TRAIN_BATCH_BEGIN, 0) ||
+            sub_matches(&c->subs[i], r, TB_EVENT_TEST_BATCH_BEGIN, 0) ||
+            sub_matches(&c->subs[i], r, TB_EVENT_PREDICT_BATCH_BEGIN, 0);
+    if (!sub)
+      continue;
+    drop_t *d = drop_for(c, r, true);
+    if (d == NULL)
+      continue;
+    if (d->count == 0)
+      d->from = from;
+    if (to > d->to)
+      d->to = to;
+    d->count += count;
+  }
+}
+
+void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep) {
   tb_ev_t *lock_ev = NULL;
   int waiting = 0;
   for (conn_t *c = s->conns; c != NULL; c = c->next) {
@@ -521,7 +656,7 @@ void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, const tb_rec_t *rec) {
       if (!sub_matches(&c->subs[i], r, e->kind, e->batch))
         continue;
       normal = true;
-      ls |= rec->lockstep && (c->subs[i].lockstep & (1u << e->kind)) != 0;
+      ls |= lockstep && (c->subs[i].lockstep & (1u << e->kind)) != 0;
     }
     if (ls && c->role == TB_ROLE_CONTROLLER &&
         c->n_owed < (int)(sizeof(c->owed) / sizeof(c->owed[0]))) {
@@ -548,7 +683,7 @@ void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, const tb_rec_t *rec) {
     }
   }
   tb__ev_unref(lock_ev);
-  if (rec->lockstep) {
+  if (lockstep) {
     pthread_mutex_lock(&r->ls_mu);
     if (r->ls_seq == e->seq) {
       r->ls_waiting = waiting;

@@ -1,38 +1,66 @@
 /* The loop side of the bus: records in, encoded events out.
  *
  * tb__drain() takes every queued record at once (swapping the queue under its
- * mutex), and for each: encodes it once into a refcounted tb_ev_t, updates the
- * run's status, keeps the event in the run's ring (for replay and history),
- * appends it to the run's on-disk log, answers control requests waiting for
- * it, and fans the same bytes out to every matching subscriber. The disk log
- * is written before any client sees the event, so after a crash the log holds
- * everything any client was sent. */
+ * mutex) and works in two passes. First it encodes every event record, back
+ * to back, into one chunk: one allocation and one reference count for the
+ * whole batch of events, so per event there is only the encoding itself.
+ * Then, for each record in order: it updates the run's status, keeps the
+ * event in the run's ring (for replay and history), appends it to the run's
+ * on-disk log, answers control requests waiting for it, and hands the same
+ * bytes to every matching subscriber (a pointer and a length; consecutive
+ * lines to one client extend one iovec). Clients are written at the end of
+ * the drain, one writev each (conn.c). The disk log is written before any
+ * client sees the event, so after a crash the log holds everything any
+ * client was sent. */
 #include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-tb_ev_t *tb__ev_new(const char *line, size_t len, int64_t seq, tb_event_kind_t kind, int batch) {
-  tb_ev_t *e = malloc(sizeof(*e) + len);
-  if (e == NULL)
+/* A chunk with room for n descriptors and `bytes` bytes; refs 1. */
+static tb_chunk_t *chunk_new(int n, size_t bytes, tb_ev_t **evs, char **data) {
+  tb_chunk_t *ch = malloc(sizeof(tb_chunk_t) + (size_t)n * sizeof(tb_ev_t) + bytes);
+  if (ch == NULL)
     return NULL;
-  e->refs = 1;
+  ch->refs = 1;
+  ch->n = n;
+  *evs = (tb_ev_t *)(ch + 1);
+  *data = (char *)(*evs + n);
+  return ch;
+}
+
+tb_ev_t *tb__ev_new(const char *line, size_t len, int64_t seq, tb_event_kind_t kind, int batch) {
+  tb_ev_t *e;
+  char *data;
+  if (chunk_new(1, len, &e, &data) == NULL)
+    return NULL;
+  memcpy(data, line, len);
+  e->chunk = (tb_chunk_t *)e - 1;
+  e->data = data;
+  e->len = len;
   e->seq = seq;
   e->kind = kind;
   e->batch = batch;
-  e->len = len;
-  memcpy(e->data, line, len);
   return e;
 }
 
+void tb__chunk_ref(tb_chunk_t *ch) {
+  ch->refs++;
+}
+
+void tb__chunk_unref(tb_chunk_t *ch) {
+  if (ch != NULL && --ch->refs == 0)
+    free(ch);
+}
+
 void tb__ev_ref(tb_ev_t *e) {
-  e->refs++;
+  e->chunk->refs++;
 }
 
 void tb__ev_unref(tb_ev_t *e) {
-  if (e != NULL && --e->refs == 0)
-    free(e);
+  if (e != NULL)
+    tb__chunk_unref(e->chunk);
 }
 
 /* The ring grows by doubling up to retain_events, so a short run does not
@@ -78,26 +106,27 @@ tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq) {
   return r->ring[(size_t)((seq - 1) % (int64_t)r->ring_cap)];
 }
 
-static void encode(const tb_rec_t *rec, bool lockstep, tb_buf_t *b) {
+static int encode(const tb_rec_t *rec, tb_buf_t *b) {
   const tb_run_t *r = rec->run;
+  tb_rec_tail_t t;
+  tb__rec_tail(rec, &t);
   tb_event_t ev = {.run = r->id,
                    .seq = rec->seq,
                    .name = tb_event_name(rec->kind),
                    .epoch = rec->epoch,
                    .batch = rec->batch,
                    .time_us = rec->time_us,
-                   .lockstep = lockstep,
-                   .n_logs = rec->logs.n,
-                   .log_names = rec->logs.names,
-                   .log_values = rec->logs.values};
-  char reason[sizeof(rec->reason) + 1216];
+                   .n_logs = rec->n_logs,
+                   .log_namev = t.names,
+                   .log_values = t.values};
+  char reason[1216];
   if (rec->kind == TB_EVENT_STATE) {
     ev.state = tb_run_state_name(rec->state);
     ev.prev_state = tb_run_state_name(rec->prev_state);
-    ev.reason = rec->reason[0] ? rec->reason : NULL;
+    ev.reason = t.reason[0] ? t.reason : NULL;
   } else if (rec->kind == TB_EVENT_CONTROL) {
-    ev.action = rec->action;
-    ev.by = rec->by[0] ? rec->by : NULL;
+    ev.action = t.action;
+    ev.by = t.by[0] ? t.by : NULL;
     ev.has_value = rec->has_value;
     ev.value = rec->value;
     ev.has_old = rec->has_old;
@@ -105,18 +134,20 @@ static void encode(const tb_rec_t *rec, bool lockstep, tb_buf_t *b) {
     if (rec->path != NULL) {
       snprintf(reason, sizeof(reason), "wrote %.1200s", rec->path);
       ev.reason = reason;
-    } else if (rec->reason[0]) {
-      ev.reason = rec->reason;
+    } else if (t.reason[0]) {
+      ev.reason = t.reason;
     }
   }
-  tb_msg_event(b, &ev);
+  return tb_msg_event(b, &ev);
 }
 
 /* Answers the control requests that waited for this applied action. */
 static void resolve_pending(tb_run_t *r, const tb_rec_t *rec) {
-  tb_method_t m = strcmp(rec->action, "set_lr") == 0       ? TB_METHOD_SET_LR
-                  : strcmp(rec->action, "checkpoint") == 0 ? TB_METHOD_CHECKPOINT
-                                                           : TB_METHOD_INVALID;
+  tb_rec_tail_t t;
+  tb__rec_tail(rec, &t);
+  tb_method_t m = strcmp(t.action, "set_lr") == 0       ? TB_METHOD_SET_LR
+                  : strcmp(t.action, "checkpoint") == 0 ? TB_METHOD_CHECKPOINT
+                                                        : TB_METHOD_INVALID;
   if (m == TB_METHOD_INVALID)
     return;
   pending_t **pp = &r->pending;
@@ -211,17 +242,46 @@ static void track(tb_run_t *r, const tb_rec_t *rec) {
 
 void tb__drain(tb_server_t *s) {
   pthread_mutex_lock(&s->q_mu);
-  tb_rec_t *q = s->q;
+  char *q = s->q;
   size_t n = s->q_len, cap = s->q_cap;
   s->q = s->q_spare;
   s->q_cap = s->q_spare_cap;
   s->q_len = 0;
+  s->q_spare = NULL;
+  s->q_spare_cap = 0;
   pthread_mutex_unlock(&s->q_mu);
 
-  tb_buf_t b;
-  tb_buf_init(&b);
-  for (size_t i = 0; i < n; i++) {
-    tb_rec_t *rec = &q[i];
+  /* Pass 1: encode every event, back to back. */
+  tb_buf_t *b = &s->enc;
+  b->len = 0;
+  int n_ev = 0;
+  for (size_t off = 0; off < n;) {
+    tb_rec_t *rec = (tb_rec_t *)(q + off);
+    off += rec->size;
+    rec->enc_len = 0;
+    if (rec->finished || rec->kind == TB_EVENT_INVALID)
+      continue;
+    rec->enc_off = b->len;
+    if (encode(rec, b) == 0) {
+      rec->enc_len = b->len - rec->enc_off;
+      n_ev++;
+    }
+  }
+  tb_ev_t *evs = NULL;
+  char *data = NULL;
+  tb_chunk_t *ch = n_ev > 0 ? chunk_new(n_ev, b->len, &evs, &data) : NULL;
+  if (ch != NULL)
+    memcpy(data, b->data, b->len);
+  /* A drain of a long burst leaves a big scratch buffer: give it back. */
+  if (b->cap > 1024 * 1024)
+    tb_buf_free(b);
+
+  /* Pass 2: route each record, in order. */
+  s->draining = true;
+  int i_ev = 0, since_flush = 0;
+  for (size_t off = 0; off < n;) {
+    tb_rec_t *rec = (tb_rec_t *)(q + off);
+    off += rec->size;
     tb_run_t *r = rec->run;
     if (rec->finished) {
       /* The trainer thread has returned: join it and start the next run. */
@@ -233,13 +293,28 @@ void tb__drain(tb_server_t *s) {
       tb__runs_schedule(s);
       continue;
     }
-    b.len = 0;
-    encode(rec, false, &b);
-    tb_ev_t *e = tb__ev_new(b.data, b.len, rec->seq, rec->kind, rec->batch);
-    if (e == NULL) {
-      free(rec->path);
+    if (rec->kind == TB_EVENT_INVALID) {
+      if (rec->drop_count > 0) {
+        r->n_qdropped += rec->drop_count;
+        tb__log(
+            s, 1,
+            "run %s: the bus fell behind the trainer; %lld batch events dropped (seq %lld..%lld)",
+            r->id, (long long)rec->drop_count, (long long)rec->drop_from, (long long)rec->drop_to);
+        tb__deliver_gap(s, r, rec->drop_count, rec->drop_from, rec->drop_to);
+      }
       continue;
     }
+    if (ch == NULL || rec->enc_len == 0) {
+      free(rec->path); /* out of memory: the event is lost (its seq is a gap) */
+      continue;
+    }
+    tb_ev_t *e = &evs[i_ev++];
+    e->chunk = ch;
+    e->data = data + rec->enc_off;
+    e->len = rec->enc_len;
+    e->seq = rec->seq;
+    e->kind = rec->kind;
+    e->batch = rec->batch;
     track(r, rec);
     s->n_events++;
     if (r->attached && rec->kind == TB_EVENT_STATE && rec->state == TB_RUN_RUNNING &&
@@ -250,24 +325,29 @@ void tb__drain(tb_server_t *s) {
     tb__run_retain(r, e);
     if (rec->kind == TB_EVENT_CONTROL)
       resolve_pending(r, rec);
-    tb__deliver(s, r, e, rec);
-    tb__ev_unref(e);
+    tb__deliver(s, r, e, rec->lockstep);
     free(rec->path);
     /* Write as we go: a long drain must not let a client's backlog pass the
      * drop threshold while its socket is idle. */
-    if ((i + 1) % 256 == 0)
-      for (conn_t *c = s->conns; c != NULL; c = c->next)
-        tb__conn_flush(c);
+    if (++since_flush == 256) {
+      since_flush = 0;
+      tb__flush_touched(s);
+    }
   }
-  tb_buf_free(&b);
+  s->draining = false;
+  tb__chunk_unref(ch); /* the ring and the clients hold their own references */
   for (tb_run_t *r = s->runs; r != NULL; r = r->next)
     if (r->log != NULL)
       fflush(r->log);
-  for (conn_t *c = s->conns; c != NULL; c = c->next)
-    tb__conn_flush(c);
+  tb__flush_touched(s);
 
-  /* Keep the bigger array as the spare, so the steady state allocates
-   * nothing. */
+  /* The drained buffer is the next spare, so the steady state allocates
+   * nothing; one grown past the bound by a burst is given back. */
+  if (cap > 2 * s->o.queue_bytes) {
+    free(q);
+    q = NULL;
+    cap = 0;
+  }
   pthread_mutex_lock(&s->q_mu);
   s->q_spare = q;
   s->q_spare_cap = cap;

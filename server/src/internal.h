@@ -21,43 +21,71 @@ typedef struct conn_s conn_t;
 /* Appends a string literal (its length known at compile time). */
 #define TB_LIT(b, s) tb_buf_append((b), (s), sizeof(s) - 1)
 
-/* An encoded event line, shared by every subscriber and the retained log. */
-typedef struct tb_ev_s {
+/* Encoded event lines, written back to back by one drain (or one line made
+ * apart: a lockstep variant, a line read back from disk) and shared by
+ * reference count: the run's ring holds one reference per event in it, a
+ * connection's output queue one per stretch of consecutive lines it sends
+ * from it. Laid out as the chunk, then n descriptors, then the bytes. */
+typedef struct tb_chunk_s {
   int refs;
+  int n;
+} tb_chunk_t;
+
+/* One event line inside a chunk. */
+typedef struct tb_ev_s {
+  tb_chunk_t *chunk;
+  const char *data; /* the whole notification line, '\n' included */
+  size_t len;
   int64_t seq;
   tb_event_kind_t kind;
   int batch;
-  size_t len;
-  char data[]; /* the whole notification line, '\n' included */
 } tb_ev_t;
 
+/* A single line as its own chunk (refs 1: the caller's). */
 tb_ev_t *tb__ev_new(const char *line, size_t len, int64_t seq, tb_event_kind_t kind, int batch);
 void tb__ev_ref(tb_ev_t *e);
 void tb__ev_unref(tb_ev_t *e);
+void tb__chunk_ref(tb_chunk_t *ch);
+void tb__chunk_unref(tb_chunk_t *ch);
 
-/* What a trainer hands the loop: one event, not yet encoded. */
+/* What a trainer hands the loop: one event, not yet encoded, as it sits in
+ * the trainer->loop queue. The queue is a byte buffer of such records, each
+ * followed by its tail (8-aligned): n_logs doubles, then n_logs names, then,
+ * for state and control events, action, by and reason, all NUL-terminated.
+ * A batch event takes about 100 bytes plus its logs. */
 typedef struct tb_rec_s {
   tb_run_t *run;
+  uint32_t size; /* bytes of the record in the queue, its tail included */
+  int n_logs;
   int64_t seq;
   tb_event_kind_t kind;
   int epoch, batch;
   int64_t time_us;
   double lr; /* the model's rate now, for status; NAN if unknown */
   int epochs;
-  tb_logs_t logs;
   /* state / control events */
   tb_run_state_t state, prev_state;
-  char action[24];
-  char by[128];
-  char reason[160];
   char *path; /* checkpoint events: the file written (malloc'ed, freed by the loop); NULL
-                 otherwise, so the per-batch record stays small */
+                 otherwise */
   bool has_value, has_old;
   double value, old_value;
   uint64_t ticket; /* control events: the last request they apply (tb_control_note_t) */
   bool lockstep;   /* the trainer waits for "continue" on this seq */
   bool finished;   /* the trainer thread has ended (the last record of a job run) */
+  /* A gap record (kind TB_EVENT_INVALID): the queue was full and the trainer
+   * dropped drop_count batch events of the run, seqs drop_from..drop_to. */
+  int64_t drop_count, drop_from, drop_to;
+  /* Set by the loop while draining: where the encoded line sits. */
+  size_t enc_off, enc_len;
 } tb_rec_t;
+
+/* The tail of a record, read by the loop. */
+typedef struct tb_rec_tail_s {
+  const double *values;
+  const char *names[TB_LOGS_MAX];
+  const char *action, *by, *reason; /* "" when absent */
+} tb_rec_tail_t;
+void tb__rec_tail(const tb_rec_t *rec, tb_rec_tail_t *t);
 
 /* A control request waiting for the trainer to apply it (set_lr,
  * checkpoint): answered when the matching control event comes through. */
@@ -84,7 +112,10 @@ struct tb_run_s {
   int epochs;
 
   /* trainer */
-  int64_t seq;              /* last seq handed out */
+  int64_t seq; /* last seq handed out */
+  /* Batch events dropped because the queue was full and not yet reported
+   * to the loop by a gap record (under the server's q_mu). */
+  int64_t qd_count, qd_from, qd_to;
   bool stop_requested;      /* a stop reached the trainer (set by its control note) */
   _Atomic bool cancel_flag; /* set by the loop: the stop is a cancel */
   char resume_path[1200];   /* a checkpoint to continue from, "" for a fresh start */
@@ -105,6 +136,7 @@ struct tb_run_s {
   /* loop */
   tb_run_state_t state;
   int64_t epoch, batch, last_seq;
+  int64_t n_qdropped; /* batch events the queue dropped (counted by the loop) */
   bool has_lr;
   double lr;
   bool thread_started, thread_joined;
@@ -123,6 +155,12 @@ typedef struct sub_s {
   int64_t every;
   uint32_t lockstep; /* bitmask over tb_event_kind_t */
   int64_t lockstep_timeout_ms;
+  /* What this subscription matches, worked out on first use (the
+   * patterns never change): a bitmask over tb_event_kind_t and the verdict
+   * for the last run seen. */
+  bool m_ready, m_run_ok;
+  uint32_t m_kinds;
+  const tb_run_t *m_run;
   /* Replay in progress: events of `replay_run` from replay_next are sent as
    * the connection drains; the subscription turns live when it catches up. */
   tb_run_t *replay_run;
@@ -136,9 +174,13 @@ typedef struct drop_s {
   int64_t count, from, to;
 } drop_t;
 
+/* Queued output: a stretch of lines of a shared chunk (one reference), or
+ * a malloc'ed reply. Consecutive lines of one chunk sent to one client
+ * extend one entry, so a drain of many events costs one iovec per client. */
 typedef struct outbuf_s {
-  uv_buf_t buf;
-  tb_ev_t *ev; /* a shared event, or NULL when buf.base is malloc'ed */
+  uv_buf_t buf;      /* what is left to write */
+  tb_chunk_t *chunk; /* the shared chunk buf points into, or NULL */
+  char *mem;         /* or the malloc'ed reply it points into */
 } outbuf_t;
 
 typedef struct wreq_s {
@@ -176,7 +218,8 @@ struct conn_s {
   outbuf_t *out; /* queued, not yet handed to uv_write */
   int n_out, cap_out;
   size_t pend_bytes; /* queued here, not yet handed to uv_write (or, for a WebSocket, to lws) */
-  int inflight;
+  int inflight;      /* uv_write requests not yet called back: output gathers meanwhile */
+  bool touched;      /* on the server's list of clients to write at the end of a drain */
   uint64_t soft_since_ms; /* when out_bytes first exceeded the soft limit, 0 if below */
 
   drop_t drops[8];
@@ -210,15 +253,17 @@ struct tb_server_s {
   int n_listeners;
   uv_async_t wake;        /* records queued, or stop requested */
   uv_timer_t tick;        /* deadlines: auth, slow consumers, lockstep */
-  uv_timer_t drain_timer; /* a deferred drain (see flush_interval_ms) */
+  uv_timer_t drain_timer; /* a deferred drain (flush_interval_ms > 0 only) */
   uint64_t last_drain_ms;
   uv_thread_t loop_thread;
   bool loop_thread_started;
 
-  /* trainer -> loop queue */
+  /* trainer -> loop queue: records (tb_rec_t) back to back; batch events
+   * beyond o.queue_bytes are dropped, lifecycle events never */
   pthread_mutex_t q_mu;
-  tb_rec_t *q, *q_spare;
+  char *q, *q_spare;
   size_t q_len, q_cap, q_spare_cap;
+  int64_t n_qdropped; /* batch events dropped at the queue, all runs */
   _Atomic bool stop_requested;
   bool stopping, stopped;
 
@@ -229,6 +274,12 @@ struct tb_server_s {
   struct lws_context *lws; /* the HTTP/WebSocket front (http.c), or NULL */
   bool lws_stopping;
   char http_address[300];
+
+  tb_buf_t enc; /* the drain's encoding scratch */
+  /* Clients given output during the current drain, written at its end. */
+  conn_t **touched;
+  int n_touched, cap_touched;
+  bool draining;
 
   conn_t *conns;
   int n_conns;
@@ -250,7 +301,10 @@ int64_t tb__srv_now_us(void);
 
 /* publish.c: the trainer side */
 void tb__publisher_init(tb_run_t *r);
-void tb__push(tb_run_t *r, tb_rec_t *rec);
+/* Queues rec (its header filled) with the logs (NULL: none) and, for state and
+ * control events, its texts (NULL: absent). Trainer threads (and the loop). */
+void tb__push(tb_run_t *r, tb_rec_t *rec, const tb_logs_t *logs, const char *action, const char *by,
+              const char *reason);
 void tb__push_finished(tb_run_t *r);
 void tb__push_state(tb_run_t *r, tb_run_state_t state, tb_run_state_t prev, const char *reason,
                     int epoch, int batch);
@@ -294,7 +348,13 @@ void tb__conn_flush(conn_t *c);
 void tb__conn_close(conn_t *c, const char *reason, const char *message);
 void tb__conn_tick(conn_t *c, uint64_t now);
 conn_t *tb__conn_find(tb_server_t *s, uint64_t id);
-void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, const tb_rec_t *rec);
+void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep);
+/* Every subscriber of run r loses seqs from..to (count of them): told before
+ * its next event of r. */
+void tb__deliver_gap(tb_server_t *s, tb_run_t *r, int64_t count, int64_t from, int64_t to);
+/* Writes the clients given output during a drain (those not waiting for a
+ * write already). */
+void tb__flush_touched(tb_server_t *s);
 void tb__replay_pump(conn_t *c);
 /* http.c */
 int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err);

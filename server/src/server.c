@@ -30,7 +30,8 @@ void tb_server_opts_defaults(tb_server_opts_t *o) {
   o->retain_events = 200000;
   o->max_queued_runs = 64;
   o->log_level = 1;
-  o->flush_interval_ms = 1;
+  o->flush_interval_ms = 0;
+  o->queue_bytes = 4 * 1024 * 1024;
 }
 
 uint64_t tb__srv_now_ms(void) {
@@ -334,6 +335,9 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
     free(s);
     return tb_errf(err, TB_EINVAL, "server options out of range");
   }
+  tb_buf_init(&s->enc);
+  if (s->o.queue_bytes == 0)
+    s->o.queue_bytes = 4 * 1024 * 1024;
   pthread_mutex_init(&s->q_mu, NULL);
   pthread_mutex_init(&s->runs_mu, NULL);
   if ((r = uv_loop_init(&s->loop)) != 0) {
@@ -449,6 +453,8 @@ int tb_server_free(tb_server_t *s) {
   int closed = uv_loop_close(&s->loop);
   free(s->q);
   free(s->q_spare);
+  tb_buf_free(&s->enc);
+  free(s->touched);
   pthread_mutex_destroy(&s->q_mu);
   pthread_mutex_destroy(&s->runs_mu);
   free(s);

@@ -41,10 +41,11 @@ typedef struct tb_server_opts_s {
   size_t max_line;       /* default TB_PROTO_MAX_LINE */
   int max_clients;       /* default 16384 */
   int auth_timeout_ms;   /* default 5000 */
-  int flush_interval_ms; /* while events stream in, the loop drains and writes at most once per
-                            interval, so a busy trainer costs one write per client per interval
-                            rather than one per event; isolated events go out at once.
-                            Default 1; 0: drain on every wake-up */
+  int flush_interval_ms; /* > 0: while events stream in, drain the trainers' queue at most once
+                            per interval (a fixed delay, for measurements). Default 0: drain
+                            on every wake-up; writes coalesce by themselves (a client is
+                            written at once when nothing is in flight to it, and what comes
+                            while a write is in flight goes out together in the next) */
   int idle_timeout_ms;   /* a client with no subscription that sends nothing this long is
                             disconnected (bye idle); 0 (default) never, as Redis's timeout 0 */
   size_t out_drop_bytes; /* queued output above which batch events are dropped; 256 KiB */
@@ -52,6 +53,10 @@ typedef struct tb_server_opts_s {
   size_t out_soft_bytes; /* queued output that disconnects after out_soft_seconds; 2 MiB */
   int out_soft_seconds;  /* 10 */
   size_t retain_events;  /* events kept in memory per run for replay; 200000 */
+  size_t queue_bytes;    /* the trainers' queue to the loop: past this many bytes waiting,
+                            batch events are dropped (counted, and told to subscribers as
+                            "dropped"); lifecycle events never are. Default 4 MiB (about
+                            30,000 batch events: over a second of the busiest job) */
   int max_queued_runs;   /* default 64 */
   int log_level;         /* 0 errors, 1 info (default), 2 debug */
   const char *http;      /* "HOST:PORT": serve the dashboard, and the protocol over WebSocket,
