@@ -172,6 +172,103 @@ size_t tb__int_to(char *dst, int64_t v) {
   return k;
 }
 
+/* printf's "%.17g" for 1e-4 <= |v| < 1e17 (fixed notation), exactly, with
+ * integer arithmetic: about ten times faster than snprintf, whose
+ * arbitrary-precision path dominated the event encoder's time. Returns 0 for
+ * a value outside that range (the caller uses snprintf). The digits are
+ * D = round-half-even(|v| * 10^q) with q = 16 - X and X the decimal exponent,
+ * and |v| * 10^q = m * 10^q / 2^s computed exactly in 128 bits (m < 2^53,
+ * 10^q <= 10^20 < 2^67, s <= 66): no approximation anywhere. Tested against
+ * snprintf on millions of values (tests/protocol/test_encode.c). */
+__extension__ typedef unsigned __int128 tb_u128;
+
+static size_t g17_fixed(char *dst, double v) {
+  uint64_t bits;
+  memcpy(&bits, &v, sizeof(bits));
+  int be = (int)((bits >> 52) & 0x7ff);
+  if (be == 0 || be == 0x7ff)
+    return 0;
+  uint64_t m = (bits & ((UINT64_C(1) << 52) - 1)) | (UINT64_C(1) << 52);
+  int s = 1075 - be; /* |v| = m / 2^s */
+  if (s <= 0 || s > 66)
+    return 0; /* integers (the caller's fast path) and |v| < ~1.4e-4 */
+  static const uint64_t p10[20] = {1ull,
+                                   10ull,
+                                   100ull,
+                                   1000ull,
+                                   10000ull,
+                                   100000ull,
+                                   1000000ull,
+                                   10000000ull,
+                                   100000000ull,
+                                   1000000000ull,
+                                   10000000000ull,
+                                   100000000000ull,
+                                   1000000000000ull,
+                                   10000000000000ull,
+                                   100000000000000ull,
+                                   1000000000000000ull,
+                                   10000000000000000ull,
+                                   100000000000000000ull,
+                                   1000000000000000000ull,
+                                   10000000000000000000ull};
+  /* X estimated from the binary exponent (52 - s = floor(log2|v|)), then
+   * corrected so that floor(|v| * 10^(16-X)) has 17 digits. */
+  int x = (int)((52 - s) * 30103L / 100000L) - ((52 - s) < 0);
+  tb_u128 n, fl;
+  for (int tries = 0;; tries++) {
+    int q = 16 - x;
+    if (q < 0 || q > 20 || tries > 3)
+      return 0;
+    n = q < 20 ? (tb_u128)m * p10[q] : (tb_u128)m * p10[19] * 10u;
+    fl = n >> s;
+    if (fl >= p10[17])
+      x++;
+    else if (fl < p10[16])
+      x--;
+    else
+      break;
+  }
+  uint64_t d = (uint64_t)fl;
+  tb_u128 rem = n - (fl << s), half = (tb_u128)1 << (s - 1);
+  if (rem > half || (rem == half && (d & 1)))
+    d++;
+  if (d == p10[17]) {
+    d = p10[16];
+    x++;
+  }
+  if (x < -4 || x > 16)
+    return 0;
+  char dig[17];
+  for (int i = 16; i >= 0; i--) {
+    dig[i] = (char)('0' + d % 10);
+    d /= 10;
+  }
+  int last = 16; /* the last significant digit after trailing zeros go */
+  while (last > 0 && dig[last] == '0')
+    last--;
+  size_t k = 0;
+  if (v < 0)
+    dst[k++] = '-';
+  if (x >= 0) {
+    memcpy(dst + k, dig, (size_t)x + 1);
+    k += (size_t)x + 1;
+    if (last > x) {
+      dst[k++] = '.';
+      memcpy(dst + k, dig + x + 1, (size_t)(last - x));
+      k += (size_t)(last - x);
+    }
+  } else {
+    dst[k++] = '0';
+    dst[k++] = '.';
+    for (int i = 0; i < -x - 1; i++)
+      dst[k++] = '0';
+    memcpy(dst + k, dig, (size_t)last + 1);
+    k += (size_t)last + 1;
+  }
+  return k;
+}
+
 size_t tb_json_num_to(char *dst, double v) {
   if (isnan(v)) {
     memcpy(dst, "\"NaN\"", 5);
@@ -195,6 +292,9 @@ size_t tb_json_num_to(char *dst, double v) {
   }
   if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(int64_t)v)
     return tb__int_to(dst, (int64_t)v);
+  size_t fast = g17_fixed(dst, v);
+  if (fast > 0)
+    return fast;
   int n = snprintf(dst, TB_PROTO_NUM_MAX, "%.17g", v);
   if (n < 0 || n >= TB_PROTO_NUM_MAX)
     n = 0; /* cannot happen for a finite double; keep the output valid */

@@ -381,37 +381,47 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
       return;
     }
   }
-  size_t off = 0;
-  while (!c->closing) {
-    /* Replies count against the output limits too: a client that pipelines
-     * requests and does not read their answers waits, unread, until its
-     * backlog drains (on_write resumes it). */
-    if (tb__conn_backlog(c) > s->o.out_drop_bytes) {
-      check_limits(c);
+  for (;;) {
+    size_t off = 0;
+    bool held = false;
+    while (!c->closing) {
+      /* Replies count against the output limits too: a client that pipelines
+       * requests and does not read their answers waits, unread, until its
+       * backlog drains. */
+      if (tb__conn_backlog(c) > s->o.out_drop_bytes) {
+        check_limits(c);
+        held = true;
+        break;
+      }
+      size_t line_len;
+      int r = tb_frame_next(c->in + off, c->in_len - off, &c->scan, s->o.max_line, &line_len);
+      if (r == TB_PROTO_NEED_MORE)
+        break;
+      if (r < 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s",
+                 r == TB_PROTO_ETOO_LARGE
+                     ? "line longer than the server's max_line without a newline"
+                     : "the line is not valid UTF-8 text (or holds a control byte)");
+        protocol_error(c, r, msg);
+        return;
+      }
+      if (line_len > 0) {
+        c->t_last_in_ms = tb__srv_now_ms();
+        tb__handle_line(c, c->in + off, line_len);
+      }
+      off += (size_t)r;
+    }
+    if (off > 0 && !c->closing) {
+      memmove(c->in, c->in + off, c->in_len - off);
+      c->in_len -= off;
+    }
+    tb__conn_flush(c);
+    /* The answers went out at once (nothing in flight, so no write callback
+     * will come to resume): go on with the requests held back. */
+    if (!held || c->closing || c->inflight > 0 || c->in_len == 0 ||
+        tb__conn_backlog(c) > s->o.out_drop_bytes / 2)
       break;
-    }
-    size_t line_len;
-    int r = tb_frame_next(c->in + off, c->in_len - off, &c->scan, s->o.max_line, &line_len);
-    if (r == TB_PROTO_NEED_MORE)
-      break;
-    if (r < 0) {
-      char msg[160];
-      snprintf(msg, sizeof(msg), "%s",
-               r == TB_PROTO_ETOO_LARGE
-                   ? "line longer than the server's max_line without a newline"
-                   : "the line is not valid UTF-8 text (or holds a control byte)");
-      protocol_error(c, r, msg);
-      return;
-    }
-    if (line_len > 0) {
-      c->t_last_in_ms = tb__srv_now_ms();
-      tb__handle_line(c, c->in + off, line_len);
-    }
-    off += (size_t)r;
-  }
-  if (off > 0 && !c->closing) {
-    memmove(c->in, c->in + off, c->in_len - off);
-    c->in_len -= off;
   }
   /* An idle client holds no input buffer: most of 10,000 subscribers never
    * send a byte after subscribing. */
@@ -420,7 +430,6 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
     c->in = NULL;
     c->in_cap = 0;
   }
-  tb__conn_flush(c);
 }
 
 static void resume_reading(conn_t *c) {
@@ -731,8 +740,11 @@ static tb_ev_t *from_disk(sub_t *sb, tb_run_t *r, int64_t want) {
   return e;
 }
 
-void tb__replay_pump(conn_t *c) {
+/* Queues replayed events until the backlog reaches half the drop
+ * threshold; true if some subscription is still replaying. */
+static bool replay_step(conn_t *c) {
   tb_server_t *s = c->srv;
+  bool more = false;
   for (int i = 0; i < c->n_subs && !c->closing; i++) {
     sub_t *sb = &c->subs[i];
     tb_run_t *r = sb->replay_run;
@@ -769,6 +781,7 @@ void tb__replay_pump(conn_t *c) {
       if (owned)
         tb__ev_unref(e);
     }
+    more |= sb->replay_next <= r->last_seq;
     if (sb->replay_next > r->last_seq) {
       sb->replay_run = NULL; /* caught up: live from the next event */
       if (sb->replay_file != NULL) {
@@ -777,5 +790,16 @@ void tb__replay_pump(conn_t *c) {
       }
     }
   }
-  tb__conn_flush(c);
+  return more && !c->closing;
+}
+
+void tb__replay_pump(conn_t *c) {
+  for (;;) {
+    bool more = replay_step(c);
+    tb__conn_flush(c);
+    /* Written at once, no write callback will come to go on: go on here. */
+    if (!more || c->closing || c->inflight > 0 || c->wsi != NULL ||
+        tb__conn_backlog(c) >= c->srv->o.out_drop_bytes / 2)
+      return;
+  }
 }

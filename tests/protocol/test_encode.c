@@ -500,13 +500,89 @@ static void test_alloc_failure(void **state) {
   tb_proto_set_allocator(NULL, NULL);
 }
 
+/* tb_json_num_to writes exactly what printf's "%.17g" does (it has a fast
+ * integer path for fixed notation): checked on log-uniform values across
+ * and around its range, random bit patterns, ties at the 17th digit (which
+ * must round half to even, as printf does), and the range's edges. */
+static uint64_t g17_state = 0x9E3779B97F4A7C15ull;
+static uint64_t g17_rng(void) {
+  g17_state ^= g17_state << 13;
+  g17_state ^= g17_state >> 7;
+  g17_state ^= g17_state << 17;
+  return g17_state;
+}
+
+static void check_g17(double v) {
+  char want[64], got[TB_PROTO_NUM_MAX + 1];
+  if (isnan(v) || isinf(v) || v == 0.0)
+    return;
+  snprintf(want, sizeof(want), "%.17g", v);
+  if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(int64_t)v)
+    snprintf(want, sizeof(want), "%lld", (long long)v);
+  size_t n = tb_json_num_to(got, v);
+  got[n] = '\0';
+  if (strcmp(want, got) != 0) {
+    print_error("tb_json_num_to(%a): want %s, got %s\n", v, want, got);
+    fail();
+  }
+}
+
+static void test_number_format_matches_printf(void **state) {
+  (void)state;
+  for (int i = 0; i < 2000000; i++) {
+    /* log-uniform over 1e-7 .. 1e19, both signs */
+    double u = (double)(g17_rng() >> 11) / 9007199254740992.0;
+    double v = pow(10.0, -7.0 + 26.0 * u);
+    check_g17((g17_rng() & 1) ? -v : v);
+  }
+  for (int i = 0; i < 1000000; i++) {
+    uint64_t bits = g17_rng();
+    double v;
+    memcpy(&v, &bits, sizeof(v));
+    check_g17(v);
+  }
+  /* Ties: 18 significant digits ending in 5, exactly representable. */
+  static const double ties[] = {1234567890123456.75,
+                                1234567890123456.25,
+                                1234567890123456.5,
+                                123456789012345.625,
+                                123456789012345.375,
+                                4503599627370495.5,
+                                2251799813685247.75,
+                                0.5,
+                                1.5};
+  for (size_t i = 0; i < sizeof(ties) / sizeof(ties[0]); i++)
+    check_g17(ties[i]);
+  /* Around the edges of the fast path and of every power of ten. */
+  for (int e = -8; e <= 18; e++) {
+    double p = pow(10.0, e);
+    double v = p;
+    for (int k = 0; k < 50; k++) {
+      check_g17(v);
+      check_g17(-v);
+      v = nextafter(v, 0.0);
+    }
+    v = p;
+    for (int k = 0; k < 50; k++) {
+      check_g17(v);
+      v = nextafter(v, INFINITY);
+    }
+  }
+  check_g17(0.1);
+  check_g17(0.3123456789);
+  check_g17(1e-4);
+  check_g17(9.999999999999999e16);
+  check_g17(DBL_MIN);
+  check_g17(DBL_MAX);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_event_bytes),       cmocka_unit_test(test_event_roundtrip_exact),
       cmocka_unit_test(test_nonfinite_on_wire), cmocka_unit_test(test_state_and_control_events),
       cmocka_unit_test(test_escaping),          cmocka_unit_test(test_request_roundtrip),
       cmocka_unit_test(test_every_error_code),  cmocka_unit_test(test_other_messages),
-      cmocka_unit_test(test_alloc_failure),
+      cmocka_unit_test(test_alloc_failure),     cmocka_unit_test(test_number_format_matches_printf),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
