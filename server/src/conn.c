@@ -207,15 +207,18 @@ static void write_failed(conn_t *c) {
     really_close(c);
 }
 
-/* Writes c's queue now unless a write is in flight (then on_write does,
- * with whatever gathered meanwhile). */
+/* Writes c's queue now unless libuv still holds bytes of an earlier write
+ * (then on_write does, with whatever gathered meanwhile). */
 void tb__conn_flush(conn_t *c) {
   if (c->wsi != NULL) {
     if (c->n_out > 0 || c->closing)
       tb__ws_want_write(c); /* written one message at a time when writable */
     return;
   }
-  if (c->n_out == 0 || c->inflight > 0 || uv_is_closing((uv_handle_t *)&c->h.stream))
+  /* In flight means bytes libuv still holds for a full socket; a write whose
+   * bytes all went out and whose callback is still to come holds none. */
+  if (c->n_out == 0 || (c->inflight > 0 && c->h.stream.write_queue_size > 0) ||
+      uv_is_closing((uv_handle_t *)&c->h.stream))
     return;
   uv_buf_t stackv[64];
   uv_buf_t *bv = c->n_out <= 64 ? stackv : malloc((size_t)c->n_out * sizeof(uv_buf_t));

@@ -254,6 +254,7 @@ struct tb_server_s {
   uv_async_t wake;        /* records queued, or stop requested */
   uv_timer_t tick;        /* deadlines: auth, slow consumers, lockstep */
   uv_timer_t drain_timer; /* a deferred drain (flush_interval_ms > 0 only) */
+  uv_idle_t drain_idle;   /* more records taken than one step handles: go on next iteration */
   uint64_t last_drain_ms;
   uv_thread_t loop_thread;
   bool loop_thread_started;
@@ -261,8 +262,11 @@ struct tb_server_s {
   /* trainer -> loop queue: records (tb_rec_t) back to back; batch events
    * beyond o.queue_bytes are dropped, lifecycle events never */
   pthread_mutex_t q_mu;
-  char *q, *q_spare;
-  size_t q_len, q_cap, q_spare_cap;
+  char *q;
+  size_t q_len, q_cap;
+  /* loop: the records taken from the queue, handled from cur_off on */
+  char *cur;
+  size_t cur_len, cur_cap, cur_off;
   int64_t n_qdropped; /* batch events dropped at the queue, all runs */
   _Atomic bool stop_requested;
   bool stopping, stopped;
@@ -324,7 +328,10 @@ void tb__runs_number_after_existing(tb_server_t *s);
 void tb__runs_shutdown(tb_server_t *s);
 bool tb__runs_all_done(tb_server_t *s);
 /* events.c: the loop side */
-void tb__drain(tb_server_t *s);
+/* Handles up to TB_DRAIN_STEP queued records; true if more are waiting. */
+bool tb__drain(tb_server_t *s);
+/* Handles every queued record. */
+void tb__drain_all(tb_server_t *s);
 void tb__run_retain(tb_run_t *r, tb_ev_t *e);
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
 void tb__lockstep_recount(tb_run_t *r);

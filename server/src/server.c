@@ -31,7 +31,7 @@ void tb_server_opts_defaults(tb_server_opts_t *o) {
   o->max_queued_runs = 64;
   o->log_level = 1;
   o->flush_interval_ms = 0;
-  o->queue_bytes = 4 * 1024 * 1024;
+  o->queue_bytes = 32 * 1024 * 1024;
 }
 
 uint64_t tb__srv_now_ms(void) {
@@ -153,10 +153,22 @@ static int listen_on(tb_server_t *s, const char *spec, tb_err_t *err) {
 
 static void close_all(tb_server_t *s);
 
+static void on_drain_idle(uv_idle_t *h);
+
+/* One step of the drain; if more records wait, the next step runs in the
+ * next loop iteration (an idle handle keeps the poll from blocking). */
 static void drain_now(tb_server_t *s) {
   s->last_drain_ms = uv_now(&s->loop);
-  tb__drain(s);
+  bool more = tb__drain(s);
   tb__runs_schedule(s);
+  if (more && !uv_is_active((uv_handle_t *)&s->drain_idle))
+    uv_idle_start(&s->drain_idle, on_drain_idle);
+  else if (!more)
+    uv_idle_stop(&s->drain_idle);
+}
+
+static void on_drain_idle(uv_idle_t *h) {
+  drain_now(h->data);
 }
 
 static void on_drain_timer(uv_timer_t *t) {
@@ -183,7 +195,8 @@ static void on_wake(uv_async_t *a) {
     tb__runs_shutdown(s);
   }
   if (s->stopping && !s->stopped && tb__runs_all_done(s)) {
-    tb__drain(s);
+    tb__drain_all(s);
+    uv_idle_stop(&s->drain_idle);
     s->stopped = true;
     close_all(s);
   }
@@ -212,6 +225,7 @@ static void close_all(tb_server_t *s) {
   tb__http_stop(s);
   uv_close((uv_handle_t *)&s->tick, on_handle_closed);
   uv_close((uv_handle_t *)&s->drain_timer, on_handle_closed);
+  uv_close((uv_handle_t *)&s->drain_idle, on_handle_closed);
   uv_close((uv_handle_t *)&s->wake, on_handle_closed);
 }
 
@@ -337,7 +351,7 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   }
   tb_buf_init(&s->enc);
   if (s->o.queue_bytes == 0)
-    s->o.queue_bytes = 4 * 1024 * 1024;
+    s->o.queue_bytes = 32 * 1024 * 1024;
   pthread_mutex_init(&s->q_mu, NULL);
   pthread_mutex_init(&s->runs_mu, NULL);
   if ((r = uv_loop_init(&s->loop)) != 0) {
@@ -398,6 +412,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   s->tick.data = s;
   uv_timer_init(&s->loop, &s->drain_timer);
   s->drain_timer.data = s;
+  uv_idle_init(&s->loop, &s->drain_idle);
+  s->drain_idle.data = s;
   uv_timer_start(&s->tick, on_tick, 200, 200);
   if (s->o.resume && s->state_dir[0] != '\0' && (r = tb__runs_restore(s, err)) != 0)
     goto fail;
@@ -452,7 +468,7 @@ int tb_server_free(tb_server_t *s) {
   tb__http_free(s);
   int closed = uv_loop_close(&s->loop);
   free(s->q);
-  free(s->q_spare);
+  free(s->cur);
   tb_buf_free(&s->enc);
   free(s->touched);
   pthread_mutex_destroy(&s->q_mu);

@@ -55,8 +55,9 @@ typedef struct tb_server_opts_s {
   size_t retain_events;  /* events kept in memory per run for replay; 200000 */
   size_t queue_bytes;    /* the trainers' queue to the loop: past this many bytes waiting,
                             batch events are dropped (counted, and told to subscribers as
-                            "dropped"); lifecycle events never are. Default 4 MiB (about
-                            30,000 batch events: over a second of the busiest job) */
+                            "dropped"); lifecycle events never are. Default 32 MiB (about
+                            200,000 batch events with a few logs: seconds of the busiest
+                            job; Redis's pubsub output limit is 32 MB too) */
   int max_queued_runs;   /* default 64 */
   int log_level;         /* 0 errors, 1 info (default), 2 debug */
   const char *http;      /* "HOST:PORT": serve the dashboard, and the protocol over WebSocket,

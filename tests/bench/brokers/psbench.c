@@ -846,6 +846,37 @@ static double self_cpu(void)
     return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+/* CPU seconds of the process's threads other than its main thread (for
+ * tb_pub: the server's loop thread). */
+static double cpu_of_other_threads(int pid)
+{
+    if (pid <= 0) return -1;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    FILE *ls = NULL;
+    double sum = 0;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "ls %s", path);
+    if (!(ls = popen(cmd, "r"))) return -1;
+    int tid;
+    while (fscanf(ls, "%d", &tid) == 1) {
+        if (tid == pid) continue;
+        char p2[96], b[1024];
+        snprintf(p2, sizeof p2, "/proc/%d/task/%d/stat", pid, tid);
+        FILE *f = fopen(p2, "r");
+        if (!f) continue;
+        size_t n = fread(b, 1, sizeof b - 1, f);
+        fclose(f);
+        b[n] = 0;
+        char *q = strrchr(b, ')');
+        unsigned long ut = 0, st = 0;
+        if (q && sscanf(q + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+            sum += (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    }
+    pclose(ls);
+    return sum;
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -941,11 +972,13 @@ int main(int argc, char **argv)
     build_pub_header();
 
     double bcpu0 = cpu_of_pid(broker_pid), scpu0 = self_cpu();
+    double lcpu0 = proto == P_TRAINBUS ? cpu_of_other_threads(broker_pid) : -1;
     pthread_t th;
     pthread_create(&th, NULL, sub_thread, NULL);
     publisher(pfd);
     pthread_join(th, NULL);
     double bcpu1 = cpu_of_pid(broker_pid), scpu1 = self_cpu();
+    double lcpu1 = proto == P_TRAINBUS ? cpu_of_other_threads(broker_pid) : -1;
     long tb_rss = tb_child > 0 ? rss_kb(broker_pid) : -1;
     if (tb_child > 0) {
         fprintf(tb_to, "quit\n");
@@ -990,7 +1023,12 @@ int main(int argc, char **argv)
     printf(" broker_cpu_s=%.2f bench_cpu_s=%.2f", bcpu, scpu1 - scpu0);
     if (bcpu >= 0 && delivered) printf(" broker_cpu_us_per_deliv=%.3f", bcpu * 1e6 / (double)delivered);
     if (proto == P_REDIS) printf(" redis_receivers_sum=%lld", redis_replies_sum);
-    if (proto == P_TRAINBUS) printf(" dropped_notices=%" PRIu64 " broker_rss_kb=%ld", tb_dropped, tb_rss);
+    if (proto == P_TRAINBUS) {
+        printf(" dropped_notices=%" PRIu64 " broker_rss_kb=%ld", tb_dropped, tb_rss);
+        if (lcpu0 >= 0 && lcpu1 >= 0 && delivered)
+            printf(" loop_cpu_s=%.2f loop_cpu_us_per_deliv=%.3f", lcpu1 - lcpu0,
+                   (lcpu1 - lcpu0) * 1e6 / (double)delivered);
+    }
     printf("\n");
     return 0;
 }
