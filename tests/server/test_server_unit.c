@@ -9,7 +9,15 @@
  * thread ends with no handle left open (what uv_loop_close() needs to return
  * 0), checked both white-box (through server/src/internal.h) and through
  * tb_server_free's return value, uv_loop_close's verdict. Run under ASan,
- * leak detection also proves every connection was freed. */
+ * leak detection also proves every connection was freed.
+ *
+ * The bus under pressure, with the loop held still by the test (an async
+ * handle whose callback waits): the trainers' queue is bounded without
+ * blocking the trainer (batch events past the bound are dropped, counted and
+ * told to subscribers as a "dropped" range before the next event, lifecycle
+ * events never dropped), and a client whose socket is full gets its output
+ * gathered into a few large buffers (one per drain step, not one per
+ * event) that go out together when the socket drains. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +28,7 @@
 #include "srv_util.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +53,57 @@ static tb_server_t *start(int auth_timeout_ms) {
     fail_msg("tb_server_new: %s", err.msg);
   assert_int_equal(tb_server_start(s), 0);
   return s;
+}
+
+/* ---- holding the loop still -------------------------------------------------- */
+
+static uv_async_t holder;
+static uv_sem_t held, released;
+static atomic_bool holder_closing;
+
+static void on_hold(uv_async_t *a) {
+  if (atomic_load(&holder_closing)) {
+    uv_close((uv_handle_t *)a, NULL);
+    return;
+  }
+  uv_sem_post(&held);
+  uv_sem_wait(&released);
+}
+
+/* Returns once the loop thread is waiting in on_hold: until release_loop(),
+ * the test may read the loop's structures. */
+static void hold_loop(void) {
+  uv_async_send(&holder);
+  uv_sem_wait(&held);
+}
+
+static void release_loop(void) {
+  uv_sem_post(&released);
+}
+
+/* Starts a server with these options and the holder handle on its loop
+ * (made before the loop thread runs, as uv_async_init must be). */
+static tb_server_t *start_held(tb_server_opts_t *o) {
+  o->listen[0] = "127.0.0.1:0";
+  o->n_listen = 1;
+  o->token = SU_TOKEN;
+  o->token_given = true;
+  o->log_level = 0;
+  tb_server_t *s = NULL;
+  tb_err_t err = {{0}};
+  if (tb_server_new(o, &s, &err) != 0)
+    fail_msg("tb_server_new: %s", err.msg);
+  atomic_store(&holder_closing, false);
+  assert_int_equal(uv_sem_init(&held, 0), 0);
+  assert_int_equal(uv_sem_init(&released, 0), 0);
+  assert_int_equal(uv_async_init(&s->loop, &holder, on_hold), 0);
+  assert_int_equal(tb_server_start(s), 0);
+  return s;
+}
+
+static void holder_close(void) {
+  atomic_store(&holder_closing, true);
+  uv_async_send(&holder);
 }
 
 static void count_handle(uv_handle_t *h, void *arg) {
@@ -343,11 +403,189 @@ static void test_attached_run_events(void **state) {
   su_close(&c);
 }
 
+static void fire(tb_callbacks_t *cbs, tb_ctx_t *ctx, tb_hook_t hook, int index, double loss) {
+  tb_logs_t logs;
+  tb_logs_clear(&logs);
+  if (index >= 0)
+    tb_logs_set(&logs, "loss", loss);
+  assert_int_equal(tb_callbacks_fire(cbs, ctx, hook, index, &logs), 0);
+}
+
+static void test_queue_bound_drops_batch_events_only(void **state) {
+  (void)state;
+  tb_server_opts_t o;
+  tb_server_opts_defaults(&o);
+  o.queue_bytes = 16 * 1024; /* some 70 batch records */
+  tb_server_t *s = start_held(&o);
+  tb_run_t *run = NULL;
+  tb_err_t err = {{0}};
+  assert_int_equal(tb_server_attach(s, "q-run", 1, &run, &err), 0);
+  su_conn_t c;
+  su_connect(&c, tb_server_address(s, 0), 0);
+  su_auth(&c, "observer", NULL);
+  send_req(&c, 2, "subscribe", "{\"runs\":[\"q-run\"],\"since_seq\":1}");
+  expect_reply(&c, 2, NULL);
+  tb_smsg_t m;
+  assert_int_equal(su_msg(&c, 5000, &m), 1); /* state running: the loop is past it */
+  assert_int_equal(m.kind, TB_SMSG_EVENT);
+  assert_int_equal(m.event.seq, 1);
+  tb_smsg_free(&m);
+
+  tb_callbacks_t cbs;
+  tb_callbacks_init(&cbs);
+  assert_int_equal(tb_callbacks_add(&cbs, tb_run_callback(run)), 0);
+  tb_ctx_t ctx;
+  tb_ctx_init(&ctx);
+  ctx.epochs = 1;
+  ctx.steps = 500;
+  /* The loop is held: the trainer fires a whole epoch. Were it blocked by a
+   * full queue, this test would hang. */
+  hold_loop();
+  fire(&cbs, &ctx, TB_HOOK_TRAIN_BEGIN, -1, 0);
+  fire(&cbs, &ctx, TB_HOOK_EPOCH_BEGIN, 0, 0);
+  for (int b = 0; b < 500; b++) {
+    fire(&cbs, &ctx, TB_HOOK_TRAIN_BATCH_BEGIN, b, 0);
+    fire(&cbs, &ctx, TB_HOOK_TRAIN_BATCH_END, b, 1.0 / (b + 1));
+  }
+  fire(&cbs, &ctx, TB_HOOK_EPOCH_END, 0, 0);
+  fire(&cbs, &ctx, TB_HOOK_TRAIN_END, -1, 0);
+  pthread_mutex_lock(&s->q_mu);
+  int64_t n_dropped = s->n_qdropped;
+  size_t q_len = s->q_len;
+  pthread_mutex_unlock(&s->q_mu);
+  /* Most of the 1,000 batch events did not fit; the queue held to its bound
+   * but for the lifecycle events (never dropped) and the gap record. */
+  assert_true(n_dropped > 800 && n_dropped < 1000);
+  assert_true(q_len <= o.queue_bytes + 4 * sizeof(tb_rec_t) + 4096);
+  release_loop();
+  tb_run_detach(run, false);
+  tb_callbacks_release(&cbs);
+
+  /* The subscriber sees every seq exactly once, as an event or inside the
+   * dropped range told before the next event, in order. */
+  int64_t last = 1006, next = 2, told = 0; /* 1 state, 2..1005 the epoch, 1006 state */
+  int lifecycle = 0;
+  bool finished = false;
+  while (!finished) {
+    assert_int_equal(su_msg(&c, 5000, &m), 1);
+    if (m.kind == TB_SMSG_DROPPED) {
+      assert_string_equal(m.dropped.run, "q-run");
+      assert_int_equal(m.dropped.from_seq, next);
+      assert_int_equal(m.dropped.to_seq - m.dropped.from_seq + 1, m.dropped.count);
+      told += m.dropped.count;
+      next = m.dropped.to_seq + 1;
+    } else {
+      assert_int_equal(m.kind, TB_SMSG_EVENT);
+      assert_int_equal(m.event.seq, next);
+      next++;
+      const char *n = m.event.name;
+      if (strcmp(n, "train_begin") == 0 || strcmp(n, "epoch_begin") == 0 ||
+          strcmp(n, "epoch_end") == 0 || strcmp(n, "train_end") == 0)
+        lifecycle++;
+      finished = strcmp(n, "state") == 0 && strcmp(m.event.state, "finished") == 0;
+    }
+    tb_smsg_free(&m);
+  }
+  assert_int_equal(next, last + 1);
+  assert_int_equal(lifecycle, 4);
+  assert_int_equal(told, n_dropped);
+  hold_loop();
+  assert_int_equal(run->n_qdropped, n_dropped);
+  release_loop();
+  holder_close();
+  finish(s);
+  expect_bye_then_eof(&c, "shutdown");
+  su_close(&c);
+}
+
+static void test_output_gathers_while_a_write_is_in_flight(void **state) {
+  (void)state;
+  tb_server_opts_t o;
+  tb_server_opts_defaults(&o);
+  tb_server_t *s = start_held(&o);
+  tb_run_t *run = NULL;
+  tb_err_t err = {{0}};
+  assert_int_equal(tb_server_attach(s, "g-run", 1, &run, &err), 0);
+  su_conn_t c;
+  su_connect(&c, tb_server_address(s, 0), 4096); /* a small window, not read below */
+  su_auth(&c, "observer", NULL);
+  send_req(&c, 2, "subscribe", "{\"runs\":[\"g-run\"]}");
+  expect_reply(&c, 2, NULL);
+
+  tb_callbacks_t cbs;
+  tb_callbacks_init(&cbs);
+  assert_int_equal(tb_callbacks_add(&cbs, tb_run_callback(run)), 0);
+  tb_ctx_t ctx;
+  tb_ctx_init(&ctx);
+  ctx.epochs = 1;
+  enum { N = 5000 }; /* ~1 MB of lines: more than the socket takes */
+  ctx.steps = N;
+  hold_loop();
+  for (int b = 0; b < N; b++)
+    fire(&cbs, &ctx, TB_HOOK_TRAIN_BATCH_END, b, 0.5);
+  release_loop();
+  /* Wait (holding the loop to look) until every event has been drained. */
+  conn_t *sub = NULL;
+  for (int tries = 0; tries < 500; tries++) {
+    hold_loop();
+    bool done = s->n_events >= N + 1;
+    for (conn_t *k = s->conns; k != NULL; k = k->next)
+      if (k->n_subs > 0)
+        sub = k;
+    if (done)
+      break;
+    release_loop();
+    su_sleep_ms(10);
+  }
+  assert_non_null(sub);
+  assert_true(s->n_events >= N + 1);
+  /* The socket is full: libuv holds a write, and what came after it is
+   * gathered, a drain step's lines in one buffer (not one per event, which
+   * would be ~200 bytes each). */
+  assert_int_equal(sub->inflight, 1);
+  assert_true(sub->h.stream.write_queue_size > 0);
+  assert_true(sub->n_out >= 1);
+  assert_true(sub->n_out <= N / 1024 + 2);
+  assert_true(sub->pend_bytes / (size_t)sub->n_out > 16 * 1024);
+  release_loop();
+
+  /* Reading now: every batch arrives once, in order, or inside a range told
+   * as dropped (the backlog passed the drop threshold), told before the
+   * run's next event (here the final state). */
+  tb_run_detach(run, false);
+  tb_callbacks_release(&cbs);
+  int64_t want = 0;
+  for (bool finished = false; !finished;) {
+    tb_smsg_t m;
+    assert_int_equal(su_msg(&c, 5000, &m), 1);
+    if (m.kind == TB_SMSG_DROPPED) {
+      assert_int_equal(m.dropped.from_seq, want + 2); /* seq 1 is the state "running" */
+      want += m.dropped.count;
+    } else {
+      assert_int_equal(m.kind, TB_SMSG_EVENT);
+      if (strcmp(m.event.name, "train_batch_end") == 0) {
+        assert_int_equal(m.event.batch, want);
+        want++;
+      }
+      finished = strcmp(m.event.name, "state") == 0 && strcmp(m.event.state, "finished") == 0;
+    }
+    tb_smsg_free(&m);
+  }
+  assert_int_equal(want, N);
+  holder_close();
+  finish(s);
+  su_close(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hello_and_auth),      cmocka_unit_test(test_auth_timeout),
-      cmocka_unit_test(test_idle_timeout),        cmocka_unit_test(test_non_loopback_needs_token),
+      cmocka_unit_test(test_hello_and_auth),
+      cmocka_unit_test(test_auth_timeout),
+      cmocka_unit_test(test_idle_timeout),
+      cmocka_unit_test(test_non_loopback_needs_token),
       cmocka_unit_test(test_attached_run_events),
+      cmocka_unit_test(test_queue_bound_drops_batch_events_only),
+      cmocka_unit_test(test_output_gathers_while_a_write_is_in_flight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
