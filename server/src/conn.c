@@ -123,7 +123,8 @@ static int push_out(conn_t *c, uv_buf_t buf, tb_chunk_t *chunk, char *mem) {
     }
   }
   if (c->n_out == c->cap_out) {
-    int cap = c->cap_out ? c->cap_out * 2 : 16;
+    /* Most clients hold a few replies, or one stretch of events. */
+    int cap = c->cap_out ? c->cap_out * 2 : 4;
     outbuf_t *o = realloc(c->out, (size_t)cap * sizeof(*o));
     if (o == NULL)
       return -1;
@@ -761,8 +762,15 @@ static bool replay_step(conn_t *c) {
         owned = e != NULL;
       }
       if (e == NULL || e->seq > sb->replay_next) {
-        /* Gone from memory and disk: say so, then go on from what exists. */
+        /* Gone from memory and disk: say so, then go on from what exists
+         * (in memory, the next retained seq: the queue may have dropped
+         * some). */
         int64_t next = e != NULL ? e->seq : r->last_seq - (int64_t)r->n_ring + 1;
+        if (e == NULL && next <= sb->replay_next) {
+          next = sb->replay_next + 1;
+          while (next <= r->last_seq && tb__run_event(r, next) == NULL)
+            next++;
+        }
         if (next <= sb->replay_next)
           next = r->last_seq + 1;
         tb_buf_t b;

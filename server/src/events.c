@@ -87,20 +87,42 @@ static bool ring_grow(tb_run_t *r) {
   return true;
 }
 
-/* Called after r->last_seq has moved to e->seq. */
-void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
+/* Puts e (NULL: a seq that was dropped) at seq's position. */
+static void ring_place(tb_run_t *r, int64_t seq, tb_ev_t *e) {
   if (r->n_ring == r->ring_cap && !ring_grow(r) && r->ring_cap == 0)
     return;
-  size_t slot = (size_t)((e->seq - 1) % (int64_t)r->ring_cap);
+  size_t slot = (size_t)((seq - 1) % (int64_t)r->ring_cap);
   if (r->n_ring == r->ring_cap)
     tb__ev_unref(r->ring[slot]);
   else
     r->n_ring++;
   r->ring[slot] = e;
-  tb__ev_ref(e);
+  if (e != NULL)
+    tb__ev_ref(e);
+  r->ring_end = seq;
 }
 
-/* The retained event with this seq, or NULL if it is older than memory. */
+/* Called after r->last_seq has moved to e->seq. The ring holds every seq
+ * position from ring_end - n_ring + 1 to ring_end, so seqs the queue dropped
+ * take a NULL position each (a gap as long as the ring empties it). */
+void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
+  if (r->n_ring > 0 && e->seq - r->ring_end > 1) {
+    if ((uint64_t)(e->seq - r->ring_end - 1) >= r->ring_cap) {
+      for (size_t i = 0; i < r->ring_cap; i++) {
+        tb__ev_unref(r->ring[i]);
+        r->ring[i] = NULL;
+      }
+      r->n_ring = 0;
+    } else {
+      for (int64_t q = r->ring_end + 1; q < e->seq; q++)
+        ring_place(r, q, NULL);
+    }
+  }
+  ring_place(r, e->seq, e);
+}
+
+/* The retained event with this seq, or NULL if it is older than memory or
+ * was dropped at the queue. */
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq) {
   if (seq < 1 || seq > r->last_seq || seq <= r->last_seq - (int64_t)r->n_ring)
     return NULL;

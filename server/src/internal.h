@@ -141,8 +141,10 @@ struct tb_run_s {
   double lr;
   bool thread_started, thread_joined;
   bool cancel_requested;
-  tb_ev_t **ring; /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */
-  size_t ring_cap, n_ring;
+  tb_ev_t **ring;          /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */
+  size_t ring_cap, n_ring; /* n_ring seq positions end at ring_end; a seq dropped at the
+                              queue holds NULL */
+  int64_t ring_end;
   FILE *log; /* state_dir/runs/<id>/events.ndjson, appended */
   pending_t *pending;
 };

@@ -339,8 +339,10 @@ static void do_history(conn_t *c, const tb_req_t *q) {
     if (e == NULL) {
       /* Not retained anywhere: skip to what memory holds. */
       int64_t first = r->last_seq - (int64_t)r->n_ring + 1;
-      if (first <= seq)
-        break;
+      if (first <= seq) {
+        seq++; /* dropped at the queue: retained nowhere */
+        continue;
+      }
       seq = first;
       continue;
     }

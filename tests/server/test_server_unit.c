@@ -489,6 +489,29 @@ static void test_queue_bound_drops_batch_events_only(void **state) {
   assert_int_equal(next, last + 1);
   assert_int_equal(lifecycle, 4);
   assert_int_equal(told, n_dropped);
+  /* A replay from seq 1 afterwards covers the same: the retained events,
+   * and the dropped seqs told as one range. */
+  su_conn_t c2;
+  su_connect(&c2, tb_server_address(s, 0), 0);
+  su_auth(&c2, "observer", NULL);
+  send_req(&c2, 2, "subscribe", "{\"runs\":[\"q-run\"],\"since_seq\":1}");
+  expect_reply(&c2, 2, NULL);
+  int64_t next2 = 1, told2 = 0;
+  while (next2 <= last) {
+    assert_int_equal(su_msg(&c2, 5000, &m), 1);
+    if (m.kind == TB_SMSG_DROPPED) {
+      assert_int_equal(m.dropped.from_seq, next2);
+      told2 += m.dropped.count;
+      next2 = m.dropped.to_seq + 1;
+    } else {
+      assert_int_equal(m.kind, TB_SMSG_EVENT);
+      assert_int_equal(m.event.seq, next2);
+      next2++;
+    }
+    tb_smsg_free(&m);
+  }
+  assert_int_equal(told2, n_dropped);
+  su_close(&c2);
   hold_loop();
   assert_int_equal(run->n_qdropped, n_dropped);
   release_loop();

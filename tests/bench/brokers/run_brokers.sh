@@ -10,11 +10,19 @@
 #   1. fan-out throughput, blast, K = 1, 8, 64 (psbench tput); trainbus is
 #      also run closed-loop (-w WIN: the trainer stays at most WIN events ahead
 #      of the slowest subscriber), its lossless capacity;
-#   2. publish->receive latency at RATE events/s, K = 1, 8 (psbench lat);
+#   2. publish->receive latency at RATE events/s, K = 1, 8 (psbench lat),
+#      trainbus with its default settings;
 #   3. trainbusd only: set_lr round trip, training slowdown with 8
-#      subscribers to every event, memory idle / with 10,000 subscribers /
-#      with a never-reading subscriber; and memory per idle subscriber of the
-#      three brokers for comparison.
+#      subscribers to every event (default settings, and with the old fixed
+#      --flush-interval-ms 1 for comparison), memory idle / with 10,000
+#      subscribers / with a never-reading subscriber; and memory per idle
+#      subscriber of the three brokers for comparison.
+#   4. the issue-13 targets as trainbus / Redis ratios (summarize_tb.py).
+#
+# trainbus's CPU is reported twice: the whole tb_pub process (the trainer
+# thread, which also runs the publisher callback, plus the server's loop
+# thread) and the loop thread alone, which does what a broker's server
+# process does (encode, fan out, write); Redis's is its server process.
 #
 #   bash tests/bench/brokers/run_brokers.sh
 #   RUNS=3 RATE=10000 DUR=3 KS="1 8 64" BUILD=build-brokers bash ...
@@ -146,8 +154,6 @@ for r in $(seq 1 "$RUNS"); do
         bench nats      -P nats  -p "$NATS_PORT"  -b "$NATS_PID"  -m lat -k "$k" -r "$RATE" -d "$DUR"
         bench mosquitto -P mqtt  -p "$MQTT_PORT"  -b "$MQTT_PID"  -m lat -k "$k" -r "$RATE" -d "$DUR"
         bench trainbus  -P trainbus -x "$BIN/tb_pub" -m lat -k "$k" -r "$RATE" -d "$DUR"
-        TB_FLUSH_INTERVAL_MS=0 bench trainbus-f0 -P trainbus -x "$BIN/tb_pub" -m lat -k "$k" \
-            -r "$RATE" -d "$DUR"
     done
 done
 
@@ -193,6 +199,11 @@ bench trainbus -P trainbus -p "$TB_PORT" -b "$TBD_PID" -m idle -k "$IDLE_K"
 "$BIN/tb_ctl" train -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-mlp512.json" -k 8 \
     -R "$TRAIN_ROUNDS" | sed 's/^/job=mlp512 /' | tee -a "$OUT/trainbus.txt"
 cleanup
+# The same demo job with the old fixed coalescing delay, for comparison.
+start_tbd --no-job --flush-interval-ms 1
+"$BIN/tb_ctl" train -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-demo.json" -k 8 \
+    -R "$TRAIN_ROUNDS" | sed 's/^/job=demo-flush1ms /' | tee -a "$OUT/trainbus.txt"
+cleanup
 start_tbd --no-job
 "$BIN/tb_ctl" stall -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-stall.json" -b "$TBD_PID" \
     | tee -a "$OUT/trainbus.txt"
@@ -211,7 +222,8 @@ sleep 1
     | tee -a "$OUT/trainbus.txt"
 cleanup
 
-python3 "$HERE/summarize_tb.py" "$RAW" "$OUT/trainbus.txt" > "$OUT/summary.md"
+CMD="RUNS=$RUNS bash tests/bench/brokers/run_brokers.sh"
+python3 "$HERE/summarize_tb.py" "$RAW" "$OUT/trainbus.txt" "$CMD" > "$OUT/summary.md"
 { echo; echo '```'; cat "$OUT/env.txt"; echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"; echo '```'; } >> "$OUT/summary.md"
 cat "$OUT/summary.md"
 echo "results in $OUT"

@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""summarize_tb.py RAW.txt TRAINBUS.txt - the tables of run_brokers.sh.
+"""summarize_tb.py RAW.txt TRAINBUS.txt [COMMAND] - the tables of run_brokers.sh.
 
 RAW.txt holds psbench key=value lines (tag, mode, k, ...); medians are taken
 over runs per (tag, mode, k). TRAINBUS.txt holds tb_ctl's lines (train,
-stall, setlr). Prints markdown: throughput and latency with ratios of
-trainbus to each broker, memory, set_lr round trip and training slowdown.
+stall, setlr). Prints markdown: the issue-13 targets as trainbus / Redis ratios (with
+COMMAND, the line that reproduces them), then throughput and latency with
+ratios of trainbus to each broker, memory, set_lr round trip and training
+slowdown.
 """
 import statistics
 import sys
 from collections import OrderedDict
 
 BROKERS = ["redis", "nats", "mosquitto"]
-ORDER = ["direct"] + BROKERS + ["trainbus", "trainbus-f0", "trainbus-w"]
+ORDER = ["direct"] + BROKERS + ["trainbus", "trainbus-w"]
+# Memory per idle subscriber before issue 13 (tests/bench/brokers/RESULTS.md
+# at f346f50), the bound the issue sets.
+IDLE_BYTES_BEFORE = 5324
 
 
 def kv(line):
@@ -46,6 +51,8 @@ def main():
     tb = [kv(l) | {"_kind": l.split()[0] if "=" not in l.split()[0] else l.split()[1]}
           for l in open(sys.argv[2]) if l.strip()] if len(sys.argv) > 2 else []
 
+    targets(groups, tb, sys.argv[3] if len(sys.argv) > 3 else "bash tests/bench/brokers/run_brokers.sh")
+
     def rows(mode):
         return sorted((g for g in groups if g[1] == mode),
                       key=lambda g: (g[2], ORDER.index(g[0]) if g[0] in ORDER else 99))
@@ -55,8 +62,8 @@ def main():
           "`trainbus-w` is closed-loop (the trainer stays at most WIN events ahead of the "
           "slowest subscriber): its lossless capacity. Blast trainbus drops batch events "
           "for subscribers more than 256 KiB behind, by design (`lost`).\n")
-    print("| server | K | runs | delivered/s (median) | min..max | lost (max) | server CPU us/delivery |")
-    print("|---|---|---|---|---|---|---|")
+    print("| server | K | runs | delivered/s (median) | min..max | lost (max) | server CPU us/delivery | trainbus loop thread us/delivery |")
+    print("|---|---|---|---|---|---|---|---|")
     tput = {}
     for g in rows("tput"):
         rs = groups[g]
@@ -64,7 +71,8 @@ def main():
         tput[(g[0], g[2])] = med(dps)
         print(f"| {g[0]} | {g[2]} | {len(rs)} | {fmt(med(dps))} | {fmt(min(dps))}..{fmt(max(dps))} | "
               f"{max(int(r['lost']) for r in rs)} of {rs[0]['expected']} | "
-              f"{fmt(med([r.get('broker_cpu_us_per_deliv') for r in rs]), 2)} |")
+              f"{fmt(med([r.get('broker_cpu_us_per_deliv') for r in rs]), 2)} | "
+              f"{fmt(med([r.get('loop_cpu_us_per_deliv') for r in rs]), 2)} |")
     ks = sorted({g[2] for g in groups if g[1] == "tput"})
     print("\nRatios of delivered/s (trainbus / broker; > 1 means trainbus delivers more):\n")
     print("| K | " + " | ".join(f"trainbus/{b}" for b in BROKERS) + " | " +
@@ -92,13 +100,12 @@ def main():
               f"{fmt(med([r['p90_us'] for r in rs]), 1)} | {fmt(p99, 1)} | "
               f"{fmt(med([r['p999_us'] for r in rs]), 1)} | {max(int(r['lost']) for r in rs)} | "
               f"{fmt(med(cpu), 0) if cpu else 'n/a'} |")
-    print("\n`trainbus` runs with the daemon's default --flush-interval-ms 1 (writes coalesced "
-          "while events stream in: less CPU and no training slowdown, about 1 ms more "
-          "latency); `trainbus-f0` with --flush-interval-ms 0 (every event written at once).")
+    print("\n`trainbus` runs with the daemon's default settings (adaptive coalescing: a client "
+          "with nothing in flight is written at once, output gathers while a write is in flight).")
     print("\nRatios of latency (trainbus / broker; < 1 means trainbus is faster), p50 and p99:\n")
     print("| K | " + " | ".join(f"vs {b} p50 | vs {b} p99" for b in BROKERS) + " |")
     print("|---|" + "---|" * (2 * len(BROKERS)))
-    for tag in ("trainbus", "trainbus-f0"):
+    for tag in ("trainbus",):
         for k in sorted({g[2] for g in groups if g[1] == "lat"}):
             t = lat.get((tag, k), (float("nan"),) * 2)
             cells = []
@@ -145,6 +152,68 @@ def main():
             print(f"| {r.get('job')} | {r['calls']} | {r['setlr_p50_us']} us | {r['setlr_p90_us']} us | "
                   f"{r['setlr_p99_us']} us | {r['batch_p50_us']} us ({r['batch_mean_us']} us) | "
                   f"{r['ping_p50_us']} / {r['ping_p99_us']} us |")
+
+
+def targets(groups, tb, cmd):
+    """The issue-13 targets: trainbus / Redis in this run, medians."""
+    def g(tag, mode, k, key):
+        rs = groups.get((tag, mode, k), [])
+        return med([r.get(key) for r in rs]) if rs else float("nan")
+
+    def okr(x, lim, le=True):
+        if x != x:
+            return "n/a"
+        return "met" if (x <= lim if le else x >= lim) else "NOT met"
+
+    rows = []
+    for k in (1, 8, 64):
+        t, r = g("trainbus-w", "tput", k, "deliv_per_s"), g("redis", "tput", k, "deliv_per_s")
+        rows.append((f"lossless deliveries/s, K={k} (closed loop)", fmt(t), fmt(r),
+                     ratio(t, r), ">= 1", okr(t / r if r == r and r else float("nan"), 1, False)))
+    for k in (1, 8, 64):
+        t, r = g("trainbus-w", "tput", k, "broker_cpu_us_per_deliv"), g("redis", "tput", k, "broker_cpu_us_per_deliv")
+        lt = g("trainbus-w", "tput", k, "loop_cpu_us_per_deliv")
+        rows.append((f"CPU per delivery, K={k}: whole tb_pub (trainer + loop) / loop thread",
+                     f"{fmt(t, 2)} / {fmt(lt, 2)} us", f"{fmt(r, 2)} us",
+                     f"{ratio(t, r)} / {ratio(lt, r)}", "<= 1", okr(lt / r if r == r and r else float("nan"), 1)))
+    lost = [int(x["lost"]) for x in groups.get(("trainbus", "tput", 1), [])]
+    rl = [int(x["lost"]) for x in groups.get(("redis", "tput", 1), [])]
+    if lost:
+        n = groups[("trainbus", "tput", 1)][0]["expected"]
+        rows.append(("blast, K=1: events lost (median of runs)", f"{statistics.median(lost):,.0f} of {n}",
+                     f"{statistics.median(rl) if rl else 'n/a'}", "", "0",
+                     "met" if statistics.median(lost) == 0 else "NOT met"))
+    for k in (1, 8):
+        for q in ("p50_us", "p99_us"):
+            t, r = g("trainbus", "lat", k, q), g("redis", "lat", k, q)
+            rows.append((f"latency {q[:3]} at {groups.get(('redis', 'lat', k), [{}])[0].get('rate', '?')}/s, K={k}, default settings",
+                         f"{fmt(t, 1)} us", f"{fmt(r, 1)} us", ratio(t, r), "<= 1", okr(t / r if r == r and r else float("nan"), 1)))
+    for r in tb:
+        if r["_kind"] == "setlr" and r.get("job") == "demo":
+            s50, b50 = float(r["setlr_p50_us"]), float(r["batch_p50_us"])
+            rows.append(("set_lr round trip p50, demo job", f"{s50:,.0f} us = {s50 / b50:.2f} batches",
+                         "", "", "<= 2 batches", okr(s50 / b50, 2)))
+    for r in tb:
+        if r["_kind"] == "train_summary" and r.get("job") in ("demo", "demo-flush1ms"):
+            sd = float(r["slowdown_pct"])
+            rows.append((f"training slowdown, 8 subscribers to every event, job {r.get('job')}",
+                         f"{sd:+.2f} %", "", "", "< 2 %", okr(sd, 2) if r.get("job") == "demo" else ""))
+    idle = [x for x in groups.get(("trainbus", "idle", 10000), [])] or \
+        [x for g2, xs in groups.items() if g2[0] == "trainbus" and g2[1] == "idle" for x in xs]
+    ridle = [x for g2, xs in groups.items() if g2[0] == "redis" and g2[1] == "idle" for x in xs]
+    if idle:
+        b = float(idle[0]["per_sub_bytes"])
+        rb = float(ridle[0]["per_sub_bytes"]) if ridle else float("nan")
+        rows.append(("memory per idle subscriber", f"{b:,.0f} B", f"{fmt(rb)} B", ratio(b, rb),
+                     f"<= {IDLE_BYTES_BEFORE:,} B", okr(b, IDLE_BYTES_BEFORE)))
+    print("### Issue 13 targets: trainbus / Redis 7, this run (medians)\n")
+    print(f"Reproduce: `{cmd}` (all servers side by side, rounds interleaved; the machine is "
+          "shared, so compare ratios within one run).\n")
+    print("| measure | trainbus | Redis | trainbus / Redis | target | |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print()
 
 
 if __name__ == "__main__":
