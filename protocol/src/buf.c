@@ -155,21 +155,33 @@ size_t tb__json_esc(char *dst, const char *src, size_t n) {
   return (size_t)(d - dst);
 }
 
+/* "00" .. "99": two digits per division. */
+const char tb__digits2[201] =
+    "0001020304050607080910111213141516171819202122232425262728293031323334"
+    "3536373839404142434445464748495051525354555657585960616263646566676869"
+    "707172737475767778798081828384858687888990919293949596979899";
+
 /* Writes v in decimal; returns the length. */
 size_t tb__int_to(char *dst, int64_t v) {
-  char tmp[24];
-  size_t n = 0;
+  char tmp[24], *p = tmp + sizeof(tmp);
   uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-  do {
-    tmp[n++] = (char)('0' + u % 10);
-    u /= 10;
-  } while (u);
-  size_t k = 0;
+  while (u >= 100) {
+    unsigned r = (unsigned)(u % 100);
+    u /= 100;
+    p -= 2;
+    memcpy(p, tb__digits2 + 2 * r, 2);
+  }
+  if (u >= 10) {
+    p -= 2;
+    memcpy(p, tb__digits2 + 2 * u, 2);
+  } else {
+    *--p = (char)('0' + u);
+  }
+  size_t k = 0, n = (size_t)(tmp + sizeof(tmp) - p);
   if (v < 0)
     dst[k++] = '-';
-  while (n)
-    dst[k++] = tmp[--n];
-  return k;
+  memcpy(dst + k, p, n);
+  return k + n;
 }
 
 /* printf's "%.17g" for 1e-4 <= |v| < 1e17 (fixed notation), exactly, with

@@ -22,18 +22,18 @@
 /* Worst-case bytes of an escaped string of n bytes, quotes included. */
 #define ESC_MAX(n) (6 * (n) + 2)
 
-
 /* Unix time in seconds with exactly six decimals, from microseconds: exact,
  * and cheaper than formatting a double. */
 static size_t time_to(char *dst, int64_t us) {
   if (us < 0)
     return tb_json_num_to(dst, (double)us / 1e6);
   size_t n = tb__int_to(dst, us / 1000000);
-  int64_t frac = us % 1000000;
+  unsigned frac = (unsigned)(us % 1000000);
   dst[n++] = '.';
-  for (int64_t div = 100000; div > 0; div /= 10)
-    dst[n++] = (char)('0' + (frac / div) % 10);
-  return n;
+  memcpy(dst + n, tb__digits2 + 2 * (frac / 10000), 2);
+  memcpy(dst + n + 2, tb__digits2 + 2 * (frac / 100 % 100), 2);
+  memcpy(dst + n + 4, tb__digits2 + 2 * (frac % 100), 2);
+  return n + 6;
 }
 
 static const char *log_name(const tb_event_t *ev, int i, size_t *len) {

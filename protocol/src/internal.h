@@ -17,6 +17,7 @@ size_t tb__json_esc(char *dst, const char *s, size_t n);
 size_t tb__id_to(char *dst, const tb_id_t *id);
 /* Writes v in decimal (at most 20 bytes), no NUL; returns the length. */
 size_t tb__int_to(char *dst, int64_t v);
+extern const char tb__digits2[201]; /* "00" .. "99" */
 
 /* printf into err (if not NULL) and return code. */
 int tb__errf(tb_proto_err_t *err, int code, const char *fmt, ...)
