@@ -101,6 +101,7 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+  prctl(PR_SET_NAME, "tb_pub"); /* not "exe", after the re-exec */
   signal(SIGPIPE, SIG_IGN);
   prctl(PR_SET_TIMERSLACK, 1UL); /* precise pacing, as psbench's lat mode */
   prctl(PR_SET_PDEATHSIG, SIGTERM);
