@@ -103,11 +103,16 @@ static void touch(conn_t *c) {
 
 void tb__flush_touched(tb_server_t *s) {
   /* Connections are freed only in close callbacks, never during a drain. */
+  bool all_full = s->n_touched > 0;
   for (int i = 0; i < s->n_touched; i++) {
-    s->touched[i]->touched = false;
-    tb__conn_flush(s->touched[i]);
+    conn_t *c = s->touched[i];
+    c->touched = false;
+    tb__conn_flush(c);
+    all_full &=
+        c->wsi == NULL && !c->closing && c->inflight > 0 && c->h.stream.write_queue_size > 0;
   }
   s->n_touched = 0;
+  s->all_touched_full = all_full;
 }
 
 static int push_out(conn_t *c, uv_buf_t buf, tb_chunk_t *chunk, char *mem) {
@@ -175,6 +180,7 @@ static void on_write(uv_write_t *req, int status) {
   }
   if (tb__conn_backlog(c) < c->srv->o.out_soft_bytes)
     c->soft_since_ms = 0;
+  tb__drain_resume(c->srv); /* a socket drained: the bus may go on */
   tb__replay_pump(c);
   if (c->in_len > 0 && tb__conn_backlog(c) <= c->srv->o.out_drop_bytes / 2)
     tb__conn_input(c, NULL, 0); /* requests held back by the backlog */

@@ -207,7 +207,10 @@ static void resolve_pending(tb_run_t *r, const tb_rec_t *rec) {
       tb_msg_result_end(&b);
       tb__conn_send(c, b.data, b.len);
       tb_buf_free(&b);
-      tb__conn_flush(c);
+      /* In a drain, written at its end with the events before it, once the
+       * disk log has them. */
+      if (!r->srv->draining)
+        tb__conn_flush(c);
     }
     free(p);
   }
@@ -225,7 +228,10 @@ void tb__pending_fail(tb_run_t *r, const char *why) {
                    r->id, why);
       tb__conn_send(c, b.data, b.len);
       tb_buf_free(&b);
-      tb__conn_flush(c);
+      /* In a drain, written at its end with the events before it, once the
+       * disk log has them. */
+      if (!r->srv->draining)
+        tb__conn_flush(c);
     }
     free(p);
   }

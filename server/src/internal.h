@@ -286,6 +286,12 @@ struct tb_server_s {
   conn_t **touched;
   int n_touched, cap_touched;
   bool draining;
+  /* Every client the last drain step wrote to has a full socket: the next
+   * step waits (at most TB_DRAIN_PAUSE_MS, the queue absorbing what the
+   * trainers send) for one of them to drain, rather than drop its events
+   * at once. */
+  bool all_touched_full, drain_paused;
+  uv_timer_t pause_timer;
 
   conn_t *conns;
   int n_conns;
@@ -334,6 +340,8 @@ bool tb__runs_all_done(tb_server_t *s);
 bool tb__drain(tb_server_t *s);
 /* Handles every queued record. */
 void tb__drain_all(tb_server_t *s);
+/* server.c: a client's socket drained; a paused drain goes on. */
+void tb__drain_resume(tb_server_t *s);
 void tb__run_retain(tb_run_t *r, tb_ev_t *e);
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
 void tb__lockstep_recount(tb_run_t *r);

@@ -154,17 +154,54 @@ static int listen_on(tb_server_t *s, const char *spec, tb_err_t *err) {
 static void close_all(tb_server_t *s);
 
 static void on_drain_idle(uv_idle_t *h);
+static void on_pause_timer(uv_timer_t *t);
+
+/* How long the drain may wait for the socket of its only (or every) busy
+ * reader before it goes on and that reader's batch events are dropped. A
+ * reader that is momentarily descheduled (a 2-core machine running the
+ * trainer, the loop and the reader) catches up in well under this; one that
+ * never reads costs the bus this delay once per drain step, and only when no
+ * other client wanted the step's events. */
+enum { TB_DRAIN_PAUSE_MS = 10 };
 
 /* One step of the drain; if more records wait, the next step runs in the
- * next loop iteration (an idle handle keeps the poll from blocking). */
+ * next loop iteration (an idle handle keeps the poll from blocking), unless
+ * every client the step wrote to has a full socket: then it waits for one
+ * of them to drain (tb__drain_resume) or for TB_DRAIN_PAUSE_MS, the queue
+ * absorbing what the trainers send meanwhile (it never blocks them). */
 static void drain_now(tb_server_t *s) {
+  if (s->drain_paused && !atomic_load(&s->stop_requested)) {
+    tb__runs_schedule(s);
+    return;
+  }
   s->last_drain_ms = uv_now(&s->loop);
   bool more = tb__drain(s);
   tb__runs_schedule(s);
+  if (more && s->all_touched_full && !atomic_load(&s->stop_requested)) {
+    s->drain_paused = true;
+    uv_idle_stop(&s->drain_idle);
+    uv_timer_start(&s->pause_timer, on_pause_timer, TB_DRAIN_PAUSE_MS, 0);
+    return;
+  }
   if (more && !uv_is_active((uv_handle_t *)&s->drain_idle))
     uv_idle_start(&s->drain_idle, on_drain_idle);
   else if (!more)
     uv_idle_stop(&s->drain_idle);
+}
+
+void tb__drain_resume(tb_server_t *s) {
+  if (!s->drain_paused)
+    return;
+  s->drain_paused = false;
+  uv_timer_stop(&s->pause_timer);
+  uv_idle_start(&s->drain_idle, on_drain_idle);
+}
+
+static void on_pause_timer(uv_timer_t *t) {
+  tb_server_t *s = t->data;
+  s->drain_paused = false;
+  s->all_touched_full = false;
+  drain_now(s);
 }
 
 static void on_drain_idle(uv_idle_t *h) {
@@ -197,6 +234,8 @@ static void on_wake(uv_async_t *a) {
   if (s->stopping && !s->stopped && tb__runs_all_done(s)) {
     tb__drain_all(s);
     uv_idle_stop(&s->drain_idle);
+    uv_timer_stop(&s->pause_timer);
+    s->drain_paused = false;
     s->stopped = true;
     close_all(s);
   }
@@ -226,6 +265,7 @@ static void close_all(tb_server_t *s) {
   uv_close((uv_handle_t *)&s->tick, on_handle_closed);
   uv_close((uv_handle_t *)&s->drain_timer, on_handle_closed);
   uv_close((uv_handle_t *)&s->drain_idle, on_handle_closed);
+  uv_close((uv_handle_t *)&s->pause_timer, on_handle_closed);
   uv_close((uv_handle_t *)&s->wake, on_handle_closed);
 }
 
@@ -414,6 +454,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   s->drain_timer.data = s;
   uv_idle_init(&s->loop, &s->drain_idle);
   s->drain_idle.data = s;
+  uv_timer_init(&s->loop, &s->pause_timer);
+  s->pause_timer.data = s;
   uv_timer_start(&s->tick, on_tick, 200, 200);
   if (s->o.resume && s->state_dir[0] != '\0' && (r = tb__runs_restore(s, err)) != 0)
     goto fail;
