@@ -164,6 +164,15 @@ static void on_pause_timer(uv_timer_t *t);
  * other client wanted the step's events. */
 enum { TB_DRAIN_PAUSE_MS = 10 };
 
+/* Some control request waits for the trainer's answer: the drain must not
+ * wait, the answer goes out at once. */
+static bool answers_due(tb_server_t *s) {
+  for (tb_run_t *r = s->runs; r != NULL; r = r->next)
+    if (r->pending != NULL)
+      return true;
+  return false;
+}
+
 /* One step of the drain; if more records wait, the next step runs in the
  * next loop iteration (an idle handle keeps the poll from blocking), unless
  * every client the step wrote to has a full socket: then it waits for one
@@ -177,7 +186,7 @@ static void drain_now(tb_server_t *s) {
   s->last_drain_ms = uv_now(&s->loop);
   bool more = tb__drain(s);
   tb__runs_schedule(s);
-  if (more && s->all_touched_full && !atomic_load(&s->stop_requested)) {
+  if (more && s->all_touched_full && !atomic_load(&s->stop_requested) && !answers_due(s)) {
     s->drain_paused = true;
     uv_idle_stop(&s->drain_idle);
     uv_timer_start(&s->pause_timer, on_pause_timer, TB_DRAIN_PAUSE_MS, 0);
