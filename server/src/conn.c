@@ -433,6 +433,9 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
         tb__conn_backlog(c) > s->o.out_drop_bytes / 2)
       break;
   }
+  /* A control request just made waits for the trainer's answer, which
+   * must not wait for a paused drain. */
+  tb__drain_nudge(s);
   /* An idle client holds no input buffer: most of 10,000 subscribers never
    * send a byte after subscribing. */
   if (c->in_len == 0 && c->in_cap > 0 && c->wsi == NULL) {

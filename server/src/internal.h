@@ -342,6 +342,8 @@ bool tb__drain(tb_server_t *s);
 void tb__drain_all(tb_server_t *s);
 /* server.c: a client's socket drained; a paused drain goes on. */
 void tb__drain_resume(tb_server_t *s);
+/* server.c: a paused drain goes on if a control request awaits its answer. */
+void tb__drain_nudge(tb_server_t *s);
 void tb__run_retain(tb_run_t *r, tb_ev_t *e);
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
 void tb__lockstep_recount(tb_run_t *r);

@@ -198,6 +198,11 @@ static void drain_now(tb_server_t *s) {
     uv_idle_stop(&s->drain_idle);
 }
 
+void tb__drain_nudge(tb_server_t *s) {
+  if (s->drain_paused && answers_due(s))
+    tb__drain_resume(s);
+}
+
 void tb__drain_resume(tb_server_t *s) {
   if (!s->drain_paused)
     return;
