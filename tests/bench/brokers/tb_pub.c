@@ -41,6 +41,7 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -157,8 +158,16 @@ int main(int argc, char **argv) {
   if (rate <= 0) {
     struct timespec ws = {0, 20000};
     for (uint64_t i = 0; i < n; i++) {
-      while (progress != NULL && i - atomic_load(progress) >= window)
-        nanosleep(&ws, NULL);
+      /* Closed loop: wait for the slowest subscriber, giving the CPU to the
+       * server and the readers (a yield, not a sleep: a timer's granularity
+       * would idle the pipeline, which psbench's own publisher, blocked in
+       * write() by a broker's TCP backpressure, is not). */
+      for (int spins = 0; progress != NULL && i - atomic_load(progress) >= window; spins++) {
+        if (spins < 1000)
+          sched_yield();
+        else
+          nanosleep(&ws, NULL);
+      }
       fire(&cbs, &ctx, ctl, i);
     }
   } else {
