@@ -203,7 +203,7 @@ def targets(groups, tb, cmd):
             rows.append((f"training slowdown, 8 subscribers to every event, job {r.get('job')}: "
                          "medians / fastest runs",
                          f"{sd:+.2f} % / {smin:+.2f} %", "", "", "< 2 %",
-                         okr(min(sd, smin), 2) if r.get("job") == "demo" else ""))
+                         f"medians: {okr(sd, 2)}, fastest: {okr(smin, 2)}" if r.get("job") == "demo" else ""))
     idle = [x for x in groups.get(("trainbus", "idle", 10000), [])] or \
         [x for g2, xs in groups.items() if g2[0] == "trainbus" and g2[1] == "idle" for x in xs]
     ridle = [x for g2, xs in groups.items() if g2[0] == "redis" and g2[1] == "idle" for x in xs]
