@@ -195,14 +195,14 @@ r=mem
 bench trainbus -P trainbus -p "$TB_PORT" -b "$TBD_PID" -m idle -k "$IDLE_K"
 # Training slowdown, demo job and the wider MLP, then the stalled client.
 "$BIN/tb_ctl" train -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-demo.json" -k 8 \
-    -R "$TRAIN_ROUNDS" | sed 's/^/job=demo /' | tee -a "$OUT/trainbus.txt"
+    -R "$TRAIN_ROUNDS" -b "$TBD_PID" | sed 's/^/job=demo /' | tee -a "$OUT/trainbus.txt"
 "$BIN/tb_ctl" train -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-mlp512.json" -k 8 \
-    -R "$TRAIN_ROUNDS" | sed 's/^/job=mlp512 /' | tee -a "$OUT/trainbus.txt"
+    -R "$TRAIN_ROUNDS" -b "$TBD_PID" | sed 's/^/job=mlp512 /' | tee -a "$OUT/trainbus.txt"
 cleanup
 # The same demo job with the old fixed coalescing delay, for comparison.
 start_tbd --no-job --flush-interval-ms 1
 "$BIN/tb_ctl" train -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-demo.json" -k 8 \
-    -R "$TRAIN_ROUNDS" | sed 's/^/job=demo-flush1ms /' | tee -a "$OUT/trainbus.txt"
+    -R "$TRAIN_ROUNDS" -b "$TBD_PID" | sed 's/^/job=demo-flush1ms /' | tee -a "$OUT/trainbus.txt"
 cleanup
 start_tbd --no-job
 "$BIN/tb_ctl" stall -a "127.0.0.1:$TB_PORT" -t "$TOKEN" -j "$OUT/job-stall.json" -b "$TBD_PID" \

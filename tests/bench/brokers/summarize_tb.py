@@ -135,8 +135,8 @@ def main():
                      if r.get("client") == "stalled" else ""))
 
     print("\n### Training slowdown with 8 subscribers to every event (medians of alternating runs)\n")
-    print("| job | runs each | wall, no subscriber | wall, 8 subscribers | slowdown | fastest runs: no subscriber / 8 / slowdown | events per subscriber |")
-    print("|---|---|---|---|---|---|---|")
+    print("| job | runs each | wall, no subscriber | wall, 8 subscribers | slowdown | fastest runs: no subscriber / 8 / slowdown | trainer thread CPU: no subscriber / 8 / slowdown | events per subscriber |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in tb:
         if r["_kind"] == "train_summary":
             evs = [float(x["events_per_sub"]) for x in tb if x["_kind"] == "train" and x.get("job") == r.get("job")
@@ -144,7 +144,8 @@ def main():
             m0, mk = float(r["min0_s"]), float(r["minK_s"])
             print(f"| {r.get('job')} | {r['runs']} | {float(r['wall0_s']):.3f} s | {float(r['wallK_s']):.3f} s | "
                   f"{float(r['slowdown_pct']):+.2f} % | {m0:.3f} / {mk:.3f} s / {100 * (mk - m0) / m0:+.2f} % | "
-                  f"{fmt(med(evs))} |")
+                  f"{float(r.get('cpu0_s', 'nan')):.3f} / {float(r.get('cpuK_s', 'nan')):.3f} s / "
+                  f"{float(r.get('cpu_slowdown_pct', 'nan')):+.2f} % | {fmt(med(evs))} |")
 
     print("\n### set_lr round trip (reply once applied at the next batch boundary)\n")
     print("| job | calls | set_lr p50 | p90 | p99 | batch time p50 (mean) | ping p50 / p99 |")
@@ -200,10 +201,12 @@ def targets(groups, tb, cmd):
             sd = float(r["slowdown_pct"])
             m0, mk = float(r["min0_s"]), float(r["minK_s"])
             smin = 100.0 * (mk - m0) / m0
+            scpu = float(r.get("cpu_slowdown_pct", "nan"))
             rows.append((f"training slowdown, 8 subscribers to every event, job {r.get('job')}: "
-                         "medians / fastest runs",
-                         f"{sd:+.2f} % / {smin:+.2f} %", "", "", "< 2 %",
-                         f"medians: {okr(sd, 2)}, fastest: {okr(smin, 2)}" if r.get("job") == "demo" else ""))
+                         "wall medians / fastest walls / trainer thread CPU medians",
+                         f"{sd:+.2f} % / {smin:+.2f} % / {scpu:+.2f} %", "", "", "< 2 %",
+                         f"wall: {okr(sd, 2)}, fastest: {okr(smin, 2)}, CPU: {okr(scpu, 2)}"
+                         if r.get("job") == "demo" else ""))
     idle = [x for x in groups.get(("trainbus", "idle", 10000), [])] or \
         [x for g2, xs in groups.items() if g2[0] == "trainbus" and g2[1] == "idle" for x in xs]
     ridle = [x for g2, xs in groups.items() if g2[0] == "redis" and g2[1] == "idle" for x in xs]

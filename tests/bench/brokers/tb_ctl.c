@@ -9,12 +9,16 @@
  *     measures the batch time from the train_batch_end events' times. N pings
  *     give the transport's floor.
  *
- *   tb_ctl train -a ADDR -t TOKEN -j JOB -k K [-R ROUNDS]
+ *   tb_ctl train -a ADDR -t TOKEN -j JOB -k K [-R ROUNDS] [-b PID]
  *     Training slowdown: submits JOB 2*ROUNDS times, alternately with no
  *     subscriber and with K subscribers to every event of every run (raw
  *     sockets, one epoll thread reading as fast as it can and counting
  *     lines), and takes the wall time of each run from its train_begin and
- *     train_end events. Reports medians and the slowdown in percent.
+ *     train_end events. Reports medians and the slowdown in percent. With
+ *     -b (the daemon's PID) also the trainer thread's own CPU time (from
+ *     /proc/PID/task/TID/schedstat, in ns, of the thread the run started):
+ *     what the bus costs the trainer itself, which a shared machine's load
+ *     hardly disturbs, unlike wall time.
  *
  *   tb_ctl stall -a ADDR -t TOKEN -j JOB -b PID
  *     Memory with a client that subscribes to every event and never reads:
@@ -27,6 +31,7 @@
 #include "trainbus/client.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
@@ -205,7 +210,39 @@ typedef struct {
   double wall_s;
   long rss_before, rss_max, rss_end;
   int64_t n_batches;
+  double trainer_cpu_s; /* the run's trainer thread, -1 without -b */
 } job_result_t;
+
+/* On-CPU nanoseconds of each thread of pid but the main one. */
+typedef struct {
+  int tid;
+  uint64_t ns;
+} tcpu_t;
+
+static int threads_cpu(int pid, tcpu_t *t, int cap) {
+  char path[64];
+  snprintf(path, sizeof(path), "/proc/%d/task", pid);
+  DIR *d = opendir(path);
+  if (d == NULL)
+    return 0;
+  int n = 0;
+  struct dirent *de;
+  while ((de = readdir(d)) != NULL && n < cap) {
+    int tid = atoi(de->d_name);
+    if (tid <= 0 || tid == pid)
+      continue;
+    char p2[96];
+    snprintf(p2, sizeof(p2), "/proc/%d/task/%d/schedstat", pid, tid);
+    FILE *f = fopen(p2, "r");
+    unsigned long long ns;
+    if (f != NULL && fscanf(f, "%llu", &ns) == 1)
+      t[n++] = (tcpu_t){tid, (uint64_t)ns};
+    if (f != NULL)
+      fclose(f);
+  }
+  closedir(d);
+  return n;
+}
 
 /* Submits the job and waits for its train_end; the observer `obs` is
  * subscribed to train_begin, train_batch_end (every 1000000, i.e. batch 0
@@ -214,6 +251,10 @@ static job_result_t run_job(tb_client_t *ctl, tb_client_t *obs, const char *json
   job_result_t res = {0};
   res.rss_before = daemon_pid ? rss_kb(daemon_pid) : -1;
   res.rss_max = res.rss_before;
+  res.trainer_cpu_s = -1;
+  /* Threads before the run; the one the run starts is the trainer. */
+  tcpu_t before[64], now[64], trainer = {0, 0};
+  int n_before = daemon_pid ? threads_cpu(daemon_pid, before, 64) : 0;
   char run[TB_PROTO_RUN_MAX];
   tb_client_err_t e;
   if (tb_client_submit(ctl, json, len, run, &e) != 0)
@@ -227,6 +268,14 @@ static job_result_t run_job(tb_client_t *ctl, tb_client_t *obs, const char *json
       long kb = rss_kb(daemon_pid);
       if (kb > res.rss_max)
         res.rss_max = kb;
+      int n_now = threads_cpu(daemon_pid, now, 64);
+      for (int i = 0; i < n_now; i++) {
+        bool old = false;
+        for (int j = 0; j < n_before && !old; j++)
+          old = before[j].tid == now[i].tid;
+        if (!old && now[i].ns >= trainer.ns)
+          trainer = now[i];
+      }
     }
     if (r == TB_CLIENT_ETIMEOUT)
       continue;
@@ -248,6 +297,14 @@ static job_result_t run_job(tb_client_t *ctl, tb_client_t *obs, const char *json
   }
   res.wall_s = (double)(t_end - t_begin) / 1e6;
   res.rss_end = daemon_pid ? rss_kb(daemon_pid) : -1;
+  if (daemon_pid && trainer.tid != 0) {
+    /* One last look: the thread may still be running its last hooks. */
+    int n_now = threads_cpu(daemon_pid, now, 64);
+    for (int i = 0; i < n_now; i++)
+      if (now[i].tid == trainer.tid && now[i].ns > trainer.ns)
+        trainer = now[i];
+    res.trainer_cpu_s = (double)trainer.ns / 1e9;
+  }
   return res;
 }
 
@@ -268,8 +325,8 @@ static int mode_train(void) {
   char *json = read_all(job_path, &len);
   tb_client_t *ctl = open_client(TB_ROLE_CONTROLLER, "bench-ctl");
   tb_client_t *obs = lifecycle_observer();
-  double w0[64], w1[64];
-  int n0 = 0, n1 = 0;
+  double w0[64], w1[64], c0[64], c1[64];
+  int n0 = 0, n1 = 0, nc0 = 0, nc1 = 0;
   for (int i = 0; i < 2 * rounds && i < 128; i++) {
     /* Alternate, starting with K on odd rounds, so drift hits both sides. */
     int k = ((i / 2) % 2 == 0) == (i % 2 == 0) ? 0 : K;
@@ -287,9 +344,16 @@ static int mode_train(void) {
     }
     for (int j = 0; j < k; j++)
       close(rd.fds[j]);
-    printf("train round=%d k=%d wall_s=%.4f events_per_sub=%.0f dropped_notices=%" PRIu64
-           " last_seq=%" PRId64 "\n",
-           i, k, r.wall_s, k ? (double)rd.lines / k : 0.0, rd.dropped, r.n_batches);
+    printf("train round=%d k=%d wall_s=%.4f trainer_cpu_s=%.4f events_per_sub=%.0f "
+           "dropped_notices=%" PRIu64 " last_seq=%" PRId64 "\n",
+           i, k, r.wall_s, r.trainer_cpu_s, k ? (double)rd.lines / k : 0.0, rd.dropped,
+           r.n_batches);
+    if (r.trainer_cpu_s > 0) {
+      if (k == 0)
+        c0[nc0++] = r.trainer_cpu_s;
+      else
+        c1[nc1++] = r.trainer_cpu_s;
+    }
     fflush(stdout);
     if (k == 0)
       w0[n0++] = r.wall_s;
@@ -298,9 +362,10 @@ static int mode_train(void) {
     free(rd.fds);
   }
   double m0 = pct(w0, (size_t)n0, 0.5), m1 = pct(w1, (size_t)n1, 0.5);
+  double cm0 = pct(c0, (size_t)nc0, 0.5), cm1 = pct(c1, (size_t)nc1, 0.5);
   printf("train_summary k=%d runs=%d wall0_s=%.4f wallK_s=%.4f slowdown_pct=%.2f min0_s=%.4f "
-         "minK_s=%.4f\n",
-         K, n0, m0, m1, 100.0 * (m1 - m0) / m0, w0[0], w1[0]);
+         "minK_s=%.4f cpu0_s=%.4f cpuK_s=%.4f cpu_slowdown_pct=%.2f\n",
+         K, n0, m0, m1, 100.0 * (m1 - m0) / m0, w0[0], w1[0], cm0, cm1, 100.0 * (cm1 - cm0) / cm0);
   tb_client_free(obs);
   tb_client_free(ctl);
   free(json);
@@ -396,8 +461,9 @@ static int mode_setlr(void) {
   printf("setlr calls=%d setlr_p50_us=%.1f setlr_p90_us=%.1f setlr_p99_us=%.1f setlr_max_us=%.1f "
          "ping_p50_us=%.1f ping_p99_us=%.1f batch_p50_us=%.1f batch_mean_us=%.1f batches=%zu\n",
          n_ok, pct(setlr, (size_t)n_ok, 0.5), pct(setlr, (size_t)n_ok, 0.9),
-         pct(setlr, (size_t)n_ok, 0.99), pct(setlr, (size_t)n_ok, 1.0), pct(ping, (size_t)n_calls, 0.5),
-         pct(ping, (size_t)n_calls, 0.99), pct(iv, n_iv, 0.5), mean_iv, bo.n);
+         pct(setlr, (size_t)n_ok, 0.99), pct(setlr, (size_t)n_ok, 1.0),
+         pct(ping, (size_t)n_calls, 0.5), pct(ping, (size_t)n_calls, 0.99), pct(iv, n_iv, 0.5),
+         mean_iv, bo.n);
   tb_client_free(bo.c);
   tb_client_free(ctl);
   free(bo.times_us);
@@ -476,14 +542,29 @@ int main(int argc, char **argv) {
   optind = 2;
   while ((c = getopt(argc, argv, "a:t:j:k:R:n:b:")) != -1) {
     switch (c) {
-    case 'a': addr = optarg; break;
-    case 't': token = optarg; break;
-    case 'j': job_path = optarg; break;
-    case 'k': K = atoi(optarg); break;
-    case 'R': rounds = atoi(optarg); break;
-    case 'n': n_calls = atoi(optarg); break;
-    case 'b': daemon_pid = atoi(optarg); break;
-    default: return 2;
+    case 'a':
+      addr = optarg;
+      break;
+    case 't':
+      token = optarg;
+      break;
+    case 'j':
+      job_path = optarg;
+      break;
+    case 'k':
+      K = atoi(optarg);
+      break;
+    case 'R':
+      rounds = atoi(optarg);
+      break;
+    case 'n':
+      n_calls = atoi(optarg);
+      break;
+    case 'b':
+      daemon_pid = atoi(optarg);
+      break;
+    default:
+      return 2;
     }
   }
   if (!strcmp(mode, "setlr"))
