@@ -59,6 +59,7 @@ void tb_dataset_free(tb_dataset_t *d) {
     return;
   free(d->x);
   free(d->y);
+  tb_classes_free(d->classes);
   free(d);
 }
 

@@ -80,7 +80,7 @@ static shape_t spec_shape(const tb_data_spec_t *s) {
       h.rows = (double)max_rows;
     h.feats = cols > 1.0 ? cols - 1.0 : 1.0;
     h.classes = s->csv.classes != 0;
-    h.scratch = read_buffer(b);
+    h.scratch = read_buffer(b) + (double)tb__csv_scratch(s->file_cols);
     break;
   }
   case TB_SRC_IDX:

@@ -40,14 +40,14 @@
 /* The first read allocation; doubled as needed. */
 #define READ_CHUNK ((size_t)1 << 16)
 
-static int ends_with_gz(const char *path) {
+bool tb__ends_with_gz(const char *path) {
   size_t n = strlen(path);
   return n >= 3 && strcmp(path + n - 3, ".gz") == 0;
 }
 
-static const tb_data_limits_t default_limits;
+const tb_data_limits_t tb__default_limits;
 
-static size_t max_bytes(const tb_data_limits_t *lim) {
+size_t tb__max_bytes(const tb_data_limits_t *lim) {
   return lim->max_bytes > 0 && lim->max_bytes < TB_DATA_MAX_FILE ? lim->max_bytes
                                                                  : TB_DATA_MAX_FILE;
 }
@@ -113,7 +113,7 @@ fail:
 /* zlib reports a truncated stream (Z_BUF_ERROR) not through gzread's return
  * value but only through gzerror(), so the state is checked after the last
  * read as well as after a failed one. */
-static int gz_failure(const char *path, gzFile gz, int saved_errno, tb_err_t *err) {
+int tb__gz_failure(const char *path, gzFile gz, int saved_errno, tb_err_t *err) {
   int zerr = Z_OK;
   const char *msg = gzerror(gz, &zerr);
   switch (zerr) {
@@ -160,7 +160,7 @@ static int read_gz(const char *path, int fd, size_t max, char **buf, size_t *cap
     errno = 0;
     got = gzread(gz, *buf + *len, (unsigned)want);
     if (got < 0) {
-      r = gz_failure(path, gz, errno, err);
+      r = tb__gz_failure(path, gz, errno, err);
       if (r == 0)
         r = tb_errf(err, TB_EIO, "%s: cannot read", path);
       goto fail;
@@ -169,7 +169,7 @@ static int read_gz(const char *path, int fd, size_t max, char **buf, size_t *cap
       break;
     *len += (size_t)got;
   }
-  r = gz_failure(path, gz, errno, err);
+  r = tb__gz_failure(path, gz, errno, err);
   if (r != 0)
     goto fail;
   /* zlib passes a file without a gzip header through unchanged; a ".gz" that
@@ -189,28 +189,28 @@ fail:
 
 /* Reads all of path, as lim allows, into a new NUL-terminated buffer (*out,
  * *out_len bytes before the NUL). The caller frees *out. */
-static int read_all(const char *path, const tb_data_limits_t *lim, char **out, size_t *out_len,
-                    tb_err_t *err) {
+int tb__read_all(const char *path, const tb_data_limits_t *lim, char **out, size_t *out_len,
+                 tb_err_t *err) {
   char *buf = NULL;
-  size_t cap = 0, len = 0, max = max_bytes(lim);
+  size_t cap = 0, len = 0, max = tb__max_bytes(lim);
   uint64_t size;
   int r, fd;
   *out = NULL;
   *out_len = 0;
   if ((r = tb__data_open(path, path, lim, &fd, &size, err)) != 0)
     return r;
-  if (!ends_with_gz(path) && size > max) {
+  if (!tb__ends_with_gz(path) && size > max) {
     close(fd);
     return tb_errf(err, TB_ERANGE, "%s: %llu bytes, more than the %zu a data file may have here",
                    path, (unsigned long long)size, max);
   }
-  if (ends_with_gz(path))
+  if (tb__ends_with_gz(path))
     r = read_gz(path, fd, max, &buf, &cap, &len, err);
   else
     r = read_plain(path, fd, max, &buf, &cap, &len, err);
   if (r == TB_ERANGE)
     tb_errf(err, r, "%s: larger than the %zu bytes a data file may have here%s", path, max,
-            ends_with_gz(path) ? " (after decompression)" : "");
+            tb__ends_with_gz(path) ? " (after decompression)" : "");
   else if (r == TB_ENOMEM)
     tb_errf(err, r, "%s: out of memory while reading", path);
   if (r != 0)
@@ -232,15 +232,11 @@ fail:
   return r;
 }
 
-/* Room for a quoted field: 40 bytes of up to 4 characters each, the quotes,
- * "...", and ", got ". */
-#define QUOTE_LEN 200
-
-/* Writes `"text"` for a field into out (QUOTE_LEN bytes): the field as it
+/* Writes `"text"` for a field into out (TB__QUOTE_LEN bytes): the field as it
  * is, clipped to 40 bytes, with `"` and `\` escaped by a backslash and every
  * byte that is not printable ASCII written \xNN, so a message stays one
  * readable line of ASCII whatever the file holds. */
-static const char *quote_field(char *out, const char *s, size_t len) {
+const char *tb__quote_field(char *out, const char *s, size_t len) {
   enum { SHOW = 40 };
   static const char hex[] = "0123456789abcdef";
   size_t o = 0, n = len > SHOW ? SHOW : len;
@@ -270,250 +266,13 @@ static const char *quote_field(char *out, const char *s, size_t len) {
 
 /* `, got "text"` for a message, or nothing when the file's contents must not
  * be shown. */
-static const char *got_field(char *out, bool redact, const char *s, size_t len) {
-  char q[QUOTE_LEN];
+const char *tb__got_field(char *out, bool redact, const char *s, size_t len) {
+  char q[TB__QUOTE_LEN];
   if (redact)
     out[0] = '\0';
   else
-    snprintf(out, QUOTE_LEN, ", got %s", quote_field(q, s, len));
+    snprintf(out, TB__QUOTE_LEN, ", got %s", tb__quote_field(q, s, len));
   return out;
-}
-
-/* A line of the file: [s, e) without its '\n' or "\r\n". */
-typedef struct line_s {
-  char *s, *e;
-} line_t;
-
-/* Steps to the next line; returns 0 at the end of the buffer. */
-static int next_line(char **p, char *end, line_t *l) {
-  char *nl;
-  if (*p >= end)
-    return 0;
-  l->s = *p;
-  nl = memchr(*p, '\n', (size_t)(end - *p));
-  l->e = nl != NULL ? nl : end;
-  *p = nl != NULL ? nl + 1 : end;
-  if (l->e > l->s && l->e[-1] == '\r')
-    l->e--;
-  return 1;
-}
-
-/* Spaces and tabs around a field are ignored, except the delimiter itself
- * (a tab- or space-separated file). */
-static int is_pad(char c, char delim) {
-  return (c == ' ' || c == '\t') && c != delim;
-}
-
-static int is_blank(const line_t *l, char delim) {
-  for (const char *c = l->s; c < l->e; c++)
-    if (!is_pad(*c, delim))
-      return 0;
-  return 1;
-}
-
-static long count_fields(const line_t *l, char delim) {
-  long n = 1;
-  for (const char *c = l->s; c < l->e; c++)
-    n += *c == delim;
-  return n;
-}
-
-/* The parse state of one CSV load, so helpers can report where they are. */
-typedef struct csv_s {
-  const char *path;
-  char delim;
-  bool redact; /* no field text in messages */
-  long line;   /* 1-based number of the current line */
-  tb_err_t *err;
-} csv_t;
-
-/* Parses the field [s, e) of column col (1-based) into *v. Writes a NUL at e,
- * which is safe: e points at the delimiter, the line end or the buffer's NUL,
- * and the field's line is not read again. */
-static int parse_number(csv_t *c, int col, char *s, char *e, double *v) {
-  char q[QUOTE_LEN], *end;
-  *v = 0.0;
-  while (s < e && is_pad(*s, c->delim))
-    s++;
-  while (e > s && is_pad(e[-1], c->delim))
-    e--;
-  if (s == e)
-    return tb_errf(c->err, TB_EFORMAT, "%s:%ld: column %d: expected a number, got an empty field",
-                   c->path, c->line, col);
-  *e = '\0';
-  /* strtod follows the C locale's decimal point, which is '.' unless the
-   * program called setlocale(); the library never does. */
-  *v = strtod(s, &end);
-  if (end != e)
-    return tb_errf(c->err, TB_EFORMAT, "%s:%ld: column %d: expected a number%s", c->path, c->line,
-                   col, got_field(q, c->redact, s, (size_t)(e - s)));
-  if (!isfinite(*v))
-    return tb_errf(c->err, TB_ENONFINITE,
-                   "%s:%ld: column %d: expected a finite number%s (inf and nan are not "
-                   "accepted)",
-                   c->path, c->line, col, got_field(q, c->redact, s, (size_t)(e - s)));
-  if (fabs(*v) > FLT_MAX)
-    return tb_errf(c->err, TB_ERANGE, "%s:%ld: column %d: %s is out of the float32 range", c->path,
-                   c->line, col, c->redact ? "the number" : quote_field(q, s, (size_t)(e - s)));
-  return 0;
-}
-
-/* Fills row `row` of d from line l, which must have n_cols fields. */
-static int parse_row(csv_t *c, const line_t *l, int n_cols, int label, int classes, tb_dataset_t *d,
-                     int row, double *max_label) {
-  char *s = l->s, q[QUOTE_LEN];
-  long got = count_fields(l, c->delim);
-  if (got != n_cols)
-    return tb_errf(c->err, TB_EFORMAT, "%s:%ld: expected %d columns, got %ld", c->path, c->line,
-                   n_cols, got);
-  for (int col = 0; col < n_cols; col++) {
-    char *e = s;
-    double v;
-    int r;
-    while (e < l->e && *e != c->delim)
-      e++;
-    if (col == label && classes) {
-      /* Quote the raw text now: parse_number trims and terminates it. */
-      got_field(q, c->redact, s, (size_t)(e - s));
-    }
-    r = parse_number(c, col + 1, s, e, &v);
-    if (r != 0)
-      return r;
-    if (col == label) {
-      if (classes && !(v >= 0.0 && v <= TB_DATA_MAX_LABEL && v == floor(v)))
-        return tb_errf(c->err, TB_EFORMAT,
-                       "%s:%ld: column %d: expected a class label (an integer from 0 to %d)%s",
-                       c->path, c->line, col + 1, TB_DATA_MAX_LABEL, q);
-      d->y[row] = (float)v;
-      if (v > *max_label)
-        *max_label = v;
-    } else {
-      int j = col < label ? col : col - 1;
-      d->x[(size_t)row * d->n_features + j] = (float)v;
-    }
-    s = e + 1;
-  }
-  return 0;
-}
-
-int tb_csv_load(const char *path, const tb_csv_opts_t *opts, tb_dataset_t **out, tb_err_t *err) {
-  static const tb_csv_opts_t zero_opts;
-  tb_dataset_t *d = NULL;
-  char *buf = NULL, *p, *end, *data_start;
-  size_t len;
-  long n_rows = 0, n_cols = 0, first_line = 0, skipped = 0;
-  int label, row = 0, r;
-  double max_label = 0.0;
-  line_t l;
-  csv_t c;
-  if (out != NULL)
-    *out = NULL;
-  if (err != NULL)
-    err->msg[0] = '\0';
-  if (opts == NULL)
-    opts = &zero_opts;
-  if (path == NULL || out == NULL)
-    return tb_errf(err, TB_EINVAL, "csv: a path and an output are required");
-  const tb_data_limits_t *lim = opts->limits != NULL ? opts->limits : &default_limits;
-  long max_rows = lim->max_rows > 0 && lim->max_rows < INT_MAX ? lim->max_rows : INT_MAX;
-  long max_cols = lim->max_cols > 0 && lim->max_cols < INT_MAX ? lim->max_cols : TB_DATA_MAX_COLS;
-  c.path = path;
-  c.delim = opts->delimiter != 0 ? opts->delimiter : ',';
-  c.redact = lim->redact;
-  c.line = 0;
-  c.err = err;
-  if (c.delim == '\n' || c.delim == '\r')
-    return tb_errf(err, TB_EINVAL, "%s: the delimiter cannot be a line break", path);
-  if (opts->skip_rows < 0)
-    return tb_errf(err, TB_EINVAL, "%s: skip_rows must be >= 0, got %d", path, opts->skip_rows);
-
-  r = read_all(path, lim, &buf, &len, err);
-  if (r != 0)
-    goto fail;
-  end = buf + len;
-  p = buf;
-  /* A UTF-8 byte order mark, as spreadsheet programs write. */
-  if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
-    p += 3;
-  data_start = p;
-
-  /* Pass 1: count the data rows and take the column count from the first. */
-  for (long ln = 1; next_line(&p, end, &l); ln++) {
-    if (skipped < opts->skip_rows) {
-      skipped++;
-      continue;
-    }
-    if (is_blank(&l, c.delim))
-      continue;
-    if (n_rows == 0) {
-      first_line = ln;
-      n_cols = count_fields(&l, c.delim);
-    }
-    n_rows++;
-  }
-  if (n_rows == 0) {
-    r = tb_errf(err, TB_EFORMAT, "%s: no data rows (the file is empty%s)", path,
-                opts->skip_rows > 0 ? " after the skipped rows" : "");
-    goto fail;
-  }
-  if (n_rows > max_rows) {
-    r = tb_errf(err, TB_ERANGE, "%s: %ld data rows, more than the %ld a data file may have here",
-                path, n_rows, max_rows);
-    goto fail;
-  }
-  if (n_cols > max_cols) {
-    r = tb_errf(err, TB_ERANGE, "%s:%ld: %ld columns, more than the %ld a data file may have here",
-                path, first_line, n_cols, max_cols);
-    goto fail;
-  }
-  if (n_cols < 2) {
-    r = tb_errf(err, TB_EFORMAT,
-                "%s:%ld: expected at least 2 columns (a label and a feature), got %ld", path,
-                first_line, n_cols);
-    goto fail;
-  }
-  label = opts->label_col < 0 ? (int)n_cols + opts->label_col : opts->label_col;
-  if (opts->label_col < -n_cols || opts->label_col >= n_cols) {
-    r = tb_errf(err, TB_ERANGE, "%s:%ld: label column %d is out of range for %ld columns", path,
-                first_line, opts->label_col, n_cols);
-    goto fail;
-  }
-  if ((long long)n_rows * (n_cols - 1) > INT_MAX) {
-    r = tb_errf(err, TB_ERANGE, "%s: %ld rows of %ld features is too large", path, n_rows,
-                n_cols - 1);
-    goto fail;
-  }
-  d = tb_dataset_new((int)n_rows, (int)n_cols - 1, 1);
-  if (d == NULL) {
-    r = tb_errf(err, TB_ENOMEM, "%s: out of memory for %ld rows", path, n_rows);
-    goto fail;
-  }
-
-  /* Pass 2: parse, in place. */
-  p = data_start;
-  skipped = 0;
-  for (c.line = 1; next_line(&p, end, &l); c.line++) {
-    if (skipped < opts->skip_rows) {
-      skipped++;
-      continue;
-    }
-    if (is_blank(&l, c.delim))
-      continue;
-    r = parse_row(&c, &l, (int)n_cols, label, opts->classes, d, row, &max_label);
-    if (r != 0)
-      goto fail;
-    row++;
-  }
-  if (opts->classes)
-    d->n_classes = (int)max_label + 1;
-  free(buf);
-  *out = d;
-  return 0;
-
-fail:
-  free(buf);
-  tb_dataset_free(d);
-  return r;
 }
 
 static uint32_t be32(const unsigned char *b) {
@@ -665,7 +424,7 @@ int tb_idx_load(const char *images_path, const char *labels_path, tb_dataset_t *
 
 int tb_idx_load_limited(const char *images_path, const char *labels_path,
                         const tb_data_limits_t *limits, tb_dataset_t **out, tb_err_t *err) {
-  const tb_data_limits_t *lim = limits != NULL ? limits : &default_limits;
+  const tb_data_limits_t *lim = limits != NULL ? limits : &tb__default_limits;
   tb_dataset_t *d = NULL;
   char *buf = NULL;
   size_t len;
@@ -678,7 +437,7 @@ int tb_idx_load_limited(const char *images_path, const char *labels_path,
   if (images_path == NULL || out == NULL)
     return tb_errf(err, TB_EINVAL, "idx: an images path and an output are required");
 
-  r = read_all(images_path, lim, &buf, &len, err);
+  r = tb__read_all(images_path, lim, &buf, &len, err);
   if (r != 0)
     goto fail;
   r = idx_header(images_path, (const unsigned char *)buf, len, 0, lim, &h, err);
@@ -696,7 +455,7 @@ int tb_idx_load_limited(const char *images_path, const char *labels_path,
 
   if (labels_path != NULL) {
     uint32_t n_images = h.count;
-    r = read_all(labels_path, lim, &buf, &len, err);
+    r = tb__read_all(labels_path, lim, &buf, &len, err);
     if (r != 0)
       goto fail;
     r = idx_header(labels_path, (const unsigned char *)buf, len, 1, lim, &h, err);
@@ -732,20 +491,20 @@ fail:
 
 /* How much of a file a peek reads: the header of an IDX file, or the first
  * data row of a CSV (a row longer than this is counted up to here). */
-#define PEEK_BYTES ((size_t)1 << 20)
+#define PEEK_BYTES TB__PEEK_BYTES
 
 /* Opens path as lim allows, reads its first bytes (decompressed for ".gz")
  * into buf, and sets info->bytes to its size: the file's own for a plain
  * file, the size its gzip trailer records (ISIZE, RFC 1952) for ".gz". */
-static int peek_start(const char *path, const tb_data_limits_t *lim, char *buf, size_t cap,
-                      size_t *got, tb__file_info_t *info, tb_err_t *err) {
+int tb__peek_start(const char *path, const tb_data_limits_t *lim, char *buf, size_t cap,
+                   size_t *got, tb__file_info_t *info, tb_err_t *err) {
   uint64_t size;
-  size_t max = max_bytes(lim);
+  size_t max = tb__max_bytes(lim);
   int fd, r;
   *got = 0;
   if ((r = tb__data_open(path, path, lim, &fd, &size, err)) != 0)
     return r;
-  if (!ends_with_gz(path)) {
+  if (!tb__ends_with_gz(path)) {
     info->bytes = size;
     if (size > max) {
       close(fd);
@@ -777,7 +536,7 @@ static int peek_start(const char *path, const tb_data_limits_t *lim, char *buf, 
     return tb_errf(err, TB_ENOMEM, "%s: cannot open: out of memory", path);
   }
   int n = gzread(gz, buf, (unsigned)cap);
-  r = n < 0 ? gz_failure(path, gz, errno, err) : 0;
+  r = n < 0 ? tb__gz_failure(path, gz, errno, err) : 0;
   if (n < 0 && r == 0)
     r = tb_errf(err, TB_EIO, "%s: cannot read", path);
   if (r == 0 && n > 0 && gzdirect(gz))
@@ -794,63 +553,21 @@ static int peek_start(const char *path, const tb_data_limits_t *lim, char *buf, 
   return 0;
 }
 
-int tb__csv_peek(const char *path, const tb_csv_opts_t *opts, tb__file_info_t *info,
-                 tb_err_t *err) {
-  static const tb_csv_opts_t zero_opts;
-  memset(info, 0, sizeof(*info));
-  if (opts == NULL)
-    opts = &zero_opts;
-  const tb_data_limits_t *lim = opts->limits != NULL ? opts->limits : &default_limits;
-  char delim = opts->delimiter != 0 ? opts->delimiter : ',';
-  long max_cols = lim->max_cols > 0 && lim->max_cols < INT_MAX ? lim->max_cols : TB_DATA_MAX_COLS;
-  char *buf = malloc(PEEK_BYTES + 1);
-  size_t got;
-  if (buf == NULL)
-    return tb_errf(err, TB_ENOMEM, "%s: out of memory", path);
-  int r = peek_start(path, lim, buf, PEEK_BYTES, &got, info, err);
-  if (r != 0) {
-    free(buf);
-    return r;
-  }
-  char *p = buf, *end = buf + got;
-  line_t l;
-  long skipped = 0, ln = 0;
-  if (got >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0)
-    p += 3;
-  while (next_line(&p, end, &l)) {
-    ln++;
-    if (skipped < opts->skip_rows) {
-      skipped++;
-      continue;
-    }
-    if (is_blank(&l, delim))
-      continue;
-    info->cols = count_fields(&l, delim);
-    break;
-  }
-  free(buf);
-  if (info->cols > max_cols)
-    return tb_errf(err, TB_ERANGE,
-                   "%s:%ld: %lld columns, more than the %ld a data file may have here", path, ln,
-                   (long long)info->cols, max_cols);
-  return 0;
-}
-
 int tb__idx_peek(const char *path, int labels, const tb_data_limits_t *limits,
                  tb__file_info_t *info, tb_err_t *err) {
-  const tb_data_limits_t *lim = limits != NULL ? limits : &default_limits;
+  const tb_data_limits_t *lim = limits != NULL ? limits : &tb__default_limits;
   unsigned char buf[4 + 4 * 256];
   size_t got;
   idx_t h;
   memset(info, 0, sizeof(*info));
-  int r = peek_start(path, lim, (char *)buf, sizeof(buf), &got, info, err);
+  int r = tb__peek_start(path, lim, (char *)buf, sizeof(buf), &got, info, err);
   if (r != 0)
     return r;
   if ((r = idx_parse_header(path, buf, got, labels, lim, &h, err)) != 0)
     return r;
   info->rows = h.count;
   info->cols = h.item;
-  if (ends_with_gz(path))
+  if (tb__ends_with_gz(path))
     info->bytes = h.header_len + (uint64_t)h.count * (uint64_t)h.item;
   return 0;
 }

@@ -385,8 +385,11 @@ static void test_csv_malformed(void **state) {
        ":3: column 2: expected a number, got \"abc\""},
       {"1,2\n3,1.5x\n", {0}, TB_EFORMAT, ":2: column 2: expected a number, got \"1.5x\""},
       {"1,2\n3, 4 5\n", {0}, TB_EFORMAT, ":2: column 2: expected a number, got \"4 5\""},
-      {"1,,2\n", {0}, TB_EFORMAT, ":1: column 2: expected a number, got an empty field"},
-      {"1,2,\n", {0}, TB_EFORMAT, ":1: column 3: expected a number, got an empty field"},
+      {"1,,2\n", {0}, TB_EFORMAT, ":1: column 2: a missing value (an empty field); say how"},
+      {"1,2,\n", {0}, TB_EFORMAT, ":1: column 3: a missing value (an empty field)"},
+      {"1,2\n3,NA\n", {0}, TB_EFORMAT, ":2: column 2: a missing value (\"NA\")"},
+      {"1,2\n3, ? \n", {0}, TB_EFORMAT, ":2: column 2: a missing value (\"?\")"},
+      {"1,2\n,3\n", {.classes = 1}, TB_EFORMAT, ":2: column 1: the label is missing"},
       {"1,2,3,4,5\n1,2,3,4,5\n1,2,3,4,5\n1,2,3,4\n",
        {0},
        TB_EFORMAT,
@@ -394,7 +397,7 @@ static void test_csv_malformed(void **state) {
       {"1,2\n1,2,3\n", {0}, TB_EFORMAT, ":2: expected 2 columns, got 3"},
       {"h1,h2\n\n1,2\n\n1;2\n", {.skip_rows = 1}, TB_EFORMAT, ":5: expected 2 columns, got 1"},
       {"1,2\ninf,3\n", {0}, TB_ENONFINITE, ":2: column 1: expected a finite number, got \"inf\""},
-      {"1,nan\n", {0}, TB_ENONFINITE, ":1: column 2: expected a finite number, got \"nan\""},
+      {"1,nan\n", {0}, TB_EFORMAT, ":1: column 2: a missing value (\"nan\")"},
       {"1,-Infinity\n", {0}, TB_ENONFINITE, ":1: column 2: expected a finite number"},
       {"1,1e999\n", {0}, TB_ENONFINITE, ":1: column 2: expected a finite number, got \"1e999\""},
       {"1,1e300\n", {0}, TB_ERANGE, ":1: column 2: \"1e300\" is out of the float32 range"},
@@ -421,15 +424,24 @@ static void test_csv_malformed(void **state) {
        TB_EFORMAT,
        ":2: column 3: expected a class label"},
       /* Binary junk is quoted readably (escaped), clipped, never printed raw. */
-      {"1,\x01\xff\x7f\"zz\n",
+      {"1,\x01\xff\x7fzz\n",
        {0},
        TB_EFORMAT,
-       ":1: column 2: expected a number, got \"\\x01\\xff\\x7f\\\"zz\""},
-      /* A quoted field is shown as it is, its quotes escaped (not as '?'). */
-      {"5.1,\"setosa\"\n",
+       ":1: column 2: expected a number, got \"\\x01\\xff\\x7fzz\""},
+      /* A quoted field is its text, its quotes and doubled quotes undone. */
+      {"5.1,\"setosa\"\n", {0}, TB_EFORMAT, ":1: column 2: expected a number, got \"setosa\""},
+      {"5.1,\"say \"\"hi\"\"\"\n",
        {0},
        TB_EFORMAT,
-       ":1: column 2: expected a number, got \"\\\"setosa\\\"\""},
+       ":1: column 2: expected a number, got \"say \\\"hi\\\"\""},
+      /* RFC 4180's quoting, strictly: a quote inside an unquoted field, text
+       * after a closing quote, a quoted field never closed. */
+      {"1,2\n3,4\"5\n", {0}, TB_EFORMAT, ":2: malformed quoting: a quote inside an unquoted field"},
+      {"1,2\n3,\"4\"5\n", {0}, TB_EFORMAT, ":2: malformed quoting"},
+      {"1,2\n3,\"4\n5,6\n",
+       {0},
+       TB_EFORMAT,
+       ":2: a quoted field opened in this record is never closed"},
       {"1,a\\b\tc\n", {0}, TB_EFORMAT, ":1: column 2: expected a number, got \"a\\\\b\\x09c\""},
       {"1,0123456789012345678901234567890123456789012345678901234567890123456789x\n",
        {0},
@@ -479,8 +491,9 @@ static void test_csv_every_prefix(void **state) {
     write_bytes(p, text, n);
     r = tb_csv_load(p, &o, &d, &err);
     if (r == 0) {
+      /* A cut in the middle of "-2e3" may leave "-", a class name. */
       assert_true(d->n >= 1);
-      assert_int_equal(d->n_features, 2);
+      assert_true(d->n_features == 2 || (d->n_features == 1 && d->classes != NULL));
       tb_dataset_free(d);
     } else {
       assert_null(d);
@@ -1166,8 +1179,12 @@ static void test_csv_redacted(void **state) {
   } cases[] = {
       {"0,1\nhunter2,1\n", ":2: column 1: expected a number", "hunter2", 1, TB_EFORMAT},
       {"root:$6$x:19000,1\n", ":1: column 1: expected a number", "root", 1, TB_EFORMAT},
-      {"1,inf\n", ":1: column 2: expected a finite number (inf and nan", "\"inf\"", 0,
+      {"1,inf\n", ":1: column 2: expected a finite number (inf is not accepted)", "\"inf\"", 0,
        TB_ENONFINITE},
+      {"1,1\nN/A,2\n", ":2: column 1: a missing value (a missing-value marker)", "N/A", 0,
+       TB_EFORMAT},
+      {"1,2\n2,secret\n", ":2: column 2: expected a number", "secret", 0, TB_EFORMAT},
+
       {"1,3e39\n", ":1: column 2: the number is out of the float32 range", "3e39", 0, TB_ERANGE},
       {"1,1.5\n", ":1: column 2: expected a class label (an integer from 0 to 16777216)", "1.5", 1,
        TB_EFORMAT},

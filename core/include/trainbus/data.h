@@ -58,6 +58,44 @@ typedef struct tb_data_limits_s {
   bool redact;      /* messages never quote file contents */
 } tb_data_limits_t;
 
+/* The most distinct string class labels a file may have: 4096. More is
+ * almost always a wrong label column (an id or a free-text column), and the
+ * names travel to every client in the run's status. */
+#define TB_DATA_MAX_CLASS_NAMES 4096
+/* The longest class name, in bytes. */
+#define TB_DATA_MAX_CLASS_NAME 255
+
+/* Class names: the string labels of a data file ("setosa", "versicolor",
+ * "virginica"), distinct and sorted in ascending byte order (strcmp), as
+ * numpy's np.unique and scikit-learn's LabelEncoder sort them; a label's
+ * class index is its position. Names are NUL-terminated byte strings without
+ * NUL bytes, at most TB_DATA_MAX_CLASS_NAME bytes, and need not be UTF-8 (the
+ * protocol's encoder shows an invalid byte as U+FFFD). Immutable once made;
+ * one allocation, released with tb_classes_free(). */
+typedef struct tb_classes_s {
+  int n;              /* 1..TB_DATA_MAX_CLASS_NAMES */
+  const char **names; /* n names, sorted and distinct */
+} tb_classes_t;
+
+/* A sorted copy of n names (each lens[i] bytes; lens may be NULL for C
+ * strings). *out is NULL on failure: TB_EINVAL for n outside
+ * 1..TB_DATA_MAX_CLASS_NAMES, a name with a NUL byte or longer than
+ * TB_DATA_MAX_CLASS_NAME, or a name given twice; TB_ENOMEM. */
+int tb_classes_new(const char *const *names, const size_t *lens, int n, tb_classes_t **out);
+/* A copy of c (NULL gives NULL and 0). */
+int tb_classes_copy(const tb_classes_t *c, tb_classes_t **out);
+/* NULL is a no-op. */
+void tb_classes_free(tb_classes_t *c);
+/* The index of the name s (len bytes), or -1 when c has no such class. */
+int tb_classes_find(const tb_classes_t *c, const char *s, size_t len);
+/* Whether a and b hold the same names (two NULLs are equal). */
+bool tb_classes_equal(const tb_classes_t *a, const tb_classes_t *b);
+/* Writes `0 "setosa", 1 "versicolor", ...` into buf (len bytes, always
+ * NUL-terminated), each name escaped as loader messages quote fields (`"`
+ * and `\` by a backslash, other bytes outside printable ASCII as \xNN),
+ * clipped with "..." when buf is too short. Returns buf. */
+const char *tb_classes_format(const tb_classes_t *c, char *buf, size_t len);
+
 typedef struct tb_dataset_s {
   int n;          /* number of rows */
   int n_features; /* columns of x */
@@ -65,6 +103,10 @@ typedef struct tb_dataset_s {
   int n_classes;  /* > 0 when y holds class indices 0..n_classes-1 (or one-hot rows) */
   float *x;       /* n * n_features, owned */
   float *y;       /* n * n_outputs, owned */
+  /* The names of the classes when the file's labels were strings (y holds
+   * their indices, n_classes == classes->n), owned; NULL for numeric labels.
+   * Slices and splits do not copy it. */
+  tb_classes_t *classes;
 } tb_dataset_t;
 
 /* Allocates a zero-filled dataset with n_classes 0; free it with
@@ -96,38 +138,84 @@ int tb_dataset_split_tail(const tb_dataset_t *d, double fraction, tb_dataset_t *
  * row), TB_ENOMEM; on failure d is unchanged. */
 int tb_dataset_one_hot(tb_dataset_t *d, tb_err_t *err);
 
-/* CSV: one row per line, numbers separated by `delimiter`; `skip_rows` lines
- * (a header) are skipped; the label is column `label_col` (negative counts from
- * the end: -1 is the last column). Every other column is a feature, in file
- * order. A path ending in ".gz" is decompressed with zlib. With `classes` set,
- * labels must be integers in 0..2^24 (exact in float32) and n_classes becomes
- * max label + 1; otherwise n_classes is 0 and labels are any numbers.
+/* CSV, as RFC 4180 has it, parsed by libcsv: records of fields separated
+ * by `delimiter`; a field in double quotes may hold the delimiter, line
+ * breaks and quotes (doubled: "say ""hi"""). `skip_rows` lines are skipped
+ * first, blank or not. Then the first record may be a header of column names:
+ * with header TB_CSV_HEADER_AUTO it is one when some field of it is text
+ * (not a number, not a missing value) where the next record has a number in
+ * that column, or when a column is chosen by name. The label is column
+ * `label_col` (0-based; negative counts from the end: -1 is the last), or the
+ * column named `label_name`; the features are the columns `features` names,
+ * in that order, or, when n_features is 0, every other column in file order.
+ * Columns that are neither are not read at all (an id or a text column may
+ * stay in the file). A path ending in ".gz" is decompressed with zlib.
  *
- * Accepted: "\n" or "\r\n" line ends, a UTF-8 byte order mark, blank lines
- * anywhere (skipped, not counted as rows), spaces and tabs around fields.
- * Every field must be a whole number as strtod() reads it (C locale), finite
- * and within the float32 range; there is no quoting. The first data row sets
- * the column count (at least 2) and every row must match it.
+ * Accepted: "\n", "\r\n" or "\r" record ends, a UTF-8 byte order mark,
+ * blank lines anywhere (skipped, not counted as rows), spaces and tabs
+ * around unquoted fields and around a quoted field's quotes. A feature (and a
+ * label without `classes`) is a number as strtod() reads it (C locale),
+ * finite and within the float32 range, quoted or not; a field of at most 1 MiB.
+ * Every record has as many fields as the first data record (the header too).
  *
- * opts may be NULL (all zero: ',' separated, no header, label in column 0).
- * *out receives a new dataset (the caller frees it), NULL on failure. Errors,
- * each with a message in err naming the file and, for content, the 1-based
- * line and column (`data.csv:3: column 2: expected a number, got "abc"`; the
- * field is shown as it is, clipped to 40 bytes, with `"` and `\` escaped by a
- * backslash and any byte that is not printable ASCII as \xNN; with
- * opts->limits->redact the `got ...` part is left out):
- * -errno when the file cannot be opened or read; TB_EFORMAT for malformed
- * text, a wrong column count, a bad class label, no data rows, or a corrupt or
- * non-gzip ".gz"; TB_ETRUNCATED for a ".gz" that ends early; TB_ENONFINITE for
- * inf or nan; TB_ERANGE for a label column outside the row, a number beyond
- * float32, or a file over its limits (bytes, rows, columns); TB_EINVAL for bad
- * arguments or a path the limits do not allow; TB_ENOMEM. */
+ * Missing values are empty fields (quoted or not) and the markers "NA",
+ * "N/A", "NaN", "nan" and "?": an error naming line and column unless
+ * `missing` says to fill them with `fill` or to drop their rows. A missing
+ * label is always an error (TB_CSV_MISSING_DROP drops its row too).
+ *
+ * Labels with `classes` set: when every label is a number, each must be an
+ * integer in 0..2^24 (exact in float32) and n_classes becomes the largest
+ * plus one. When some label is not a number, the labels are class names:
+ * their distinct values, sorted (tb_classes_t), become d->classes, and each
+ * row's label its index there. With `class_names` given (the training set's
+ * names, for a validation or test file), every label is looked up there
+ * instead, as a string, and one that is not there is an error naming its
+ * line. Without `classes`, labels are any numbers and n_classes is 0.
+ *
+ * opts may be NULL (all zero: ',' separated, the header detected, label in
+ * column 0, every other column a feature, missing values refused). *out
+ * receives a new dataset (the caller frees it), NULL on failure. Errors, each
+ * with a message in err naming the file and, for content, the 1-based line
+ * where the record starts and the 1-based column, with its name when the
+ * file has a header (`data.csv:3: column 2 ("width"): expected a number, got
+ * "abc"`). The field is shown as it is, clipped to 40 bytes, with `"` and
+ * `\` escaped by a backslash and any byte that is not printable ASCII as
+ * \xNN; with opts->limits->redact neither the field nor a column's name nor
+ * a class name is shown. Codes: -errno when the file cannot be opened or
+ * read; TB_EFORMAT for malformed quoting (a quote inside an unquoted field,
+ * text after a closing quote, a quoted field never closed), a bad number, a
+ * missing value, a wrong column count, a bad class label or one not among
+ * class_names, no data rows, or a corrupt or non-gzip ".gz"; TB_ETRUNCATED
+ * for a ".gz" that ends early; TB_ENONFINITE for inf; TB_ERANGE for a
+ * column outside the row, a number beyond float32, more than
+ * TB_DATA_MAX_CLASS_NAMES class names, a field over 1 MiB, or a file over
+ * its limits (bytes, rows, columns); TB_EINVAL for bad arguments, a column
+ * name the header lacks (or names twice), a name without a header, a feature
+ * that is also the label or listed twice, or a path the limits do not allow;
+ * TB_ENOMEM. */
+enum { TB_CSV_HEADER_AUTO = 0, TB_CSV_HEADER_YES, TB_CSV_HEADER_NO };
+enum { TB_CSV_MISSING_ERROR = 0, TB_CSV_MISSING_FILL, TB_CSV_MISSING_DROP };
+
+/* A column, by its 0-based index (negative counts from the end) or, when
+ * name is not NULL, by its name in the header. */
+typedef struct tb_csv_col_s {
+  int index;
+  const char *name;
+} tb_csv_col_t;
+
 typedef struct tb_csv_opts_s {
-  char delimiter;                 /* default ',' when 0; not '\n' or '\r' */
-  int skip_rows;                  /* lines skipped before the data, blank or not; >= 0 */
-  int label_col;                  /* 0-based; negative counts from the end */
-  int classes;                    /* nonzero: labels are class indices */
-  const tb_data_limits_t *limits; /* NULL: the operator's default (see above) */
+  char delimiter;                  /* default ',' when 0; not '\n', '\r' or '"' */
+  int skip_rows;                   /* lines skipped before anything else; >= 0 */
+  int header;                      /* TB_CSV_HEADER_AUTO (0), _YES or _NO */
+  int label_col;                   /* 0-based; negative counts from the end */
+  const char *label_name;          /* instead of label_col: the label column's name */
+  const tb_csv_col_t *features;    /* n_features feature columns, in order */
+  int n_features;                  /* 0: every column but the label */
+  int classes;                     /* nonzero: labels are classes (indices or names) */
+  const tb_classes_t *class_names; /* with classes: look labels up here (validation, test) */
+  int missing;                     /* TB_CSV_MISSING_ERROR (0), _FILL or _DROP */
+  double fill;                     /* the value of a missing feature with _FILL */
+  const tb_data_limits_t *limits;  /* NULL: the operator's default (see above) */
 } tb_csv_opts_t;
 int tb_csv_load(const char *path, const tb_csv_opts_t *opts, tb_dataset_t **out, tb_err_t *err);
 
@@ -156,6 +244,41 @@ int tb_idx_load(const char *images_path, const char *labels_path, tb_dataset_t *
  * files (magic numbers, counts, dimensions). */
 int tb_idx_load_limited(const char *images_path, const char *labels_path,
                         const tb_data_limits_t *limits, tb_dataset_t **out, tb_err_t *err);
+
+/* NumPy's .npy files, as np.save writes them (format versions 1, 2 and 3):
+ * x_path the features, y_path (may be NULL: no y, n_outputs 0) the labels or
+ * targets. The first dimension of each is the rows, and the two must agree;
+ * the other dimensions are flattened in C order into a row's values (a 1-D
+ * array is one value per row; images of shape (n, 28, 28) become 784
+ * features). Element types: float32, float64, signed and unsigned integers
+ * of 1, 2, 4 and 8 bytes, and bool, little- or big-endian; every value is
+ * converted to float32 (integers beyond 2^24 lose their low bits; a float64
+ * outside the float32 range is an error, not an infinity). Either file may
+ * be ".gz". With opts->classes a y of one value per row holds class indices,
+ * integers in 0..2^24, and n_classes becomes the largest plus one; a wider y
+ * (one-hot rows) gets n_classes equal to its width. Without it y holds any
+ * finite numbers and n_classes is 0.
+ *
+ * Refused with a message naming the file (and, for a value, its index as
+ * numpy writes it, [row, column]): TB_EFORMAT for a file that is not npy, a
+ * header that is not the dict np.save writes, Fortran order
+ * (np.asfortranarray; save np.ascontiguousarray(a) instead), an element type
+ * not listed above (object arrays, strings, float16, complex, structured
+ * records), a 0-d array or one with no rows or no values per row, a class
+ * label that is not an integer in range, bytes after the data, or a corrupt
+ * or non-gzip ".gz"; TB_ETRUNCATED when the file ends before the data its
+ * header announces; TB_ENONFINITE for NaN or infinity; TB_ERANGE for a value
+ * beyond float32, more than INT_MAX values, or more than the limits allow
+ * (bytes, rows, values per row); TB_ESHAPE when the row counts differ;
+ * TB_EINVAL for bad arguments or a path the limits refuse; -errno when a file
+ * cannot be opened or read; TB_ENOMEM. With opts->limits->redact no message
+ * shows a value read from the files (shapes, element types, values). */
+typedef struct tb_npy_opts_s {
+  int classes;                    /* nonzero: y holds class indices (or one-hot rows) */
+  const tb_data_limits_t *limits; /* NULL: the operator's default */
+} tb_npy_opts_t;
+int tb_npy_load(const char *x_path, const char *y_path, const tb_npy_opts_t *opts,
+                tb_dataset_t **out, tb_err_t *err);
 
 /* Generators. Each writes a new dataset to *out (the caller frees it; NULL on
  * failure) with class indices in y (n_outputs 1, n_classes set), and returns
