@@ -367,14 +367,15 @@ static void probe_record(csv_t *c) {
 }
 
 /* Is the first record a header? One is when a column has text in it and a
- * number in the next record; the label column (which may hold class names)
- * and missing values prove nothing. */
+ * number in the next record; the label column (whose class names may be
+ * "cat" in one row and "10" in the next) and missing values prove nothing. */
 static bool looks_like_header(const csv_t *c) {
   long n = c->n_kind[0] < c->n_kind[1] ? c->n_kind[0] : c->n_kind[1];
+  long label = c->o->label_col < 0 ? c->n_kind[0] + c->o->label_col : c->o->label_col;
   if (c->records < 2)
     return false;
   for (long j = 0; j < n; j++)
-    if (c->kind[0][j] == KIND_TEXT && c->kind[1][j] == KIND_NUMBER)
+    if (j != label && c->kind[0][j] == KIND_TEXT && c->kind[1][j] == KIND_NUMBER)
       return true;
   return false;
 }
@@ -619,8 +620,10 @@ static void fill_field(csv_t *c, char *s, size_t len) {
   if (role == COL_SKIP)
     return;
   if (c->row >= c->d->n) {
-    /* The scan counted these rows; the text has not changed since. */
-    fail(c, tb_errf(c->err, TB_EFORMAT, "%s:%ld: more rows than counted", c->path, c->rec_line));
+    /* A row past the count is one the scan saw dropped (checked at its
+     * end): nothing to write. */
+    if (is_missing(s, len))
+      c->row_missing = true;
     return;
   }
   if (is_missing(s, len)) {
@@ -670,6 +673,11 @@ static void fill_field(csv_t *c, char *s, size_t len) {
 static void fill_record(csv_t *c) {
   if (c->header && c->records == 0)
     return;
+  if (!c->row_missing && c->row >= c->d->n) {
+    /* The scan counted the rows of this very text. */
+    fail(c, tb_errf(c->err, TB_EFORMAT, "%s:%ld: more rows than counted", c->path, c->rec_line));
+    return;
+  }
   if (!c->row_missing)
     c->row++;
   c->row_missing = false;
