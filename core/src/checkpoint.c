@@ -3,6 +3,10 @@
  * A checkpoint is a tb_state_t file (state.c: versioned, CRC-checked, written
  * to a temporary file, fsynced and renamed) holding:
  *   job.id                 the job's fingerprint, checked on resume
+ *   data.classes           the class names of string labels, each followed by
+ *                          a NUL, in class order; absent for numeric labels
+ *                          (and in checkpoints older than class names, which
+ *                          only numeric labels could write: they still load)
  *   model.shapes           kind, n_in, n_out, activation of every layer
  *   model.params           every weight, exactly
  *   optim.*                kind, slots, iterations and learning rate
@@ -50,6 +54,62 @@ int tb__check_state_names(tb_callbacks_t *cbs, tb_err_t *err) {
   return 0;
 }
 
+/* Class names as stored: each name and a NUL, in class order. */
+static int classes_bytes(const tb_classes_t *c, char **out, size_t *len) {
+  size_t n = 0;
+  *out = NULL;
+  *len = 0;
+  if (c == NULL)
+    return 0;
+  for (int i = 0; i < c->n; i++)
+    n += strlen(c->names[i]) + 1;
+  char *b = malloc(n), *p = b;
+  if (b == NULL)
+    return TB_ENOMEM;
+  for (int i = 0; i < c->n; i++) {
+    size_t k = strlen(c->names[i]) + 1;
+    memcpy(p, c->names[i], k);
+    p += k;
+  }
+  *out = b;
+  *len = n;
+  return 0;
+}
+
+/* The checkpoint's class names against the model's: both absent, or the
+ * same names in the same order. */
+static int check_classes(const tb_model_t *m, const tb_state_t *s, const char *path,
+                         tb_err_t *err) {
+  const void *saved;
+  size_t saved_len, mine_len;
+  char *mine;
+  bool has = tb_state_get_bytes(s, "data.classes", &saved, &saved_len) == 0;
+  int r = classes_bytes(m->classes, &mine, &mine_len);
+  if (r != 0)
+    return tb_errf(err, r, "checkpoint %s: out of memory", path);
+  bool same = has == (m->classes != NULL) &&
+              (!has || (saved_len == mine_len && memcmp(saved, mine, mine_len) == 0));
+  free(mine);
+  if (same)
+    return 0;
+  char want[200];
+  tb_classes_format(m->classes, want, sizeof(want));
+  if (!has)
+    return tb_errf(err, TB_ESTATE,
+                   "checkpoint %s was written for numeric labels, but the data's labels are the "
+                   "class names %s; refusing to resume",
+                   path, want);
+  if (m->classes == NULL)
+    return tb_errf(err, TB_ESTATE,
+                   "checkpoint %s was written for class names, but the data's labels are "
+                   "numbers; refusing to resume",
+                   path);
+  return tb_errf(err, TB_ESTATE,
+                 "checkpoint %s was written for other class names than the data's (%s): the "
+                 "class indices would mean other classes; refusing to resume",
+                 path, want);
+}
+
 static int put_metrics(tb_state_t *s, const tb_model_t *m) {
   double v[4] = {m->m_loss_sum, m->m_acc_sum, m->m_mse_sum, m->m_mae_sum};
   int r = tb_state_put_bytes(s, "fit.metric_sums", v, sizeof(v));
@@ -65,6 +125,16 @@ int tb__checkpoint_save(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const
   if ((r = shapes(m, &sh)) != 0)
     goto fail;
   const char *id = job_id ? job_id : "";
+  char *names = NULL;
+  size_t names_len = 0;
+  if ((r = classes_bytes(m->classes, &names, &names_len)) != 0)
+    goto fail;
+  if (names != NULL) {
+    r = tb_state_put_bytes(&s, "data.classes", names, names_len);
+    free(names);
+    if (r != 0)
+      goto fail;
+  }
   if ((r = tb_state_put_bytes(&s, "job.id", id, strlen(id))) != 0 ||
       (r = tb_state_put_i32s(&s, "model.shapes", sh, (size_t)m->n_layers * 4)) != 0 ||
       (r = tb_state_put_f32s(&s, "model.params", m->params, (size_t)m->n_params)) != 0 ||
@@ -135,6 +205,8 @@ int tb__checkpoint_load(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const
                 path, (int)(id_len > 32 ? 32 : id_len), (const char *)id, mine[0] ? mine : "none");
     goto out;
   }
+  if ((r = check_classes(m, &s, path, err)) != 0)
+    goto out;
   long nl = tb_state_count(&s, "model.shapes");
   if ((r = shapes(m, &want)) != 0)
     goto out;

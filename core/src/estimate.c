@@ -88,6 +88,14 @@ static shape_t spec_shape(const tb_data_spec_t *s) {
     h.feats = s->file_cols > 0 ? (double)s->file_cols : 1.0;
     h.scratch = read_buffer((double)s->file_bytes);
     break;
+  case TB_SRC_NPY:
+    /* Read in chunks straight into the dataset: no copy of the file. */
+    h.rows = (double)s->file_rows;
+    h.feats = s->file_cols > 0 ? (double)s->file_cols : 1.0;
+    h.ycols = s->file_ycols > 0 ? (double)s->file_ycols : 1.0;
+    h.classes = s->npy.classes != 0 && s->file_ycols <= 1;
+    h.scratch = (double)tb__npy_scratch();
+    break;
   }
   return h;
 }
@@ -192,13 +200,20 @@ static int measure(tb_job_t *job, tb_data_spec_t *s, tb_err_t *err) {
   tb_err_t e = {{0}};
   const char *field = "path";
   int r = 0;
-  if (s->source != TB_SRC_CSV && s->source != TB_SRC_IDX)
+  if (s->source != TB_SRC_CSV && s->source != TB_SRC_IDX && s->source != TB_SRC_NPY)
     return 0;
   memset(&b, 0, sizeof(b));
   if (s->source == TB_SRC_CSV) {
     tb_csv_opts_t o = s->csv;
     o.limits = lim;
     r = tb__csv_peek(s->path, &o, &a, &e);
+  } else if (s->source == TB_SRC_NPY) {
+    field = "x";
+    r = tb__npy_peek(s->x, lim, &a, &e);
+    if (r == 0) {
+      field = "y";
+      r = tb__npy_peek(s->y, lim, &b, &e);
+    }
   } else {
     field = "images";
     r = tb__idx_peek(s->images, 0, lim, &a, &e);
@@ -212,6 +227,7 @@ static int measure(tb_job_t *job, tb_data_spec_t *s, tb_err_t *err) {
   s->file_bytes = a.bytes > b.bytes ? a.bytes : b.bytes;
   s->file_rows = a.rows;
   s->file_cols = a.cols;
+  s->file_ycols = b.cols;
   s->limits = *lim;
   /* At least one byte: 0 would mean "the default" to the loaders. */
   s->limits.max_bytes = s->file_bytes > 0 ? s->file_bytes : 1;

@@ -71,6 +71,9 @@ struct tb_model_s {
   } pos;
   tb_history_t history;
   tb_callback_t history_cb;
+  /* The names of the output classes (tb_model_set_classes), owned; NULL
+   * when the labels were numbers. Kept in checkpoints and weights files. */
+  tb_classes_t *classes;
 };
 
 /* cb_monitor.c: Keras 3's MonitorCallback (keras/src/callbacks/

@@ -14,10 +14,111 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Why 1 MiB: a job is a few hundred bytes of settings; anything larger is a
  * mistake (a dataset pasted in), and refusing it keeps memory bounded. */
 #define TB_JOB_MAX_BYTES (1 << 20)
+
+/* "classes": true (the default: labels are classes) or false (regression
+ * targets), for csv and npy. */
+static int parse_classes(parse_t *p, const cJSON *d, const char *path, long *out) {
+  const cJSON *cl = cJSON_GetObjectItemCaseSensitive(d, "classes");
+  char fp[256];
+  *out = 1;
+  if (cl == NULL)
+    return 0;
+  if (!cJSON_IsBool(cl)) {
+    tb__jp_join(fp, sizeof(fp), path, "classes");
+    return tb__jp_bad(p, fp, "true (labels are classes) or false (regression targets)", cl);
+  }
+  *out = cJSON_IsTrue(cl);
+  return 0;
+}
+
+/* A CSV's "header", "label_column", "feature_columns" and "missing". */
+static int parse_csv_columns(parse_t *p, const cJSON *d, const char *path, tb_data_spec_t *s) {
+  char fp[256];
+  const cJSON *h = cJSON_GetObjectItemCaseSensitive(d, "header");
+  if (h != NULL) {
+    if (!cJSON_IsBool(h)) {
+      tb__jp_join(fp, sizeof(fp), path, "header");
+      return tb__jp_bad(p, fp, "true or false (leave it out to detect the header)", h);
+    }
+    s->csv.header = cJSON_IsTrue(h) ? TB_CSV_HEADER_YES : TB_CSV_HEADER_NO;
+  }
+  const cJSON *lc = cJSON_GetObjectItemCaseSensitive(d, "label_column");
+  s->csv.label_col = -1;
+  if (cJSON_IsString(lc)) {
+    size_t n = strlen(lc->valuestring);
+    if (n == 0 || n >= sizeof(s->label_name)) {
+      tb__jp_join(fp, sizeof(fp), path, "label_column");
+      return tb__jp_bad(p, fp, "a column's index or its name (1 to 255 bytes)", lc);
+    }
+    memcpy(s->label_name, lc->valuestring, n + 1);
+    s->csv.label_name = s->label_name;
+  } else if (lc != NULL) {
+    long v = -1;
+    int r = tb__jp_get_int(p, d, path, "label_column", -(long)TB_DATA_MAX_COLS,
+                           (long)TB_DATA_MAX_COLS - 1, false, &v);
+    if (r != 0)
+      return r;
+    s->csv.label_col = (int)v;
+  }
+  const cJSON *fc = cJSON_GetObjectItemCaseSensitive(d, "feature_columns");
+  if (fc != NULL) {
+    int n = cJSON_GetArraySize(fc);
+    size_t names = 0;
+    tb__jp_join(fp, sizeof(fp), path, "feature_columns");
+    if (!cJSON_IsArray(fc) || n == 0 || n > TB_DATA_MAX_COLS)
+      return tb__jp_bad(p, fp, "a non-empty array of column indices or names", fc);
+    int i = 0;
+    for (const cJSON *c = fc->child; c != NULL; c = c->next, i++) {
+      char ep[300];
+      snprintf(ep, sizeof(ep), "%s[%d]", fp, i);
+      if (cJSON_IsString(c) && c->valuestring[0] != '\0' && strlen(c->valuestring) < 1024)
+        names += strlen(c->valuestring) + 1;
+      else if (!(cJSON_IsNumber(c) && c->valuedouble == floor(c->valuedouble) &&
+                 fabs(c->valuedouble) <= (double)TB_DATA_MAX_COLS))
+        return tb__jp_bad(p, ep, "a column's index or its name (1 to 1023 bytes)", c);
+    }
+    s->columns = calloc((size_t)n, sizeof(tb_csv_col_t));
+    s->column_names = malloc(names + 1);
+    if (s->columns == NULL || s->column_names == NULL)
+      return tb_errf(p->err, TB_ENOMEM, "out of memory");
+    char *at = s->column_names;
+    i = 0;
+    for (const cJSON *c = fc->child; c != NULL; c = c->next, i++) {
+      if (cJSON_IsString(c)) {
+        size_t k = strlen(c->valuestring) + 1;
+        memcpy(at, c->valuestring, k);
+        s->columns[i].name = at;
+        at += k;
+      } else {
+        s->columns[i].index = (int)c->valuedouble;
+      }
+    }
+    s->csv.features = s->columns;
+    s->csv.n_features = n;
+  }
+  const cJSON *m = cJSON_GetObjectItemCaseSensitive(d, "missing");
+  if (m != NULL) {
+    const cJSON *fill = cJSON_GetObjectItemCaseSensitive(m, "fill");
+    if (cJSON_IsString(m) && strcmp(m->valuestring, "error") == 0) {
+      s->csv.missing = TB_CSV_MISSING_ERROR;
+    } else if (cJSON_IsString(m) && strcmp(m->valuestring, "drop") == 0) {
+      s->csv.missing = TB_CSV_MISSING_DROP;
+    } else if (cJSON_IsObject(m) && cJSON_GetArraySize(m) == 1 && cJSON_IsNumber(fill) &&
+               fabs(fill->valuedouble) <= 3.4e38) {
+      s->csv.missing = TB_CSV_MISSING_FILL;
+      s->csv.fill = fill->valuedouble;
+    } else {
+      tb__jp_join(fp, sizeof(fp), path, "missing");
+      return tb__jp_bad(p, fp, "\"error\", \"drop\" or {\"fill\": a number}", m);
+    }
+  }
+  return 0;
+}
 
 static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t seed,
                       tb_data_spec_t *s, bool main_set, tb_job_t *job) {
@@ -25,10 +126,29 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
   char src[32] = "";
   if (!cJSON_IsObject(d))
     return tb__jp_bad(p, path, "an object", d);
-  static const char *const keys[] = {"source",     "n_per_class",  "noise",  "n",      "classes",
-                                     "features",   "std",          "seed",   "path",   "delimiter",
-                                     "skip_rows",  "label_column", "images", "labels", "scale",
-                                     "validation", "test",         NULL};
+  static const char *const keys[] = {"source",
+                                     "n_per_class",
+                                     "noise",
+                                     "n",
+                                     "classes",
+                                     "features",
+                                     "std",
+                                     "seed",
+                                     "path",
+                                     "delimiter",
+                                     "skip_rows",
+                                     "header",
+                                     "label_column",
+                                     "feature_columns",
+                                     "missing",
+                                     "images",
+                                     "labels",
+                                     "x",
+                                     "y",
+                                     "scale",
+                                     "validation",
+                                     "test",
+                                     NULL};
   if ((r = tb__jp_only_keys(p, d, path, keys)) != 0)
     return r;
   if ((r = tb__jp_get_str(p, d, path, "source", src, sizeof(src), true)) != 0)
@@ -79,20 +199,16 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
     if ((r = tb__jp_get_int(p, d, path, "skip_rows", 0, INT32_MAX, false, &v)) != 0)
       return r;
     s->csv.skip_rows = (int)v;
-    v = -1;
-    if ((r = tb__jp_get_int(p, d, path, "label_column", -100000, 100000, false, &v)) != 0)
+    if ((r = parse_csv_columns(p, d, path, s)) != 0 || (r = parse_classes(p, d, path, &v)) != 0)
       return r;
-    s->csv.label_col = (int)v;
-    const cJSON *cl = cJSON_GetObjectItemCaseSensitive(d, "classes");
-    s->csv.classes = 1;
-    if (cl != NULL) {
-      if (!cJSON_IsBool(cl)) {
-        tb__jp_join(fp, sizeof(fp), path, "classes");
-        return tb__jp_bad(p, fp, "true (labels are class indices) or false (regression targets)",
-                          cl);
-      }
-      s->csv.classes = cJSON_IsTrue(cl);
-    }
+    s->csv.classes = (int)v;
+  } else if (strcmp(src, "npy") == 0) {
+    s->source = TB_SRC_NPY;
+    if ((r = tb__jp_get_path(p, d, path, "x", s->x, sizeof(s->x), true)) != 0 ||
+        (r = tb__jp_get_path(p, d, path, "y", s->y, sizeof(s->y), true)) != 0 ||
+        (r = parse_classes(p, d, path, &v)) != 0)
+      return r;
+    s->npy.classes = (int)v;
   } else if (strcmp(src, "idx") == 0) {
     s->source = TB_SRC_IDX;
     if ((r = tb__jp_get_path(p, d, path, "images", s->images, sizeof(s->images), true)) != 0 ||
@@ -100,8 +216,41 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
       return r;
   } else {
     tb__jp_join(fp, sizeof(fp), path, "source");
-    return tb__jp_bad(p, fp, "one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\"",
+    return tb__jp_bad(p, fp, "one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\", \"npy\"",
                       cJSON_GetObjectItemCaseSensitive(d, "source"));
+  }
+  /* Options of one source given to another are mistakes, not defaults. */
+  static const struct {
+    const char *key;
+    int source;
+  } only[] = {{"n_per_class", TB_SRC_SPIRALS},
+              {"noise", TB_SRC_SPIRALS},
+              {"n", TB_SRC_BLOBS},
+              {"features", TB_SRC_BLOBS},
+              {"std", TB_SRC_BLOBS},
+              {"path", TB_SRC_CSV},
+              {"delimiter", TB_SRC_CSV},
+              {"skip_rows", TB_SRC_CSV},
+              {"header", TB_SRC_CSV},
+              {"label_column", TB_SRC_CSV},
+              {"feature_columns", TB_SRC_CSV},
+              {"missing", TB_SRC_CSV},
+              {"images", TB_SRC_IDX},
+              {"labels", TB_SRC_IDX},
+              {"x", TB_SRC_NPY},
+              {"y", TB_SRC_NPY}};
+  for (size_t i = 0; i < sizeof(only) / sizeof(only[0]); i++) {
+    if (cJSON_GetObjectItemCaseSensitive(d, only[i].key) != NULL &&
+        (int)s->source != only[i].source) {
+      tb__jp_join(fp, sizeof(fp), path, only[i].key);
+      return tb_errf(p->err, TB_EINVAL, "%s: %s: not an option of source \"%s\"", p->origin, fp,
+                     src);
+    }
+  }
+  if (cJSON_GetObjectItemCaseSensitive(d, "classes") != NULL && s->source != TB_SRC_BLOBS &&
+      s->source != TB_SRC_CSV && s->source != TB_SRC_NPY) {
+    tb__jp_join(fp, sizeof(fp), path, "classes");
+    return tb_errf(p->err, TB_EINVAL, "%s: %s: not an option of source \"%s\"", p->origin, fp, src);
   }
   v = (long)s->seed;
   const cJSON *sd = cJSON_GetObjectItemCaseSensitive(d, "seed");
@@ -532,7 +681,12 @@ static const tb_data_limits_t *set_limits(const tb_job_t *job, const tb_data_spe
 static int load_set(const tb_job_t *job, const tb_data_spec_t *s, tb_dataset_t **out,
                     tb_err_t *err) {
   tb_csv_opts_t csv = s->csv;
-  csv.limits = set_limits(job, s);
+  tb_npy_opts_t npy = s->npy;
+  csv.limits = npy.limits = set_limits(job, s);
+  /* Validation and test files name their classes as the training file
+   * does: its names map theirs to the same indices. */
+  if (s != &job->train_spec && job->train != NULL)
+    csv.class_names = job->train->classes;
   switch (s->source) {
   case TB_SRC_SEED:
     return tb_gen_seed(out);
@@ -544,6 +698,8 @@ static int load_set(const tb_job_t *job, const tb_data_spec_t *s, tb_dataset_t *
     return tb_csv_load(s->path, &csv, out, err);
   case TB_SRC_IDX:
     return tb_idx_load_limited(s->images, s->labels, csv.limits, out, err);
+  case TB_SRC_NPY:
+    return tb_npy_load(s->x, s->y, &npy, out, err);
   default:
     *out = NULL;
     return 0;
@@ -658,7 +814,7 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err) {
   }
 
   job->model = tb_model_new(job->train->n_features, job->seed);
-  if (job->model == NULL)
+  if (job->model == NULL || tb_model_set_classes(job->model, job->train->classes) != 0)
     return tb_errf(err, TB_ENOMEM, "job %s: out of memory", job->name);
   for (int i = 0; i < job->n_layers; i++) {
     const struct tb_job_layer_s *l = &job->layers[i];
@@ -711,13 +867,18 @@ void tb_job_release(tb_job_t *job) {
 void tb_job_free(tb_job_t *job) {
   if (job == NULL)
     return;
+  tb_data_spec_t *specs[3] = {&job->train_spec, &job->val_spec, &job->test_spec};
+  for (int i = 0; i < 3; i++) {
+    free(specs[i]->columns);
+    free(specs[i]->column_names);
+  }
   for (int i = 0; i < job->n_callbacks; i++)
     tb_callback_free(job->callbacks[i]);
   tb_job_release(job);
   free(job);
 }
 
-const char *tb_job_demo_json(void) {
+const char *tb_job_demo_spirals_json(void) {
   /* About 5 seconds on one core: long enough to watch and to steer. */
   return "{\n"
          "  \"name\": \"demo-spirals\",\n"
@@ -737,4 +898,66 @@ const char *tb_job_demo_json(void) {
          "  \"batch_size\": 32,\n"
          "  \"validation_split\": 0.2\n"
          "}\n";
+}
+
+const char *tb_job_demo_json(const char *data_dir, char *buf, size_t len, char *notice,
+                             size_t nlen) {
+  static const char *const files[] = {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                      "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
+  const char *dir = data_dir != NULL && data_dir[0] != '\0' ? data_dir : TB_DEMO_DATA_DIR;
+  char p[4][1100];
+  int missing = -1;
+  if (notice != NULL && nlen > 0)
+    notice[0] = '\0';
+  if (buf == NULL)
+    return NULL;
+  for (int i = 0; i < 4; i++) {
+    snprintf(p[i], sizeof(p[i]), "%s/%s", dir, files[i]);
+    if (missing < 0 &&
+        (strchr(p[i], '"') != NULL || strchr(p[i], '\\') != NULL || access(p[i], R_OK) != 0))
+      missing = i;
+  }
+  if (missing >= 0) {
+    if (notice != NULL && nlen > 0)
+      snprintf(notice, nlen,
+               "Fashion-MNIST cannot be read (%s: %s; apt-get install dataset-fashion-mnist): "
+               "the demo trains the spirals instead",
+               p[missing],
+               strchr(p[missing], '"') != NULL ? "a quote in the path" : strerror(errno));
+    const char *sp = tb_job_demo_spirals_json();
+    if (strlen(sp) >= len)
+      return NULL;
+    memcpy(buf, sp, strlen(sp) + 1);
+    return buf;
+  }
+  /* About 1 s an epoch on one core of the machine this was written on
+   * (tests/bench/run_fmnist.sh measures the same model); the test set is
+   * evaluated once training ends. */
+  int n = snprintf(buf, len,
+                   "{\n"
+                   "  \"name\": \"demo-fashion-mnist\",\n"
+                   "  \"seed\": 42,\n"
+                   "  \"threads\": 1,\n"
+                   "  \"data\": {\n"
+                   "    \"source\": \"idx\",\n"
+                   "    \"images\": \"%s\",\n"
+                   "    \"labels\": \"%s\",\n"
+                   "    \"scale\": {\"divide\": 255},\n"
+                   "    \"test\": {\"source\": \"idx\",\n"
+                   "             \"images\": \"%s\",\n"
+                   "             \"labels\": \"%s\"}\n"
+                   "  },\n"
+                   "  \"model\": {\"layers\": [\n"
+                   "    {\"type\": \"dense\", \"units\": 256, \"activation\": \"relu\"},\n"
+                   "    {\"type\": \"dense\", \"units\": 128, \"activation\": \"relu\"},\n"
+                   "    {\"type\": \"dense\", \"units\": 10, \"activation\": \"softmax\"}]},\n"
+                   "  \"loss\": \"sparse_categorical_crossentropy\",\n"
+                   "  \"metrics\": [\"accuracy\"],\n"
+                   "  \"optimizer\": {\"name\": \"adam\", \"learning_rate\": 0.001},\n"
+                   "  \"epochs\": 5,\n"
+                   "  \"batch_size\": 128,\n"
+                   "  \"validation_split\": 0.1\n"
+                   "}\n",
+                   p[0], p[1], p[2], p[3]);
+  return n > 0 && (size_t)n < len ? buf : NULL;
 }

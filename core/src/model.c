@@ -94,7 +94,24 @@ void tb_model_free(tb_model_t *m) {
   free(m->ybuf);
   free(m->pos.idx);
   tb__history_free(m);
+  tb_classes_free(m->classes);
   free(m);
+}
+
+int tb_model_set_classes(tb_model_t *m, const tb_classes_t *c) {
+  tb_classes_t *copy = NULL;
+  if (m == NULL)
+    return TB_EINVAL;
+  int r = tb_classes_copy(c, &copy);
+  if (r != 0)
+    return r;
+  tb_classes_free(m->classes);
+  m->classes = copy;
+  return 0;
+}
+
+const tb_classes_t *tb_model_classes(const tb_model_t *m) {
+  return m != NULL ? m->classes : NULL;
 }
 
 static tb__layer_t *add_layer(tb_model_t *m, tb__kind_t kind, const char *base) {

@@ -26,6 +26,7 @@
  * backlog passes out_drop_bytes is not read from until it drains, so a
  * request flood cannot outrun the replies. */
 #include "internal.h"
+#include "trainbus/version.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -480,7 +481,7 @@ static bool greet(tb_server_t *s, conn_t *c) {
                   .auth_required = !(c->local),
                   .auth_timeout_ms = s->o.auth_timeout_ms,
                   .max_line = (int64_t)s->o.max_line};
-  snprintf(h.server, sizeof(h.server), "trainbus/0.1.0");
+  snprintf(h.server, sizeof(h.server), "%s", TB_SERVER_SOFTWARE);
   tb_msg_hello(&b, &h);
   tb__conn_send(c, b.data, b.len);
   tb_buf_free(&b);

@@ -6,6 +6,7 @@
  * nothing. Control requests only write the run's control block; the trainer
  * applies them at its next batch boundary. */
 #include "internal.h"
+#include "trainbus/version.h"
 
 #include <errno.h>
 #include <math.h>
@@ -232,7 +233,7 @@ static void do_status(conn_t *c, const tb_req_t *q) {
       queued += r->state == TB_RUN_QUEUED;
     }
     tb_msg_result_begin(&b, &q->id);
-    TB_LIT(&b, "{\"server\":\"trainbus/0.1.0\",\"protocol\":");
+    TB_LIT(&b, "{\"server\":\"" TB_SERVER_SOFTWARE "\",\"protocol\":");
     tb_json_int(&b, TB_PROTO_VERSION);
     TB_LIT(&b, ",\"runs\":");
     tb_json_int(&b, s->n_runs);

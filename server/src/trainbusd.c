@@ -2,6 +2,7 @@
  * was given (the built-in demo when none is), and runs the loop until SIGINT
  * or SIGTERM, which stop it cleanly (runs checkpoint, clients get bye). */
 #include "internal.h"
+#include "trainbus/version.h"
 
 #include <cjson/cJSON.h>
 
@@ -17,7 +18,9 @@ static void usage(FILE *f) {
           "\n"
           "Runs training jobs and publishes every event (Keras's hooks, with their logs) to\n"
           "remote clients over JSON-RPC (docs/PROTOCOL.md); clients steer the runs back.\n"
-          "With no options: trains the built-in demo job on 127.0.0.1:7787.\n"
+          "With no options: trains the built-in demo job on 127.0.0.1:7787 (an MLP on\n"
+          "Fashion-MNIST from " TB_DEMO_DATA_DIR ", or $TRAINBUS_DEMO_DATA;\n"
+          "the spirals when it cannot be read).\n"
           "\n"
           "options:\n"
           "  --listen ADDR        HOST:PORT (port 0: any free port) or a Unix socket path;\n"
@@ -52,11 +55,18 @@ static void usage(FILE *f) {
           "                       for N ms (default: never)\n"
           "  --quiet, --verbose   log errors only, or debug detail (default: info)\n"
           "  -h, --help           this help\n"
+          "  --version            the version\n"
           "\n"
           "Observers may connect without a token on loopback and Unix listeners; controlling\n"
           "(set_lr, stop, pause, resume, checkpoint, submit, cancel, lockstep) always needs\n"
           "the token. SIGINT/SIGTERM: runs stop at a batch boundary and checkpoint, logs are\n"
-          "flushed, clients get bye, exit 0.\n");
+          "flushed, clients get bye, exit 0.\n"
+          "\n"
+          "exit codes: 0 stopped by SIGINT or SIGTERM (or --help, --version),\n"
+          "            1 cannot start (an address in use, an unusable state directory) or the\n"
+          "              event loop failed,\n"
+          "            2 bad arguments, or a --job that cannot be read, is invalid or is over\n"
+          "              the memory budget\n");
 }
 
 /* "4G", "512M", "1048576": bytes, with an optional binary suffix. 0 when it
@@ -128,6 +138,9 @@ int main(int argc, char **argv) {
     bool v = i + 1 < argc;
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       usage(stdout);
+      return 0;
+    } else if (strcmp(a, "--version") == 0) {
+      printf("trainbusd %s\n", TB_VERSION);
       return 0;
     } else if (strcmp(a, "--listen") == 0 && v) {
       if (o.n_listen == TB_SERVER_MAX_LISTEN) {
@@ -265,7 +278,18 @@ int main(int argc, char **argv) {
       if (realpath(dir, abs) != NULL)
         snprintf(dir, sizeof(dir), "%s", abs);
     } else {
-      text = strdup(tb_job_demo_json());
+      char demo[4096], notice[1200];
+      if (tb_job_demo_json(getenv("TRAINBUS_DEMO_DATA"), demo, sizeof(demo), notice,
+                           sizeof(notice)) == NULL ||
+          (text = strdup(demo)) == NULL) {
+        fprintf(stderr, "trainbusd: cannot make the demo job\n");
+        tb_server_stop(s);
+        tb_server_run(s);
+        tb_server_free(s);
+        return 1;
+      }
+      if (notice[0] != '\0')
+        fprintf(stderr, "trainbusd: %s\n", notice);
       len = strlen(text);
     }
     if (epochs > 0) {

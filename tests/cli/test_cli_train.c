@@ -63,7 +63,7 @@ static void test_manual_loop_example(void **state) {
 static void test_train_json_events(void **state) {
   (void)state;
   char *out;
-  assert_int_equal(run(TRAINBUS " train --epochs 2 --json", &out), 0);
+  assert_int_equal(run(TRAINBUS " train --demo spirals --epochs 2 --json", &out), 0);
   /* one JSON object per line, in Keras's order */
   assert_true(strncmp(out, "{\"event\":\"train_begin\"", 22) == 0);
   assert_int_equal(count(out, "\"event\":\"epoch_begin\""), 2);
@@ -84,7 +84,7 @@ static void test_train_plain_output(void **state) {
   char dir[] = "/tmp/tb_cliXXXXXX", cmd[512], path[256];
   assert_non_null(mkdtemp(dir));
   snprintf(path, sizeof(path), "%s/w.tbw", dir);
-  snprintf(cmd, sizeof(cmd), TRAINBUS " train --epochs 2 --save-weights %s", path);
+  snprintf(cmd, sizeof(cmd), TRAINBUS " train --demo spirals --epochs 2 --save-weights %s", path);
   assert_int_equal(run(cmd, &out), 0);
   /* the model summary, then one line per epoch when not on a terminal */
   assert_non_null(strstr(out, "Total params: 132,866"));
@@ -95,6 +95,66 @@ static void test_train_plain_output(void **state) {
   remove(path);
   rmdir(dir);
   free(out);
+}
+
+/* Without a job: the Fashion-MNIST demo, its test accuracy printed at the
+ * end; the spirals, with a one-line notice, where the dataset cannot be
+ * read. */
+static void test_train_demo(void **state) {
+  (void)state;
+  char *out;
+  if (access("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", R_OK) == 0) {
+    assert_int_equal(run(TRAINBUS " train --epochs 1", &out), 0);
+    assert_non_null(strstr(out, "Job: demo-fashion-mnist (60000 training rows, validation_split "
+                                "applies)"));
+    assert_non_null(strstr(out, "Total params: 235,146"));
+    assert_non_null(strstr(out, "\n422/422 - ")); /* no "Epoch 1/1": Keras prints none for one */
+    const char *t = strstr(out, "\ntest: loss ");
+    assert_non_null(t);
+    double loss, acc;
+    assert_int_equal(sscanf(t, "\ntest: loss %lf accuracy %lf", &loss, &acc), 2);
+    print_message("Fashion-MNIST after 1 epoch: test accuracy %.4f\n", acc);
+    assert_true(acc > 0.75 && acc < 1.0);
+    free(out);
+  } else {
+    print_message("Fashion-MNIST is not installed here: only the fallback is tested\n");
+  }
+  assert_int_equal(run("TRAINBUS_DEMO_DATA=/nonexistent " TRAINBUS " train --epochs 1", &out), 0);
+  assert_non_null(strstr(out, "trainbus train: Fashion-MNIST cannot be read "
+                              "(/nonexistent/train-images-idx3-ubyte.gz: No such file or "
+                              "directory; apt-get install dataset-fashion-mnist): the demo trains "
+                              "the spirals instead\n"));
+  assert_int_equal(count(out, "Fashion-MNIST"), 1);
+  assert_non_null(strstr(out, "Job: demo-spirals"));
+  free(out);
+  assert_int_equal(run(TRAINBUS " train --demo spirals --print-job", &out), 0);
+  assert_non_null(strstr(out, "\"name\": \"demo-spirals\""));
+  free(out);
+  assert_int_equal(run(TRAINBUS " train --demo mnist", &out), 2);
+  assert_non_null(strstr(out, "--demo: expected fashion-mnist or spirals, got 'mnist'"));
+  free(out);
+}
+
+/* The job summary says which output is which class when the labels are
+ * names (the iris file as the issue gives it). */
+static void test_train_class_names_summary(void **state) {
+  (void)state;
+  char dir[] = "/tmp/tb_cli_irisXXXXXX", cmd[512], *out;
+  assert_non_null(mkdtemp(dir));
+  snprintf(cmd, sizeof(cmd),
+           "cd %s && printf '%%s\\n' '\"sepal length (cm)\",\"sepal width (cm)\",\"species\"' "
+           "'5.1,3.5,\"setosa\"' '7.0,3.2,\"versicolor\"' '6.3,3.3,\"virginica\"' > iris.csv && "
+           "echo '{\"data\":{\"source\":\"csv\",\"path\":\"iris.csv\"},\"model\":{\"layers\":"
+           "[{\"type\":\"dense\",\"units\":3,\"activation\":\"softmax\"}]},\"loss\":"
+           "\"sparse_categorical_crossentropy\",\"epochs\":1}' > iris.json && " TRAINBUS
+           " train iris.json",
+           dir);
+  assert_int_equal(run(cmd, &out), 0);
+  assert_non_null(strstr(out, "Classes (the labels' names, sorted; output i is class i): 0 "
+                              "\"setosa\", 1 \"versicolor\", 2 \"virginica\"\n"));
+  free(out);
+  snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
 }
 
 static void test_train_errors(void **state) {
@@ -336,6 +396,8 @@ int main(void) {
       cmocka_unit_test(test_plateau_example),
       cmocka_unit_test(test_train_killed_and_resumed),
       cmocka_unit_test(test_backup_killed_resume_display),
+      cmocka_unit_test(test_train_demo),
+      cmocka_unit_test(test_train_class_names_summary),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

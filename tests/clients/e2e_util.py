@@ -33,6 +33,18 @@ PLATEAU_JOB = {
 }
 
 
+def spirals_job():
+    """["--job", PATH] for the spirals demo (`trainbus train --demo spirals
+    --print-job`, written to a temporary file): the quick job the tests
+    steer, where the built-in demo is Fashion-MNIST."""
+    text = subprocess.run([CLI, "train", "--demo", "spirals", "--print-job"], check=True,
+                          capture_output=True, text=True).stdout
+    fd, path = tempfile.mkstemp(prefix="tb-spirals-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return ["--job", path]
+
+
 def need_binaries(test):
     if not TRAINBUSD or not os.access(TRAINBUSD, os.X_OK):
         test.fail("TRAINBUSD=%r is not an executable daemon" % TRAINBUSD)

@@ -12,7 +12,7 @@ import tempfile
 import time
 import unittest
 
-from e2e_util import CLI, Daemon, need_binaries, run_state, wait_for
+from e2e_util import CLI, Daemon, need_binaries, run_state, spirals_job, wait_for
 
 
 class CliE2E(unittest.TestCase):
@@ -34,7 +34,7 @@ class CliE2E(unittest.TestCase):
         return r.stdout
 
     def test_runs_status_and_state_dir_discovery(self):
-        d = self.daemon("--epochs", "2000")
+        d = self.daemon(*spirals_job(), "--epochs", "2000")
         out = self.ok(d.cli("runs"))
         self.assertRegex(out, r"(?m)^RUN\s+STATE")
         self.assertRegex(out, r"(?m)^r1\s+(queued|running)")
@@ -56,7 +56,7 @@ class CliE2E(unittest.TestCase):
         self.assertIn(r.returncode, (0, 1))
 
     def test_set_lr_and_bad_value(self):
-        d = self.daemon("--epochs", "2000")
+        d = self.daemon(*spirals_job(), "--epochs", "2000")
         out = self.ok(d.cli("set-lr", "0.0005"))
         self.assertRegex(out, r"^r1: lr 0\.001 -> 0\.0005 at epoch \d+, batch \d+$")
         st = json.loads(self.ok(d.cli("status", "--json")))
@@ -77,7 +77,7 @@ class CliE2E(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
 
     def test_pause_resume_checkpoint(self):
-        d = self.daemon("--epochs", "2000")
+        d = self.daemon(*spirals_job(), "--epochs", "2000")
         self.ok(d.cli("pause"))
         self.assertEqual(wait_for(lambda: run_state(d) == "paused"), True)
         r = d.cli("pause")
@@ -94,7 +94,7 @@ class CliE2E(unittest.TestCase):
         self.assertIn("trainbus resume:", r.stderr)
 
     def test_watch_plain_until_stop(self):
-        d = self.daemon("--epochs", "2000")
+        d = self.daemon(*spirals_job(), "--epochs", "2000")
         w = subprocess.Popen([CLI, "watch", "--plain"], env=d.env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)
@@ -111,7 +111,7 @@ class CliE2E(unittest.TestCase):
         self.assertEqual(r.returncode, 1)  # a final run: invalid_state
 
     def test_watch_json_history_csv(self):
-        d = self.daemon("--epochs", "3")
+        d = self.daemon(*spirals_job(), "--epochs", "3")
         r = d.cli("watch", "--json", "--events", "epoch_end", "--from-seq", "1", "--run", "r1")
         self.ok(r)
         evs = [json.loads(l) for l in r.stdout.splitlines()]
@@ -135,8 +135,8 @@ class CliE2E(unittest.TestCase):
 
     def test_submit_and_cancel(self):
         d = self.daemon("--no-job")
-        job = json.loads(subprocess.run([CLI, "train", "--print-job"], capture_output=True,
-                                        text=True, check=True).stdout)
+        job = json.loads(subprocess.run([CLI, "train", "--demo", "spirals", "--print-job"],
+                                        capture_output=True, text=True, check=True).stdout)
         job["epochs"] = 5000
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(job, f)
@@ -160,7 +160,7 @@ class CliE2E(unittest.TestCase):
             os.unlink(f.name)
 
     def test_error_exit_codes(self):
-        d = self.daemon("--epochs", "2000")
+        d = self.daemon(*spirals_job(), "--epochs", "2000")
         # Wrong address: nobody listens there.
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
@@ -194,7 +194,7 @@ class CliE2E(unittest.TestCase):
         """A watch replaying from seq 1 while the daemon is stopped and started
         again with --resume: every event it prints is the daemon's own history,
         once each and in order."""
-        d1 = self.daemon()  # the demo: 30 epochs
+        d1 = self.daemon(*spirals_job())  # the spirals demo: 30 epochs
         events = "epoch_begin,epoch_end,state,control"
         w = subprocess.Popen([CLI, "watch", "--json", "--run", "r1", "--from-seq", "1",
                               "--events", events], env=d1.env(), stdout=subprocess.PIPE,

@@ -16,7 +16,8 @@ import tempfile
 import unittest
 from contextlib import redirect_stdout
 
-from e2e_util import PLATEAU_JOB, SOURCE, Daemon, need_binaries, run_state, wait_for
+from e2e_util import (PLATEAU_JOB, SOURCE, Daemon, need_binaries, run_state, spirals_job,
+                      wait_for)
 
 sys.path.insert(0, os.path.join(SOURCE, "clients", "python"))
 sys.path.insert(0, os.path.join(SOURCE, "clients", "python", "examples"))
@@ -172,7 +173,7 @@ class PythonE2E(unittest.TestCase):
         self.assertEqual(logs[11]["lr"], 0.5 * 0.5 ** 2)  # the third change lands after the end
 
     def test_client_calls_and_errors(self):
-        d = Daemon(["--epochs", "2000"])
+        d = Daemon(spirals_job() + ["--epochs", "2000"])
         self.addCleanup(d.stop)
         with trainbus.Client(d.addr, d.token, role="controller") as c:
             self.assertEqual(c.role, "controller")

@@ -257,14 +257,26 @@ static void test_budget_refusals(void **state) {
           "\"sparse_categorical_crossentropy\"}",
           1.0, (const char *const[]){"data 36.4 TiB", NULL});
 
-  /* The demo fits in 64 MiB, and its estimate says how little it needs. */
-  tb_job_t *job = parse(tb_job_demo_json(), NULL);
+  /* The spirals demo fits in 64 MiB, and its estimate says how little it
+   * needs. */
+  tb_job_t *job = parse(tb_job_demo_spirals_json(), NULL);
   tb_job_policy_t pol = budget(1.0 / 16);
   tb_job_estimate_t e;
   tb_err_t err = {{0}};
   assert_int_equal(tb_job_check(job, &pol, &e, &err), 0);
   assert_true(e.total > 1000000 && e.total < 8000000);
   tb_job_free(job);
+  /* The Fashion-MNIST demo (where the dataset is installed) within 1 GiB:
+   * 70000 images of 784 floats, and the file read whole while loading. */
+  char demo[4096], notice[1200];
+  assert_non_null(tb_job_demo_json(NULL, demo, sizeof(demo), notice, sizeof(notice)));
+  if (notice[0] == '\0') {
+    job = parse(demo, NULL);
+    pol = budget(1.0);
+    assert_int_equal(tb_job_check(job, &pol, &e, &err), 0);
+    assert_true(e.data > 70000.0 * 784 * 4 && e.total < 1.0 * GiB);
+    tb_job_free(job);
+  }
 }
 
 static void test_budget_files(void **state) {

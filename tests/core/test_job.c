@@ -15,7 +15,7 @@ static void test_demo_parses_and_trains(void **state) {
   (void)state;
   tb_job_t *job;
   tb_err_t err = {{0}};
-  const char *demo = tb_job_demo_json();
+  const char *demo = tb_job_demo_spirals_json();
   assert_int_equal(tb_job_parse(demo, strlen(demo), "demo", NULL, &job, &err), 0);
   assert_string_equal(job->name, "demo-spirals");
   assert_int_equal(job->n_layers, 5);
@@ -30,6 +30,52 @@ static void test_demo_parses_and_trains(void **state) {
   assert_true(tb_logs_get(&last, "val_accuracy", &acc));
   assert_true(acc > 0.6);
   tb_job_free(job);
+}
+
+/* The demo is Fashion-MNIST where its files can be read, the spirals with
+ * a notice where they cannot. */
+static void test_demo_choice(void **state) {
+  (void)state;
+  char dir[] = "/tmp/tb_demoXXXXXX", p[300], buf[4096], notice[1200];
+  static const char *const files[] = {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                                      "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"};
+  tb_job_t *job;
+  tb_err_t err = {{0}};
+  assert_non_null(mkdtemp(dir));
+  /* Three of the four files: not enough. */
+  for (int i = 0; i < 3; i++) {
+    snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fclose(f);
+  }
+  assert_ptr_equal(tb_job_demo_json(dir, buf, sizeof(buf), notice, sizeof(notice)), buf);
+  assert_string_equal(buf, tb_job_demo_spirals_json());
+  assert_non_null(strstr(notice, "Fashion-MNIST cannot be read ("));
+  assert_non_null(strstr(notice, "t10k-labels-idx1-ubyte.gz: No such file or directory; apt-get "
+                                 "install dataset-fashion-mnist): the demo trains the spirals "
+                                 "instead"));
+  assert_null(strchr(notice, '\n'));
+  snprintf(p, sizeof(p), "%s/%s", dir, files[3]);
+  FILE *f = fopen(p, "w");
+  assert_non_null(f);
+  fclose(f);
+  assert_ptr_equal(tb_job_demo_json(dir, buf, sizeof(buf), notice, sizeof(notice)), buf);
+  assert_string_equal(notice, "");
+  assert_int_equal(tb_job_parse(buf, strlen(buf), "demo", NULL, &job, &err), 0);
+  assert_string_equal(job->name, "demo-fashion-mnist");
+  assert_int_equal(job->train_spec.source, TB_SRC_IDX);
+  assert_int_equal(job->test_spec.source, TB_SRC_IDX);
+  snprintf(p, sizeof(p), "%s/%s", dir, files[0]);
+  assert_string_equal(job->train_spec.images, p);
+  assert_int_equal(job->layers[job->n_layers - 1].units, 10);
+  tb_job_free(job);
+  assert_null(tb_job_demo_json(dir, buf, 100, NULL, 0)); /* too small a buffer */
+  for (int i = 0; i < 4; i++) {
+    snprintf(p, sizeof(p), "%s/%s", dir, files[i]);
+    unlink(p);
+  }
+  rmdir(dir);
 }
 
 /* Each bad job and the exact message it must produce. */
@@ -64,10 +110,40 @@ static void test_bad_jobs(void **state) {
       {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"validation_split\":1.5}",
        "j: validation_split: expected a number in [0, 1), got 1.5"},
       {"{\"data\":{\"source\":\"parquet\"}," BASE_MODEL ",\"loss\":\"mse\"}",
-       "j: data.source: expected one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\", got "
-       "\"parquet\""},
+       "j: data.source: expected one of \"seed\", \"spirals\", \"blobs\", \"csv\", \"idx\", "
+       "\"npy\", got \"parquet\""},
       {"{\"data\":{\"source\":\"csv\"}," BASE_MODEL ",\"loss\":\"mse\"}",
        "j: data.path: missing (required)"},
+#define CSV_DATA(opts) "{\"data\":{\"source\":\"csv\",\"path\":\"a.csv\"," opts "}," BASE_MODEL
+      {CSV_DATA("\"missing\":\"zero\"") ",\"loss\":\"mse\"}",
+       "j: data.missing: expected \"error\", \"drop\" or {\"fill\": a number}, got \"zero\""},
+      {CSV_DATA("\"missing\":{\"fill\":\"0\"}") ",\"loss\":\"mse\"}",
+       "j: data.missing: expected \"error\", \"drop\" or {\"fill\": a number}, got "
+       "{\"fill\":\"0\"}"},
+      {CSV_DATA("\"feature_columns\":[]") ",\"loss\":\"mse\"}",
+       "j: data.feature_columns: expected a non-empty array of column indices or names, got []"},
+      {CSV_DATA("\"feature_columns\":[1,2.5]") ",\"loss\":\"mse\"}",
+       "j: data.feature_columns[1]: expected a column's index or its name (1 to 1023 bytes), got "
+       "2.5"},
+      {CSV_DATA("\"feature_columns\":[\"\"]") ",\"loss\":\"mse\"}",
+       "j: data.feature_columns[0]: expected a column's index or its name (1 to 1023 bytes), got "
+       "\"\""},
+      {CSV_DATA("\"header\":\"yes\"") ",\"loss\":\"mse\"}",
+       "j: data.header: expected true or false (leave it out to detect the header), got \"yes\""},
+      {CSV_DATA("\"label_column\":\"\"") ",\"loss\":\"mse\"}",
+       "j: data.label_column: expected a column's index or its name (1 to 255 bytes), got \"\""},
+      {CSV_DATA("\"label_column\":1.5") ",\"loss\":\"mse\"}",
+       "j: data.label_column: expected an integer in [-1048576, 1048575], got 1.5"},
+      {"{\"data\":{\"source\":\"spirals\",\"path\":\"a.csv\"}," BASE_MODEL ",\"loss\":\"mse\"}",
+       "j: data.path: not an option of source \"spirals\""},
+      {"{\"data\":{\"source\":\"npy\",\"x\":\"x.npy\"}," BASE_MODEL ",\"loss\":\"mse\"}",
+       "j: data.y: missing (required)"},
+      {"{\"data\":{\"source\":\"npy\",\"x\":\"x.npy\",\"y\":\"y.npy\",\"header\":true}," BASE_MODEL
+       ",\"loss\":\"mse\"}",
+       "j: data.header: not an option of source \"npy\""},
+      {"{\"data\":{\"source\":\"idx\",\"images\":\"i\",\"labels\":\"l\",\"classes\":false}"
+       "," BASE_MODEL ",\"loss\":\"mse\"}",
+       "j: data.classes: not an option of source \"idx\""},
       {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"conv2d\"}]},\"loss\":\"mse\"}",
        "j: model.layers[0].type: expected \"dense\", \"dropout\" or \"activation\", got "
        "\"conv2d\""},
@@ -252,6 +328,7 @@ int main(void) {
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_demo_parses_and_trains),
+      cmocka_unit_test(test_demo_choice),
       cmocka_unit_test(test_bad_jobs),
       cmocka_unit_test(test_prepare_errors),
       cmocka_unit_test(test_job_callbacks),

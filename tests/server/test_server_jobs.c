@@ -611,9 +611,10 @@ static void test_loader_messages(void **state) {
   log_has(&f.d, "bad.csv:2: column 1: expected a number", true);
   log_has(&f.d, "hunter2", false);
 
-  /* The operator's job: the field as it is, its quotes escaped (not "?"). */
+  /* The operator's job: the field as it is (RFC 4180's quotes undone), a
+   * quote in it escaped (not "?"). */
   snprintf(p, sizeof(p), "%s/iris.csv", f.out);
-  su_write(p, "5.1,3.5,\"setosa\"\n");
+  su_write(p, "5.1,3.5,\"set\"\"osa\",0\n");
   char job[2048], path[700];
   snprintf(job, sizeof(job), CSV_JOB("%s"), p);
   snprintf(path, sizeof(path), "%s/iris.json", f.dir);
@@ -622,7 +623,7 @@ static void test_loader_messages(void **state) {
   fx_daemon(&f, (const char *const[]){"--job", path, NULL});
   final_state(&f, "r1", st, reason);
   assert_string_equal(st, "failed");
-  has(reason, "iris.csv:1: column 3: expected a number, got \"\\\"setosa\\\"\"");
+  has(reason, "iris.csv:1: column 3: expected a number, got \"set\\\"osa\"");
   fx_end(&f);
 }
 

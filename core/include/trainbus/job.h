@@ -28,7 +28,8 @@ typedef struct tb_data_spec_s {
     TB_SRC_SPIRALS,
     TB_SRC_BLOBS,
     TB_SRC_CSV,
-    TB_SRC_IDX
+    TB_SRC_IDX,
+    TB_SRC_NPY
   } source;
   int n_per_class;                 /* spirals */
   double noise;                    /* spirals */
@@ -37,8 +38,15 @@ typedef struct tb_data_spec_s {
   uint64_t seed;                   /* generators; defaults to the job's seed */
   char path[1024];                 /* csv; resolved against the job file's folder */
   char images[1024], labels[1024]; /* idx */
+  char x[1024], y[1024];           /* npy */
+  /* csv: its options; label_name and features point into this spec (the
+   * fields below), which never moves once parsed. */
   tb_csv_opts_t csv;
-  char where[24]; /* the object's path in the job: "data", "data.validation", "data.test" */
+  char label_name[256];  /* csv: "label_column" given by name */
+  tb_csv_col_t *columns; /* csv: "feature_columns", owned (names into column_names) */
+  char *column_names;    /* their names, owned */
+  tb_npy_opts_t npy;     /* npy: classes (limits are set when loading) */
+  char where[24];        /* the object's path in the job: "data", "data.validation", "data.test" */
 
   /* Measured by tb_job_estimate() (files only; 0 until then): the bytes the
    * loader will read (after decompression) of the file, or of the larger of
@@ -46,6 +54,7 @@ typedef struct tb_data_spec_s {
    * values per item) the file announces. */
   uint64_t file_bytes;
   int64_t file_rows, file_cols;
+  int64_t file_ycols; /* npy: values per row of y */
   bool measured;
   /* The job's policy's data limits with max_bytes lowered to file_bytes, so
    * that loading reads no more than was estimated (set by tb_job_check()). */
@@ -203,7 +212,22 @@ void tb_job_release(tb_job_t *job);
 int tb_job_add_callbacks(tb_job_t *job, tb_callbacks_t *list);
 void tb_job_free(tb_job_t *job);
 
-/* The built-in demo job (spirals, a small MLP, a few seconds), as JSON. */
-const char *tb_job_demo_json(void);
+/* Where the demo finds Fashion-MNIST: Debian's dataset-fashion-mnist. */
+#define TB_DEMO_DATA_DIR "/usr/share/datasets/fashion-mnist"
+
+/* The spirals demo (two interleaved spirals, a small MLP, about five
+ * seconds on one core), as JSON: the demo when Fashion-MNIST cannot be had,
+ * and a quick job for tests. */
+const char *tb_job_demo_spirals_json(void);
+
+/* The built-in demo job, as JSON written into buf (len bytes; 2 KiB is
+ * enough): an MLP on Fashion-MNIST (784-256-128-10, Adam, 5 epochs, about
+ * 5-10 seconds; its test set evaluated at the end) when the four IDX files
+ * can be read in data_dir (NULL: TB_DEMO_DATA_DIR), else the spirals. In
+ * the second case notice (nlen bytes, may be NULL) receives a one-line
+ * explanation, else "". Returns buf, or NULL when len is too small. Reads
+ * nothing but the files' permissions; thread-safe. */
+const char *tb_job_demo_json(const char *data_dir, char *buf, size_t len, char *notice,
+                             size_t nlen);
 
 #endif

@@ -139,6 +139,17 @@ long tb_model_n_params(const tb_model_t *m);
 /* Keras-style summary: layer, output shape, parameter count, totals. */
 void tb_model_summary(const tb_model_t *m, FILE *f);
 
+/* The names of the classes the outputs stand for: output i (or class index
+ * i of a sparse label) is c->names[i]. tb_job_prepare() sets them from a
+ * data file's string labels (tb_dataset_t.classes); checkpoints and weights
+ * files keep them, and restoring either into a model with other names is
+ * refused (a weights file's names are adopted by a model without any). Set
+ * copies c (NULL clears them): 0, TB_EINVAL or TB_ENOMEM. Get returns the
+ * model's own copy (NULL for numeric labels), valid until the next set or
+ * free. */
+int tb_model_set_classes(tb_model_t *m, const tb_classes_t *c);
+const tb_classes_t *tb_model_classes(const tb_model_t *m);
+
 /* The learning rate now, and a direct change (takes effect at the next
  * optimizer step). The rate is kept as a float32, as Keras keeps it in a
  * float32 variable: a change rounds to the nearest float32, and tb_model_lr()
