@@ -2,6 +2,7 @@
  * (train.c trains in this process; remote.c and watch.c talk to a daemon);
  * this one dispatches and prints the overall help. */
 #include "cli.h"
+#include "trainbus/version.h"
 
 #include <string.h>
 
@@ -28,7 +29,8 @@ static void usage(FILE *f) {
              "($TRAINBUS_STATE_DIR, else ~/.trainbus). --run ID picks the run; the\n"
              "default is the only run that has not ended.\n"
              "\n"
-             "`trainbus <command> --help` documents each command.\n"
+             "`trainbus <command> --help` documents each command; `trainbus --version`\n"
+             "prints the version.\n"
              "\n"
              "exit codes: 0 done, 1 refused by the daemon (or the run or training failed),\n"
              "            2 usage or bad job, 3 cannot connect to the daemon\n");
@@ -42,6 +44,10 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
     usage(stdout);
+    return TB_EXIT_OK;
+  }
+  if (strcmp(cmd, "--version") == 0) {
+    printf("trainbus %s\n", TB_VERSION);
     return TB_EXIT_OK;
   }
   if (strcmp(cmd, "train") == 0)

@@ -37,6 +37,7 @@ typedef struct watch_s {
   char **patterns;      /* the user's event patterns, pointing into patterns_buf */
   char *patterns_buf;
   int n_patterns;
+  bool trained; /* train_end seen: a test_end now is the test set's evaluation */
 } watch_t;
 
 static double mono_s(void) {
@@ -220,6 +221,17 @@ static bool show_event(watch_t *w, const tb_event_t *ev) {
       printf(" (%s)", ev->reason);
     printf("\n");
     fflush(stdout);
+  } else if (strcmp(n, "train_end") == 0 && !w->explicit_events) {
+    w->trained = true;
+  } else if (strcmp(n, "test_end") == 0 && w->trained && !w->explicit_events) {
+    /* The test set, evaluated after training (fit's validation is not
+     * shown, as in Keras). */
+    end_bar(w);
+    printf("test:");
+    for (int i = 0; i < ev->n_logs; i++)
+      printf(" %s %.4f", ev->log_names[i], ev->log_values[i]);
+    printf("\n");
+    fflush(stdout);
   } else if (w->explicit_events) {
     print_generic(w, ev);
   }
@@ -365,8 +377,10 @@ int tb_cli_watch(int argc, char **argv) {
    * knows when the run ends; --events narrows what is printed, not that. */
   const char *evs[TB_PROTO_SUB_EVENTS_MAX];
   int n_evs = 0;
-  /* Validation's test_end inside fit() is not shown, as in Keras. */
-  static const char *const lines_default[] = {"epoch_begin", "epoch_end", "state", "control"};
+  /* Validation's test_end inside fit() is not shown, as in Keras; the test
+   * set's after train_end is. */
+  static const char *const lines_default[] = {"epoch_begin", "epoch_end", "state",
+                                              "control",     "train_end", "test_end"};
   if (w.explicit_events) {
     bool has_state = false;
     for (int i = 0; i < w.n_patterns; i++) {

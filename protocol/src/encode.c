@@ -60,7 +60,9 @@ size_t tb_msg_event_max(const tb_event_t *ev) {
   }
   n += ESC_MAX(slen(ev->state)) + ESC_MAX(slen(ev->prev_state)) + ESC_MAX(slen(ev->action)) +
        ESC_MAX(slen(ev->by)) + ESC_MAX(slen(ev->reason)) + 2 * TB_PROTO_NUM_MAX + 96;
-  return n;
+  for (int i = 0; ev->classes != NULL && i < ev->n_classes; i++)
+    n += ESC_MAX(slen(ev->classes[i])) + 1;
+  return n + 16;
 }
 
 /* Writes an optional string member ,"key":"value" if s is not NULL. */
@@ -131,6 +133,20 @@ static char *event_params_to(char *d, char *end, const tb_event_t *ev) {
   OPT_STR("action", ev->action);
   OPT_STR("by", ev->by);
   OPT_STR("reason", ev->reason);
+  if (ev->classes != NULL && ev->n_classes > 0) {
+    if (end - d < 16)
+      return NULL;
+    LIT(d, ",\"classes\":[");
+    for (int i = 0; i < ev->n_classes; i++) {
+      size_t l = slen(ev->classes[i]);
+      if ((size_t)(end - d) < ESC_MAX(l) + 2)
+        return NULL;
+      if (i)
+        *d++ = ',';
+      d += tb__json_esc(d, ev->classes[i] ? ev->classes[i] : "", l);
+    }
+    *d++ = ']';
+  }
   if (end - d < 1)
     return NULL;
   *d++ = '}';

@@ -15,6 +15,7 @@
  * client was sent. */
 #include "internal.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,10 @@ static int encode(const tb_rec_t *rec, tb_buf_t *b) {
                    .n_logs = rec->n_logs,
                    .log_namev = t.names,
                    .log_values = t.values};
+  if (rec->classes != NULL) {
+    ev.n_classes = rec->classes->n;
+    ev.classes = rec->classes->names;
+  }
   char reason[1216];
   if (rec->kind == TB_EVENT_STATE) {
     ev.state = tb_run_state_name(rec->state);
@@ -358,6 +363,7 @@ bool tb__drain(tb_server_t *s) {
     }
     if (ch == NULL || rec->enc_len == 0) {
       free(rec->path); /* out of memory: the event is lost (its seq is a gap) */
+      tb_classes_free(rec->classes);
       continue;
     }
     tb_ev_t *e = &evs[i_ev++];
@@ -379,6 +385,11 @@ bool tb__drain(tb_server_t *s) {
       resolve_pending(r, rec);
     tb__deliver(s, r, e, rec->lockstep);
     free(rec->path);
+    if (rec->classes != NULL) {
+      /* For status: the run's classes are its last train_begin's. */
+      tb_classes_free(r->classes);
+      r->classes = rec->classes;
+    }
   }
   s->draining = false;
   tb__chunk_unref(ch); /* the ring and the clients hold their own references */
@@ -398,6 +409,25 @@ bool tb__drain(tb_server_t *s) {
 void tb__drain_all(tb_server_t *s) {
   while (tb__drain(s)) {
   }
+}
+
+tb_classes_t *tb__event_classes(const char *line, size_t len) {
+  tb_classes_t *c = NULL;
+  cJSON *doc = cJSON_ParseWithLength(line, len);
+  const cJSON *arr =
+      cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(doc, "params"), "classes");
+  int n = cJSON_GetArraySize(arr);
+  const char **names = n > 0 ? calloc((size_t)n, sizeof(char *)) : NULL;
+  if (cJSON_IsArray(arr) && names != NULL) {
+    int i = 0;
+    for (const cJSON *it = arr->child; it != NULL; it = it->next)
+      names[i++] = cJSON_IsString(it) ? it->valuestring : NULL;
+    if (i == n && tb_classes_new(names, NULL, n, &c) != 0)
+      c = NULL;
+  }
+  free(names);
+  cJSON_Delete(doc);
+  return c;
 }
 
 /* ---- lockstep ------------------------------------------------------------ */

@@ -67,6 +67,8 @@ typedef struct tb_rec_s {
   tb_run_state_t state, prev_state;
   char *path; /* checkpoint events: the file written (malloc'ed, freed by the loop); NULL
                  otherwise */
+  tb_classes_t *classes; /* train_begin: the model's class names (a copy the loop takes
+                            over), NULL otherwise */
   bool has_value, has_old;
   double value, old_value;
   uint64_t ticket; /* control events: the last request they apply (tb_control_note_t) */
@@ -147,6 +149,7 @@ struct tb_run_s {
   int64_t ring_end;
   FILE *log; /* state_dir/runs/<id>/events.ndjson, appended */
   pending_t *pending;
+  tb_classes_t *classes; /* the class names of its last train_begin (or its log's), or NULL */
 };
 
 typedef struct sub_s {
@@ -344,6 +347,8 @@ void tb__drain_all(tb_server_t *s);
 void tb__drain_resume(tb_server_t *s);
 /* server.c: a paused drain goes on if a control request awaits its answer. */
 void tb__drain_nudge(tb_server_t *s);
+/* The class names a train_begin event line carries ("classes"), or NULL. */
+tb_classes_t *tb__event_classes(const char *line, size_t len);
 void tb__run_retain(tb_run_t *r, tb_ev_t *e);
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
 void tb__lockstep_recount(tb_run_t *r);

@@ -260,9 +260,19 @@ static void do_status(conn_t *c, const tb_req_t *q) {
   tb__run_info(r, &info);
   tb_msg_result_begin(&b, &q->id);
   tb_json_run_info(&b, &info);
-  /* tb_json_run_info wrote a whole object: reopen it to add the history. */
+  /* tb_json_run_info wrote a whole object: reopen it to add the class names
+   * and the history. */
   if (b.len > 0 && b.data[b.len - 1] == '}')
     b.len--;
+  if (r->classes != NULL) {
+    TB_LIT(&b, ",\"classes\":[");
+    for (int i = 0; i < r->classes->n; i++) {
+      if (i > 0)
+        TB_LIT(&b, ",");
+      tb_json_str(&b, r->classes->names[i]);
+    }
+    TB_LIT(&b, "]");
+  }
   TB_LIT(&b, ",\"history\":[");
   int n = 0;
   for (int64_t seq = r->last_seq - (int64_t)r->n_ring + 1; seq <= r->last_seq; seq++) {

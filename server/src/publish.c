@@ -219,6 +219,10 @@ static int on_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *logs)
   rec_init(&rec, r, kind, epoch, batch);
   if (ctx->model != NULL)
     rec.lr = tb_model_lr(ctx->model);
+  /* Which output is which class, for clients (NULL on OOM: not said). */
+  if (ctx->hook == TB_HOOK_TRAIN_BEGIN && ctx->model != NULL &&
+      tb_classes_copy(tb_model_classes(ctx->model), &rec.classes) != 0)
+    rec.classes = NULL;
   uint32_t mask = atomic_load(&r->lockstep_mask);
   if (!(mask & (1u << kind))) {
     tb__push(r, &rec, logs, NULL, NULL, NULL);

@@ -76,6 +76,7 @@ void tb__run_free(tb_run_t *r) {
   }
   if (r->log != NULL)
     fclose(r->log);
+  tb_classes_free(r->classes);
   tb_job_free(r->job);
   free(r->job_json);
   tb_control_destroy(&r->control);
@@ -114,6 +115,11 @@ static void trainer_main(void *arg) {
   tb__push_state(r, TB_RUN_RUNNING, TB_RUN_QUEUED, r->resume_path[0] ? "resumed" : "started", -1,
                  -1);
   int rc = tb_job_prepare(job, &err);
+  if (rc == 0 && job->train->classes != NULL) {
+    char names[600];
+    tb__log(r->srv, 1, "run %s: classes (the labels' names, sorted): %s", r->id,
+            tb_classes_format(job->train->classes, names, sizeof(names)));
+  }
   if (rc == 0 && (rc = tb_job_add_callbacks(job, &cbs)) == 0)
     rc = tb_callbacks_add(&cbs, &r->cb);
   if (rc == 0) {
@@ -128,6 +134,12 @@ static void trainer_main(void *arg) {
     if (rc == 0 && job->test != NULL) {
       tb_logs_t test;
       rc = tb_model_evaluate(job->model, job->test, fo.batch_size, 0, &cbs, &test, &err);
+      char line[400] = "";
+      for (int i = 0, o = 0; rc == 0 && i < test.n && o < (int)sizeof(line) - 64; i++)
+        o +=
+            snprintf(line + o, sizeof(line) - (size_t)o, " %s %.4f", test.names[i], test.values[i]);
+      if (rc == 0)
+        tb__log(r->srv, 1, "run %s: test:%s", r->id, line);
     }
   }
   /* The model and the data go back now, not when the daemon ends: a daemon
@@ -201,9 +213,10 @@ void tb__runs_shutdown(tb_server_t *s) {
 
 /* ---- restore after a restart ------------------------------------------------- */
 
-/* The last seq and the last state of a run's log. A torn last line (a crash
- * in the middle of a write) is cut off. */
-static void scan_log(const char *path, int64_t *last_seq, tb_run_state_t *state, int *epochs) {
+/* The last seq and the last state of a run's log, and its class names. A
+ * torn last line (a crash in the middle of a write) is cut off. */
+static void scan_log(const char *path, int64_t *last_seq, tb_run_state_t *state, int *epochs,
+                     tb_classes_t **classes) {
   *last_seq = 0;
   *state = TB_RUN_QUEUED;
   FILE *f = fopen(path, "r+");
@@ -220,6 +233,11 @@ static void scan_log(const char *path, int64_t *last_seq, tb_run_state_t *state,
     const char *p = strstr(line, "\"seq\":");
     if (p != NULL)
       *last_seq = strtoll(p + 6, NULL, 10);
+    if (strstr(line, "\"event\":\"train_begin\"") != NULL &&
+        strstr(line, "\"classes\":[") != NULL) {
+      tb_classes_free(*classes);
+      *classes = tb__event_classes(line, (size_t)n);
+    }
     if (strstr(line, "\"event\":\"state\"") != NULL) {
       const char *st = strstr(line, "\"state\":\"");
       char name[32] = "";
@@ -284,8 +302,9 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
     int64_t last_seq;
     tb_run_state_t state;
     int epochs = 0;
+    tb_classes_t *classes = NULL;
     snprintf(path, sizeof(path), "%s/%s/events.ndjson", runs, id);
-    scan_log(path, &last_seq, &state, &epochs);
+    scan_log(path, &last_seq, &state, &epochs, &classes);
     /* The job as submitted, with the folder its relative paths meant. */
     char base[1100] = "";
     snprintf(path, sizeof(path), "%s/%s/base_dir", runs, id);
@@ -322,14 +341,17 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
     free(text);
     if (jr != 0) {
       tb__log(s, 0, "restore: run %s: %s; skipped", id, jerr.msg);
+      tb_classes_free(classes);
       continue;
     }
     tb_run_t *r = tb__run_new(s, id, false);
     if (r == NULL) {
       tb_job_free(job);
+      tb_classes_free(classes);
       return tb_errf(err, TB_ENOMEM, "restore: out of memory");
     }
     r->job = job;
+    r->classes = classes;
     r->epochs = job->fit.epochs;
     r->seq = last_seq;
     r->last_seq = last_seq;

@@ -190,6 +190,43 @@ class CliE2E(unittest.TestCase):
             self.assertIn("usage: trainbus " + sub, r.stdout)
         self.assertIn("3 cannot connect", d.cli("--help").stdout)
 
+    def test_watch_prints_the_test_set(self):
+        """After training, the test set's evaluation: one `test:` line, as
+        `trainbus train` prints it (fit's validation is not one)."""
+        job = {"data": {"source": "spirals", "n_per_class": 200,
+                        "test": {"source": "spirals", "n_per_class": 50, "seed": 9}},
+               "model": {"layers": [{"type": "dense", "units": 32, "activation": "relu"},
+                                    {"type": "dense", "units": 2, "activation": "softmax"}]},
+               "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
+               "epochs": 3, "validation_split": 0.2}
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(job, f)
+        self.addCleanup(os.unlink, f.name)
+        d = self.daemon("--job", f.name)
+        out = self.ok(d.cli("watch", "--plain", "--from-seq", "1", timeout=60))
+        tests = [l for l in out.splitlines() if l.startswith("test:")]
+        self.assertEqual(len(tests), 1, out)
+        self.assertRegex(tests[0], r"^test: loss \d+\.\d{4} accuracy \d\.\d{4}$")
+        self.assertLess(out.index("Epoch 3/3"), out.index("test:"))
+
+    def test_versions_from_one_place(self):
+        """The CMake project version, everywhere: both programs' --version,
+        the daemon's hello and status, the Python package."""
+        version = os.environ["TB_VERSION"]
+        r = subprocess.run([CLI, "--version"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(self.ok(r), "trainbus %s\n" % version)
+        daemon = os.environ["TRAINBUSD"]
+        r = subprocess.run([daemon, "--version"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(self.ok(r), "trainbusd %s\n" % version)
+        d = self.daemon("--no-job")
+        with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+            hello = json.loads(s.makefile().readline())
+        self.assertEqual(hello["params"]["server"], "trainbus/" + version)
+        import trainbus
+        with trainbus.Client(d.addr, d.token) as c:
+            self.assertEqual(c.status()["server"], "trainbus/" + version)
+        self.assertEqual(trainbus.__version__, version)
+
     def test_watch_survives_restart_without_gap(self):
         """A watch replaying from seq 1 while the daemon is stopped and started
         again with --resume: every event it prints is the daemon's own history,

@@ -202,6 +202,54 @@ class PythonE2E(unittest.TestCase):
         self.assertIn(cm.exception.name, ("forbidden", "unauthorized"))
         obs.close()
 
+    def test_class_names_in_train_begin_and_status(self):
+        """The issue's iris file (quoted header, quoted class names): the run's
+        train_begin event and status carry the sorted names, and a restarted
+        daemon still knows them from its log; a RemoteCallback sees them."""
+        tmp = tempfile.mkdtemp(prefix="tb-iris-")
+        names = ["setosa", "versicolor", "virginica"]
+        with open(os.path.join(tmp, "iris.csv"), "w") as f:
+            f.write('"sepal length (cm)","sepal width (cm)","petal length (cm)",'
+                    '"petal width (cm)","species"\n')
+            for i in range(60):
+                k = (i * 2) % 3  # virginica comes before versicolor in the file
+                f.write('%.1f,%.1f,%.1f,%.1f,"%s"\n' % (5 + k, 3.4 - k / 3, 1.4 + 2 * k,
+                                                      0.2 + k, names[k]))
+        job = {"data": {"source": "csv", "path": os.path.join(tmp, "iris.csv")},
+               "model": {"layers": [{"type": "dense", "units": 3, "activation": "softmax"}]},
+               "loss": "sparse_categorical_crossentropy", "epochs": 3}
+        d = job_daemon(job, self)
+        with trainbus.Client(d.addr, d.token) as c:
+            begin = None
+            for ev in c.subscribe(runs=["r1"], events=["train_begin"], since_seq=1, timeout=30):
+                begin = ev
+                break
+            self.assertEqual(begin["classes"], names)
+            self.assertEqual(wait_for(lambda: run_state(d) == "finished"), True)
+            self.assertEqual(c.status("r1")["classes"], names)
+
+        class Watcher(trainbus.RemoteCallback):
+            def on_epoch_end(self, epoch, logs=None):
+                pass
+        cb = Watcher()
+        self.assertEqual(trainbus.run_callback(cb, addr=d.addr, token=d.token, run="r1",
+                                               lockstep=False), "finished")
+        self.assertEqual(cb.classes, names)
+        # A restart: the finished run's names come back from its event log.
+        self.assertEqual(d.stop(), 0)
+        d2 = Daemon(["--resume"], state_dir=d.state_dir)
+        self.addCleanup(d2.stop)
+        with trainbus.Client(d2.addr, d2.token) as c:
+            self.assertEqual(c.status("r1")["classes"], names)
+        # A run with numeric labels has no "classes".
+        with trainbus.Client(d2.addr, d2.token, role="controller") as c:
+            run = c.submit({"data": {"source": "blobs", "n": 30}, "epochs": 1,
+                            "model": {"layers": [{"type": "dense", "units": 3,
+                                                  "activation": "softmax"}]},
+                            "loss": "sparse_categorical_crossentropy"})
+            self.assertEqual(wait_for(lambda: run_state(d2, run) == "finished"), True)
+            self.assertNotIn("classes", c.status(run))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -213,6 +213,45 @@ static void test_state_and_control_events(void **state) {
 }
 
 /* Hostile strings stay one valid line: escapes, quotes, invalid UTF-8. */
+enum { CLASSES_MAX = 64 };
+
+/* train_begin carries the class names of a run whose labels are names; a
+ * client that does not know the field ignores it. */
+static void test_train_begin_classes(void **state) {
+  (void)state;
+  static const char *const cls[] = {"a, b", "say \"c\"", "\xff\xfe", "line\nbreak"};
+  tb_event_t ev = {0};
+  ev.run = "r1";
+  ev.seq = 1;
+  ev.name = "train_begin";
+  ev.epoch = ev.batch = -1;
+  ev.n_classes = 4;
+  ev.classes = cls;
+  tb_buf_t b = {0};
+  assert_int_equal(tb_msg_event(&b, &ev), 0);
+  assert_non_null(strstr(b.data, ",\"logs\":{},\"classes\":[\"a, b\",\"say \\\"c\\\"\","
+                                 "\"\xef\xbf\xbd\xef\xbf\xbd\",\"line\\nbreak\"]}}\n"));
+  tb_smsg_t m;
+  assert_int_equal(smsg(&b, &m), 0);
+  assert_string_equal(m.event.name, "train_begin");
+  assert_int_equal(m.event.n_classes, 0); /* not kept by the decoder */
+  tb_smsg_free(&m);
+  /* The fixed-size writer's bound holds the worst case (every byte escaped). */
+  static char big[CLASSES_MAX][200];
+  const char *many[CLASSES_MAX];
+  for (int i = 0; i < CLASSES_MAX; i++) {
+    memset(big[i], 1, sizeof(big[i]) - 1);
+    big[i][sizeof(big[i]) - 1] = '\0';
+    many[i] = big[i];
+  }
+  ev.n_classes = CLASSES_MAX;
+  ev.classes = many;
+  b.len = 0;
+  assert_int_equal(tb_msg_event(&b, &ev), 0);
+  assert_true(b.len > (size_t)CLASSES_MAX * 199 * 6);
+  tb_buf_free(&b);
+}
+
 static void test_escaping(void **state) {
   (void)state;
   char run[] = "a\"b\\c\n\r\t\x01\x1f\xC3\xA9\xFF\xC0\x80z";
@@ -583,6 +622,7 @@ int main(void) {
       cmocka_unit_test(test_escaping),          cmocka_unit_test(test_request_roundtrip),
       cmocka_unit_test(test_every_error_code),  cmocka_unit_test(test_other_messages),
       cmocka_unit_test(test_alloc_failure),     cmocka_unit_test(test_number_format_matches_printf),
+      cmocka_unit_test(test_train_begin_classes),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

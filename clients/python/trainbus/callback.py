@@ -82,7 +82,9 @@ class RemoteCallback:
     - ``self.model.optimizer.learning_rate`` / ``self.get_lr()``: the current rate;
     - ``self.set_lr(lr)`` or assigning ``self.model.optimizer.learning_rate``;
     - ``self.stop_training = True`` or ``self.model.stop_training = True``;
-    - ``self.run`` (the run id) and ``self.client`` (the :class:`Client`).
+    - ``self.run`` (the run id) and ``self.client`` (the :class:`Client`);
+    - ``self.classes``: the run's class names when its labels were names
+      (output i is class ``classes[i]``), else None.
     """
 
     def __init__(self):
@@ -91,6 +93,7 @@ class RemoteCallback:
         self.run = None
         self.client = None
         self.stop_training = False
+        self.classes = None
         self._lr = None
         self._pending_lr = None
 
@@ -207,6 +210,7 @@ def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_ti
         cb.run = run
         cb.client = client
         cb._lr = info.get("lr")
+        cb.classes = info.get("classes")
         cb.params = {"epochs": info.get("epochs"), "run": run, "verbose": 0, "steps": None}
         hooks = overridden_hooks(cb) or ["epoch_end"]
         if lockstep is True:
@@ -234,6 +238,8 @@ def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_ti
                 cb._lr = ev["value"]
             if name == "state" and ev.get("state") in FINAL_STATES:
                 return ev["state"]
+            if name == "train_begin" and "classes" in ev:
+                cb.classes = ev["classes"]
             hook = _EVENT_TO_HOOK.get(name)
             if hook is None or name not in hooks:
                 continue

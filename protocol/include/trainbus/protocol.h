@@ -319,6 +319,12 @@ typedef struct tb_event_s {
   double old_value; /* the previous value (set_lr) */
   /* Both kinds: why, free text; NULL = omitted. */
   const char *reason;
+  /* train_begin of a run whose labels are class names: the names, in class
+   * order (output i of the model is classes[i]); n_classes 0 = omitted.
+   * Written as "classes":[...]; clients read it from the params object
+   * (tb_smsg_decode does not keep it). */
+  int n_classes;
+  const char *const *classes;
 } tb_event_t;
 
 /* A run as status and runs report it. */
