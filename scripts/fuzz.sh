@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (the protocol's, and core's file-name patterns) with clang in a separate folder and
-# runs each for a bounded time.
+# Builds the libFuzzer targets (the protocol's framer and decoders, core's
+# file-name patterns, the CSV and npy loaders) with clang in a separate folder
+# and runs each for a bounded time.
 #   FUZZ_SECONDS  seconds per target (default 30, what CI uses)
 #   BUILD_DIR     build folder (default: build-fuzz)
 #   FUZZ_JOBS     parallel fuzzing processes per target (default 1)
 # Seeds come from tests/fuzz/corpus/<target> and are never modified; new
 # interesting inputs go to $BUILD_DIR/corpus/<target>. A crash leaves its input
 # in $BUILD_DIR/artifacts/ and makes this script fail: copy the file into
-# tests/fuzz/regressions/ (test_fuzz_regress then replays it), fix the bug,
+# tests/fuzz/regressions/ (test_fuzz_regress and test_loader_regress then
+# replay it), fix the bug,
 # and commit both.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +22,7 @@ CC=clang cmake -S "$top/tests/fuzz" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInf
 cmake --build "$build" -j"$(nproc)" >&2
 
 status=0
-for t in frame decode pyformat; do
+for t in frame decode pyformat csv npy; do
   work="$build/corpus/$t"
   mkdir -p "$work" "$build/artifacts"
   echo "fuzz: fuzz_$t for ${secs}s" >&2

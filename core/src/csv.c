@@ -34,8 +34,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Largest class index a float32 label holds exactly (2^24). */
-#define MAX_LABEL 16777216
+/* The largest class index: 2^24 - 1, so that every index and the class
+ * count (the largest plus one) are exact in float32. */
+#define MAX_LABEL 16777215
 
 /* The longest field, in bytes: far more than any number or class name; a
  * text column (a review, a description) may be long, but a field of more
@@ -633,14 +634,13 @@ static void fill_field(csv_t *c, char *s, size_t len) {
     }
     if (role == COL_LABEL || c->o->missing != TB_CSV_MISSING_FILL) {
       tb__got_field(q, c->redact, s, len);
-      fail(c,
-           tb_errf(c->err, TB_EFORMAT,
-                   "%s: a missing value (%s); say how to fill or drop missing values (\"missing\" "
-                   "in docs/JOB.md)",
-                   where(c, j, w, sizeof(w)),
-                   len == 0    ? "an empty field"
-                   : c->redact ? "a missing-value marker"
-                               : q + 6));
+      fail(c, tb_errf(c->err, TB_EFORMAT,
+                      "%s: a missing value (%s); fill or drop missing values with the job's "
+                      "\"missing\" option (docs/JOB.md)",
+                      where(c, j, w, sizeof(w)),
+                      len == 0    ? "an empty field"
+                      : c->redact ? "a missing-value marker"
+                                  : q + 6));
       return;
     }
     c->d->x[(size_t)c->row * c->n_feat + role] = (float)c->o->fill;

@@ -40,8 +40,9 @@
 
 #define MAX_DIMS 32
 
-/* Largest class index a float32 label holds exactly (2^24). */
-#define MAX_LABEL 16777216
+/* The largest class index: 2^24 - 1, so that every index and the class
+ * count (the largest plus one) are exact in float32. */
+#define MAX_LABEL 16777215
 
 typedef struct npy_hdr_s {
   size_t header_len; /* bytes before the data */
@@ -188,7 +189,8 @@ static bool str_lit(cur_t *c, char *out, size_t cap) {
   char q = *c->p++;
   size_t n = 0;
   while (c->p < c->end && *c->p != q) {
-    if (*c->p == '\\' || n + 1 >= cap)
+    /* No escapes, and only printable ASCII: messages quote the dtype. */
+    if (*c->p == '\\' || *c->p < 0x20 || *c->p > 0x7e || n + 1 >= cap)
       return false;
     out[n++] = *c->p++;
   }
@@ -468,20 +470,28 @@ static int header_parse(const char *path, const unsigned char *b, size_t len,
   return 0;
 }
 
-/* Reads the header from s (the fixed part, then the dict). */
+/* Reads the header from s (the fixed part, then the dict), and nothing
+ * after it. */
 static int header_read(src_t *s, const tb_data_limits_t *lim, npy_hdr_t *h, tb_err_t *err) {
   unsigned char head[12];
-  size_t got, start, total;
-  int r = src_read(s, head, sizeof(head), &got, err);
+  size_t got, more = 0, start, total;
+  int r = src_read(s, head, 10, &got, err);
   if (r != 0)
     return r;
+  /* Versions 2 and 3 have a 4-byte length. */
+  if (got == 10 && memcmp(head, "\x93NUMPY", 6) == 0 && head[6] >= 2 &&
+      (r = src_read(s, head + 10, 2, &more, err)) != 0)
+    return r;
+  got += more;
   if ((r = header_prefix(s->path, head, got, &start, &total, err)) != 0)
     return r;
+  if (total < got)
+    return tb_errf(err, TB_EFORMAT, "%s: not the header np.save writes (it is empty)", s->path);
   unsigned char *b = malloc(total);
   if (b == NULL)
     return tb_errf(err, TB_ENOMEM, "%s: out of memory", s->path);
   memcpy(b, head, got);
-  size_t more = 0;
+  more = 0;
   if (total > got && (r = src_read(s, b + got, total - got, &more, err)) != 0) {
     free(b);
     return r;

@@ -244,8 +244,8 @@ static void test_missing_values(void **state) {
   tb_err_t err;
   tb_csv_opts_t o = {.label_col = -1, .classes = 1};
   assert_int_equal(load("missing.csv", text, &o, &d, &err), TB_EFORMAT);
-  check_msg(err.msg, "missing.csv:3: column 2 (\"b\"): a missing value (\"NA\"); say how to fill "
-                     "or drop missing values");
+  check_msg(err.msg, "missing.csv:3: column 2 (\"b\"): a missing value (\"NA\"); fill or drop "
+                     "missing values with the job's \"missing\" option");
   assert_null(d);
 
   o.missing = TB_CSV_MISSING_FILL;

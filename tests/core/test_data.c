@@ -385,7 +385,7 @@ static void test_csv_malformed(void **state) {
        ":3: column 2: expected a number, got \"abc\""},
       {"1,2\n3,1.5x\n", {0}, TB_EFORMAT, ":2: column 2: expected a number, got \"1.5x\""},
       {"1,2\n3, 4 5\n", {0}, TB_EFORMAT, ":2: column 2: expected a number, got \"4 5\""},
-      {"1,,2\n", {0}, TB_EFORMAT, ":1: column 2: a missing value (an empty field); say how"},
+      {"1,,2\n", {0}, TB_EFORMAT, ":1: column 2: a missing value (an empty field); fill or"},
       {"1,2,\n", {0}, TB_EFORMAT, ":1: column 3: a missing value (an empty field)"},
       {"1,2\n3,NA\n", {0}, TB_EFORMAT, ":2: column 2: a missing value (\"NA\")"},
       {"1,2\n3, ? \n", {0}, TB_EFORMAT, ":2: column 2: a missing value (\"?\")"},
@@ -414,7 +414,7 @@ static void test_csv_malformed(void **state) {
       {"0,1\n1.5,2\n",
        {.classes = 1},
        TB_EFORMAT,
-       ":2: column 1: expected a class label (an integer from 0 to 16777216), got \"1.5\""},
+       ":2: column 1: expected a class label (an integer from 0 to 16777215), got \"1.5\""},
       {"1,2,0\n3,4,-1\n",
        {.label_col = -1, .classes = 1},
        TB_EFORMAT,
@@ -1186,7 +1186,7 @@ static void test_csv_redacted(void **state) {
       {"1,2\n2,secret\n", ":2: column 2: expected a number", "secret", 0, TB_EFORMAT},
 
       {"1,3e39\n", ":1: column 2: the number is out of the float32 range", "3e39", 0, TB_ERANGE},
-      {"1,1.5\n", ":1: column 2: expected a class label (an integer from 0 to 16777216)", "1.5", 1,
+      {"1,1.5\n", ":1: column 2: expected a class label (an integer from 0 to 16777215)", "1.5", 1,
        TB_EFORMAT},
   };
   tb_data_limits_t red = {.redact = true};

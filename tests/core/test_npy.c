@@ -267,7 +267,7 @@ static void test_refused_clearly(void **state) {
   refused("nan.npy", NULL, 0, TB_ENONFINITE, "nan.npy: at [1, 1]: nan is not a finite number");
   refused("huge.npy", NULL, 0, TB_ERANGE, "huge.npy: at [1, 0]: 1e+300 is out of the float32");
   refused("f4.npy", "badlabels.npy", 1, TB_EFORMAT,
-          "badlabels.npy: at [2]: expected a class label (an integer from 0 to 16777216), got 3.5");
+          "badlabels.npy: at [2]: expected a class label (an integer from 0 to 16777215), got 3.5");
   refused("f4.npy", "five.npy", 1, TB_ESHAPE, "five.npy holds 5 rows (shape (5,)) but ");
   refused("missing.npy", NULL, 0, -2, "missing.npy: cannot open");
 }

@@ -164,7 +164,7 @@ int tb_dataset_one_hot(tb_dataset_t *d, tb_err_t *err);
  * label is always an error (TB_CSV_MISSING_DROP drops its row too).
  *
  * Labels with `classes` set: when every label is a number, each must be an
- * integer in 0..2^24 (exact in float32) and n_classes becomes the largest
+ * integer in 0..2^24 - 1 (exact in float32, as is their count) and n_classes becomes the largest
  * plus one. When some label is not a number, the labels are class names:
  * their distinct values, sorted (tb_classes_t), become d->classes, and each
  * row's label its index there. With `class_names` given (the training set's
@@ -255,7 +255,7 @@ int tb_idx_load_limited(const char *images_path, const char *labels_path,
  * converted to float32 (integers beyond 2^24 lose their low bits; a float64
  * outside the float32 range is an error, not an infinity). Either file may
  * be ".gz". With opts->classes a y of one value per row holds class indices,
- * integers in 0..2^24, and n_classes becomes the largest plus one; a wider y
+ * integers in 0..2^24 - 1, and n_classes becomes the largest plus one; a wider y
  * (one-hot rows) gets n_classes equal to its width. Without it y holds any
  * finite numbers and n_classes is 0.
  *

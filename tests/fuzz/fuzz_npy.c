@@ -1,0 +1,9 @@
+/* libFuzzer entry for the npy loader; see fuzz_loaders.h. */
+#include "fuzz_loaders.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  tb_fuzz_npy(data, size);
+  return 0;
+}
