@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs missing Debian packages (as root; otherwise prints the apt-get line),
-# then configures and builds trainbus.
+# then configures and builds trainbus. The build needs libcsv-dev besides the
+# libraries; the tests need python3-numpy (test_npy writes its files with
+# numpy), python3-venv, python3-setuptools and python3-wheel (the offline pip
+# install into a virtual environment) and systemd (systemd-analyze verify of
+# the unit; nothing is started).
 #   BUILD_DIR   build folder (default: build)
 #   SANITIZE=1  ASan+UBSan build (default folder: build-asan)
 #   WERROR=1    warnings are errors (CI sets this)
@@ -10,7 +14,8 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenblas-dev
       libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
-      dataset-fashion-mnist
+      libcsv-dev dataset-fashion-mnist
+      python3-numpy python3-venv python3-setuptools python3-wheel systemd
       ${EXTRA_PKGS:-}"
 missing=""
 for p in $pkgs; do

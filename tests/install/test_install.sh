@@ -182,6 +182,15 @@ with trainbus.Client(os.environ["TB_ADDR"]) as c:
 EOF
   ) || fail "the installed package: $out"
   [ "$out" = "r1 finished, epochs [0, 1, 2]" ] || fail "the installed package said: $out"
+  # The entry point runs a callback class of the user's.
+  printf 'import trainbus\n\n\nclass Quiet(trainbus.RemoteCallback):\n    def on_epoch_end(self, epoch, logs=None):\n        pass\n' >"$tmp/mycb.py"
+  out=$(env -u PYTHONPATH timeout 60 "$tmp/venv/bin/trainbus-callback" mycb:Quiet --path "$tmp" \
+    --connect "$addr" --token install-check --run r1 --no-lockstep) ||
+    fail "trainbus-callback: $out"
+  [ "$out" = "trainbus-callback: the run ended: finished" ] || fail "trainbus-callback said: $out"
+  rc=0
+  "$tmp/venv/bin/trainbus-callback" nosuch:Thing 2>/dev/null || rc=$?
+  [ "$rc" = 2 ] || fail "trainbus-callback nosuch:Thing exited $rc, not 2"
   stop_daemon
   echo "test_install python: pip installed offline into a venv; import trainbus watched: $out"
   ;;
