@@ -26,10 +26,11 @@ install(FILES ${PROJECT_SOURCE_DIR}/clients/include/trainbus/client.h
               ${PROJECT_BINARY_DIR}/generated/trainbus/version.h
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/trainbus)
 
-# Files that name installed paths are written when installing, so that the
-# prefix is the one installed to (`cmake --install build --prefix DIR`), not
-# the one configured.
-function(tb_configure_at_install in out)
+# Files that name installed paths are written when installing, straight to
+# where they go, so that the prefix is the one installed to (`cmake --install
+# build --prefix DIR`), not the one configured, and two installs at once
+# (the tests) do not share a file.
+function(tb_configure_at_install in dir out)
   install(
     CODE "
     foreach(d BINDIR LIBDIR INCLUDEDIR)
@@ -41,7 +42,14 @@ function(tb_configure_at_install in out)
     endforeach()
     set(CMAKE_INSTALL_PREFIX_AT_INSTALL \"\${CMAKE_INSTALL_PREFIX}\")
     set(PROJECT_VERSION ${PROJECT_VERSION})
-    configure_file(${PROJECT_SOURCE_DIR}/cmake/${in} ${PROJECT_BINARY_DIR}/${out} @ONLY)")
+    if(IS_ABSOLUTE \"${dir}\")
+      set(to \"\$ENV{DESTDIR}${dir}/${out}\")
+    else()
+      set(to \"\$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/${dir}/${out}\")
+    endif()
+    message(STATUS \"Installing: \${to}\")
+    configure_file(${PROJECT_SOURCE_DIR}/cmake/${in} \"\${to}\" @ONLY)
+    list(APPEND CMAKE_INSTALL_MANIFEST_FILES \"\${to}\")")
 endfunction()
 install(CODE "
   set(CMAKE_INSTALL_BINDIR ${CMAKE_INSTALL_BINDIR})
@@ -49,9 +57,7 @@ install(CODE "
   set(CMAKE_INSTALL_INCLUDEDIR ${CMAKE_INSTALL_INCLUDEDIR})")
 
 # pkg-config: `pkg-config --cflags --libs trainbus-client`.
-tb_configure_at_install(trainbus-client.pc.in trainbus-client.pc)
-install(FILES ${PROJECT_BINARY_DIR}/trainbus-client.pc
-        DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+tb_configure_at_install(trainbus-client.pc.in ${CMAKE_INSTALL_LIBDIR}/pkgconfig trainbus-client.pc)
 
 # CMake: find_package(trainbus) gives the target trainbus::client.
 set(TB_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/trainbus)
@@ -96,8 +102,7 @@ endif()
 
 # ---- the systemd unit ---------------------------------------------------------
 set(TB_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING "where trainbusd.service is installed")
-tb_configure_at_install(trainbusd.service.in trainbusd.service)
-install(FILES ${PROJECT_BINARY_DIR}/trainbusd.service DESTINATION ${TB_SYSTEMD_UNIT_DIR})
+tb_configure_at_install(trainbusd.service.in ${TB_SYSTEMD_UNIT_DIR} trainbusd.service)
 
 # ---- documentation ------------------------------------------------------------
 install(FILES ${PROJECT_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})

@@ -93,8 +93,8 @@ client)
   grep -q '^\.TH TRAINBUS 1 "" "trainbus '"$TB_VERSION"'"' "$prefix/share/man/man1/trainbus.1" ||
     fail "trainbus.1: not this version"
   if command -v man >/dev/null; then
-    MANPATH=$prefix/share/man man -P cat trainbusd 2>/dev/null | grep -q "EXIT STATUS" ||
-      fail "man trainbusd does not show the page"
+    page=$(MANPATH=$prefix/share/man man -P cat trainbusd 2>/dev/null || true)
+    grep -q "EXIT STATUS" <<<"$page" || fail "man trainbusd does not show the page"
   fi
 
   # A user's program, built with pkg-config...
@@ -107,11 +107,15 @@ client)
   CC=$TB_CC cmake -S "$TB_SOURCE_DIR/tests/install/find_package" -B "$tmp/fp" \
     -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_FLAGS="$TB_CONSUMER_CFLAGS" >"$tmp/fp.log" 2>&1 &&
     cmake --build "$tmp/fp" >>"$tmp/fp.log" 2>&1 || { cat "$tmp/fp.log" >&2; fail "find_package build"; }
-  # Both use the installed library, not the build tree's.
-  LD_LIBRARY_PATH=$prefix/lib ldd "$tmp/demo_pc" | grep -q "$prefix/lib/libtrainbus-client.so.0" ||
-    fail "demo_pc does not use the installed library"
-  ldd "$tmp/fp/client_demo" | grep -q "$prefix/lib/libtrainbus-client.so.0" ||
-    fail "the find_package build does not use the installed library"
+  # Both use the installed library, not the build tree's. (ldd's output is
+  # taken whole first: `grep -q` leaving a pipe early fails it under
+  # pipefail.)
+  libs=$(LD_LIBRARY_PATH=$prefix/lib ldd "$tmp/demo_pc")
+  grep -qF "$prefix/lib/libtrainbus-client.so.0" <<<"$libs" ||
+    fail "demo_pc does not use the installed library: $libs"
+  libs=$(ldd "$tmp/fp/client_demo")
+  grep -qF "$prefix/lib/libtrainbus-client.so.0" <<<"$libs" ||
+    fail "the find_package build does not use the installed library: $libs"
 
   # Against a daemon started from the installed binary.
   start_daemon "$prefix/bin/trainbusd" --state-dir "$tmp/state" --token install-check \
@@ -160,8 +164,8 @@ python)
     "$tmp/venv/bin/pip" install --no-build-isolation --no-index "$tmp/src" >"$tmp/pip.log" 2>&1 ||
     { cat "$tmp/pip.log" >&2; fail "pip install"; }
   [ -x "$tmp/venv/bin/trainbus-callback" ] || fail "no trainbus-callback entry point"
-  "$tmp/venv/bin/trainbus-callback" --help | grep -q "^usage: trainbus-callback" ||
-    fail "trainbus-callback --help"
+  page=$("$tmp/venv/bin/trainbus-callback" --help) || fail "trainbus-callback --help"
+  grep -q "^usage: trainbus-callback" <<<"$page" || fail "trainbus-callback --help: $page"
   start_daemon "$TRAINBUSD" --state-dir "$tmp/state" --token install-check --job "$tmp/job.json"
   rm -rf "$tmp/src"
   cd "$tmp"
