@@ -209,6 +209,36 @@ class CliE2E(unittest.TestCase):
         self.assertRegex(tests[0], r"^test: loss \d+\.\d{4} accuracy \d\.\d{4}$")
         self.assertLess(out.index("Epoch 3/3"), out.index("test:"))
 
+    def test_daemon_demo_and_its_fallback(self):
+        """No --job: the Fashion-MNIST demo, its test accuracy shown at the end;
+        where the dataset cannot be read, the spirals with a one-line notice."""
+        if os.access("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", os.R_OK):
+            d = self.daemon("--epochs", "1")
+            out = self.ok(d.cli("watch", "--plain", "--from-seq", "1", timeout=240))
+            self.assertRegex(out, r"(?m)^Epoch 1/1 - .*val_accuracy: ")
+            test = [l for l in out.splitlines() if l.startswith("test:")]
+            self.assertEqual(len(test), 1, out)
+            acc = float(test[0].split("accuracy ")[1])
+            self.assertGreater(acc, 0.75)
+            self.assertTrue(any("run r1 started (demo-fashion-mnist)" in l for l in d.log), d.log)
+            self.assertFalse(any("cannot be read" in l for l in d.log), d.log)
+        old = os.environ.get("TRAINBUS_DEMO_DATA")
+        os.environ["TRAINBUS_DEMO_DATA"] = "/nonexistent"
+        try:
+            d = self.daemon("--epochs", "1")
+        finally:
+            if old is None:
+                del os.environ["TRAINBUS_DEMO_DATA"]
+            else:
+                os.environ["TRAINBUS_DEMO_DATA"] = old
+        self.ok(d.cli("watch", "--plain", "--from-seq", "1", timeout=120))
+        notices = [l for l in d.log if "Fashion-MNIST" in l]
+        self.assertEqual(notices, [
+            "trainbusd: Fashion-MNIST cannot be read (/nonexistent/train-images-idx3-ubyte.gz: "
+            "No such file or directory; apt-get install dataset-fashion-mnist): the demo trains "
+            "the spirals instead"])
+        self.assertTrue(any("run r1 started (demo-spirals)" in l for l in d.log), d.log)
+
     def test_versions_from_one_place(self):
         """The CMake project version, everywhere: both programs' --version,
         the daemon's hello and status, the Python package."""
