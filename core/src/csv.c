@@ -140,31 +140,41 @@ static void trim(char **s, size_t *len) {
     (*len)--;
 }
 
+/* The missing-value markers: empty, "NA", "N/A", "NaN", "nan", "?". Run
+ * on every field read, so by length first. */
 static bool is_missing(const char *s, size_t len) {
-  static const char *const markers[] = {"NA", "N/A", "NaN", "nan", "?"};
   char *t = (char *)s;
   trim(&t, &len);
-  if (len == 0)
+  switch (len) {
+  case 0:
     return true;
-  for (size_t i = 0; i < sizeof(markers) / sizeof(markers[0]); i++)
-    if (strlen(markers[i]) == len && memcmp(markers[i], t, len) == 0)
-      return true;
-  return false;
+  case 1:
+    return t[0] == '?';
+  case 2:
+    return t[0] == 'N' && t[1] == 'A';
+  case 3:
+    return memcmp(t, "N/A", 3) == 0 || memcmp(t, "NaN", 3) == 0 || memcmp(t, "nan", 3) == 0;
+  default:
+    return false;
+  }
 }
 
-/* Parses a whole field as a number; *ok false when it is not one. Writes a
- * NUL after the trimmed field, which is safe: libcsv's buffer holds the field
- * and a NUL (CSV_APPEND_NULL), and is not read again. */
+/* Parses a whole field as a number; *ok false when it is not one. The field
+ * is left as it was: strtod needs a NUL after the trimmed text, which is put
+ * in the byte there (a trailing space, or the NUL libcsv ends every field
+ * with: CSV_APPEND_NULL) and taken out again. */
 static double to_number(char *s, size_t len, bool *ok) {
   char *end;
   trim(&s, &len);
   *ok = false;
   if (len == 0)
     return 0.0;
+  char after = s[len];
   s[len] = '\0';
   /* strtod follows the C locale's decimal point, which is '.' unless the
    * program called setlocale(); the library never does. */
   double v = strtod(s, &end);
+  s[len] = after;
   *ok = end == s + len;
   return v;
 }
@@ -503,7 +513,8 @@ static void scan_field(csv_t *c, char *s, size_t len) {
   if (j >= c->n_cols || (c->header && c->records == 0))
     return; /* refused at the record's end; or the header */
   int role = c->map[j];
-  if (role == COL_SKIP)
+  /* The scan reads features only to drop their rows. */
+  if (role == COL_SKIP || (role != COL_LABEL && c->o->missing != TB_CSV_MISSING_DROP))
     return;
   if (is_missing(s, len)) {
     if (role == COL_LABEL && c->o->missing != TB_CSV_MISSING_DROP) {
@@ -520,13 +531,9 @@ static void scan_field(csv_t *c, char *s, size_t len) {
   }
   if (role != COL_LABEL || !c->o->classes || c->classes != NULL)
     return;
-  /* A class label: a number, or a name to collect (copied first: the
-   * number test writes into the field). */
+  /* A class label: a number, or a name to collect. */
   bool ok;
-  char keep[TB_DATA_MAX_CLASS_NAME];
-  bool fits = len <= sizeof(keep) && memchr(s, '\0', len) == NULL;
-  if (fits)
-    memcpy(keep, s, len);
+  bool fits = len <= TB_DATA_MAX_CLASS_NAME && memchr(s, '\0', len) == NULL;
   to_number(s, len, &ok);
   if (!ok)
     c->all_numeric = false;
@@ -542,7 +549,7 @@ static void scan_field(csv_t *c, char *s, size_t len) {
       c->long_label_line = c->rec_line;
     return;
   }
-  if (!c->set.full && set_add(c, keep, len) != 0)
+  if (!c->set.full && set_add(c, s, len) != 0)
     fail(c, tb_errf(c->err, TB_ENOMEM, "%s: out of memory", c->path));
 }
 
@@ -566,6 +573,29 @@ static void scan_record(csv_t *c) {
 
 /* ---- the fill ------------------------------------------------------------ */
 
+/* A number to store: 0, or the error (named by where it is, and quoting
+ * the field unless redacted) for one that is not a finite float32, or not a
+ * class index when class_index. Only a failure formats anything. */
+static int check_number(csv_t *c, long j, const char *s, size_t len, double v, bool ok,
+                        bool class_index) {
+  char w[400], q[TB__QUOTE_LEN];
+  if (ok && isfinite(v) && fabs(v) <= FLT_MAX &&
+      (!class_index || (v >= 0.0 && v <= MAX_LABEL && v == floor(v))))
+    return 0;
+  tb__got_field(q, c->redact, s, len);
+  where(c, j, w, sizeof(w));
+  if (!ok)
+    return tb_errf(c->err, TB_EFORMAT, "%s: expected a number%s", w, q);
+  if (class_index && !(v >= 0.0 && v <= MAX_LABEL && v == floor(v)))
+    return tb_errf(c->err, TB_EFORMAT, "%s: expected a class label (an integer from 0 to %d)%s", w,
+                   MAX_LABEL, q);
+  if (!isfinite(v))
+    return tb_errf(c->err, TB_ENONFINITE, "%s: expected a finite number%s (inf is not accepted)", w,
+                   q);
+  return tb_errf(c->err, TB_ERANGE, "%s: %s is out of the float32 range", w,
+                 c->redact ? "the number" : q + 6);
+}
+
 static void fill_label(csv_t *c, long j, char *s, size_t len) {
   char w[400], q[TB__QUOTE_LEN];
   float *y = &c->d->y[c->row];
@@ -586,25 +616,10 @@ static void fill_label(csv_t *c, long j, char *s, size_t len) {
     return;
   }
   bool ok;
-  tb__got_field(q, c->redact, s, len);
   double v = to_number(s, len, &ok);
-  if (!ok) {
-    fail(c, tb_errf(c->err, TB_EFORMAT, "%s: expected a number%s", where(c, j, w, sizeof(w)), q));
-    return;
-  }
-  if (c->o->classes && !(v >= 0.0 && v <= MAX_LABEL && v == floor(v))) {
-    fail(c, tb_errf(c->err, TB_EFORMAT, "%s: expected a class label (an integer from 0 to %d)%s",
-                    where(c, j, w, sizeof(w)), MAX_LABEL, q));
-    return;
-  }
-  if (!isfinite(v)) {
-    fail(c, tb_errf(c->err, TB_ENONFINITE, "%s: expected a finite number%s (inf is not accepted)",
-                    where(c, j, w, sizeof(w)), q));
-    return;
-  }
-  if (fabs(v) > FLT_MAX) {
-    fail(c, tb_errf(c->err, TB_ERANGE, "%s: %s is out of the float32 range",
-                    where(c, j, w, sizeof(w)), c->redact ? "the number" : q + 6));
+  int r = check_number(c, j, s, len, v, ok, c->o->classes != 0);
+  if (r != 0) {
+    fail(c, r);
     return;
   }
   *y = (float)v;
@@ -651,20 +666,10 @@ static void fill_field(csv_t *c, char *s, size_t len) {
     return;
   }
   bool ok;
-  tb__got_field(q, c->redact, s, len);
   double v = to_number(s, len, &ok);
-  if (!ok) {
-    fail(c, tb_errf(c->err, TB_EFORMAT, "%s: expected a number%s", where(c, j, w, sizeof(w)), q));
-    return;
-  }
-  if (!isfinite(v)) {
-    fail(c, tb_errf(c->err, TB_ENONFINITE, "%s: expected a finite number%s (inf is not accepted)",
-                    where(c, j, w, sizeof(w)), q));
-    return;
-  }
-  if (fabs(v) > FLT_MAX) {
-    fail(c, tb_errf(c->err, TB_ERANGE, "%s: %s is out of the float32 range",
-                    where(c, j, w, sizeof(w)), c->redact ? "the number" : q + 6));
+  int r = check_number(c, j, s, len, v, ok, false);
+  if (r != 0) {
+    fail(c, r);
     return;
   }
   c->d->x[(size_t)c->row * c->n_feat + role] = (float)v;
