@@ -73,6 +73,14 @@ void tb_control_pause(tb_control_t *c, const char *by) {
   pthread_mutex_unlock(&c->mu);
 }
 
+void tb_control_hold(tb_control_t *c, const char *by) {
+  pthread_mutex_lock(&c->mu);
+  c->pause = true;
+  c->in_pause = true;
+  copy_by(c->pause_by, sizeof(c->pause_by), by);
+  pthread_mutex_unlock(&c->mu);
+}
+
 void tb_control_resume(tb_control_t *c, const char *by) {
   pthread_mutex_lock(&c->mu);
   c->pause = false;
@@ -191,7 +199,9 @@ int tb_control_apply(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out) {
     }
     a.in_pause = c->pause && !c->shutdown && !ctx->stop_training;
   }
-  if (c->in_pause && !a.in_pause) {
+  /* A shutdown ends the wait but not the pause: the run is interrupted, not
+   * resumed, and stays paused when it continues after a restart. */
+  if (c->in_pause && !a.in_pause && !c->shutdown) {
     char by[64];
     c->in_pause = false;
     memcpy(by, c->pause_by, sizeof(by));

@@ -1,12 +1,13 @@
 /* fit / evaluate / predict: Keras's loops, hook for hook.
  *
  *   train_begin
- *   for epoch:  epoch_begin
+ *   for epoch:  epoch_begin; apply the control block
  *               for batch: train_batch_begin, step, train_batch_end(running means)
  *                          apply the control block; break if stop_training
  *               epoch logs = the last batch logs (epoch means)
  *               if validating: test_begin, test_batch_*, test_end; add val_ keys
- *               epoch_end(epoch logs); break if stop_training
+ *               epoch_end(epoch logs); apply the control block;
+ *               break if stop_training
  *   train_end(last epoch logs)
  *
  * A hook that fails aborts the loop at once and, as in Keras (which has no
@@ -279,10 +280,15 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
       m->pos.next_batch = 0;
       if ((r = flush_requests(m, &ctx, &list, o, err)) != 0)
         goto done;
+      /* What epoch_begin's callbacks (a lockstep client's answer among them)
+       * asked for takes effect before the epoch's first batch: a pause holds
+       * here, a checkpoint is this position (docs/PROTOCOL.md, continue). */
+      if ((r = boundary(m, &ctx, &list, o, false, err)) != 0)
+        goto done;
     } else {
       ctx.epoch = epoch; /* resumed inside this epoch: it has begun already */
     }
-    for (int b = m->pos.next_batch; b < steps && !ctx.stop_training; b++) {
+    for (int b = m->pos.next_batch; b < steps; b++) {
       int rows = b == steps - 1 ? n - b * bs : bs;
       tb_logs_clear(&logs);
       if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_TRAIN_BATCH_BEGIN, b, &logs)) != 0) {
@@ -302,6 +308,10 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
       bool due = o->checkpoint_every > 0 && m->iterations % o->checkpoint_every == 0;
       if ((r = boundary(m, &ctx, &list, o, due, err)) != 0)
         goto done;
+      /* As Keras's fit: stop_training is looked at after each batch, so a stop
+       * set in train_begin or epoch_begin still trains that one batch. */
+      if (ctx.stop_training)
+        break;
     }
     /* Epoch logs are the epoch's means, captured before validation. */
     tb_logs_clear(&epoch_logs);
@@ -329,6 +339,12 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
     if ((r = flush_requests(m, &ctx, &list, o, err)) != 0 ||
         (r = own_checkpoint(m, &ctx, &list, o, false, err)) != 0)
       goto done;
+    /* What epoch_end asked for takes effect before the next epoch begins: a
+     * pause holds here and a checkpoint is the end of this epoch (named for
+     * the next epoch's batch 0), not a batch into the next one. */
+    if ((r = boundary(m, &ctx, &list, o, false, err)) != 0)
+      goto done;
+    m->pos.stop = ctx.stop_training;
   }
   if ((r = tb_callbacks_fire(&list, &ctx, TB_HOOK_TRAIN_END, -1, &m->pos.train_logs)) != 0) {
     fail_hook(&ctx, r, err);

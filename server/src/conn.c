@@ -668,7 +668,7 @@ void tb__deliver_gap(tb_server_t *s, tb_run_t *r, int64_t count, int64_t from, i
   }
 }
 
-void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep) {
+void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep, bool reask) {
   tb_ev_t *lock_ev = NULL;
   int waiting = 0;
   for (conn_t *c = s->conns; c != NULL; c = c->next) {
@@ -701,7 +701,7 @@ void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep) {
         waiting++;
         check_limits(c);
       }
-    } else if (normal) {
+    } else if (normal && !reask) {
       deliver_one(c, r, e);
     }
   }

@@ -242,8 +242,9 @@ void tb__pending_fail(tb_run_t *r, const char *why) {
   }
 }
 
-/* The loop's view of the run, from its own event stream. */
-static void track(tb_run_t *r, const tb_rec_t *rec) {
+/* The loop's view of the run, from its own event stream (and, after a
+ * restart, from its log: tb__runs_restore). */
+void tb__run_track(tb_run_t *r, const tb_rec_t *rec) {
   r->last_seq = rec->seq;
   if (rec->epochs > 0)
     r->epochs = rec->epochs;
@@ -316,7 +317,7 @@ bool tb__drain(tb_server_t *s) {
     tb_rec_t *rec = (tb_rec_t *)(q + off);
     off += rec->size;
     rec->enc_len = 0;
-    if (rec->finished || rec->kind == TB_EVENT_INVALID)
+    if (rec->finished || rec->kind == TB_EVENT_INVALID || rec->reask)
       continue;
     rec->enc_off = b->len;
     if (encode(rec, b) == 0) {
@@ -361,6 +362,25 @@ bool tb__drain(tb_server_t *s) {
       }
       continue;
     }
+    if (rec->reask) {
+      /* Asked again after a restart: the logged event, to lockstep
+       * subscribers only (everyone else has it). */
+      tb_ev_t *e = tb__run_event(r, rec->seq);
+      if (e != NULL) {
+        tb__ev_ref(e);
+      } else {
+        tb_buf_t one;
+        tb_buf_init(&one);
+        if (encode(rec, &one) == 0)
+          e = tb__ev_new(one.data, one.len, rec->seq, rec->kind, rec->batch);
+        tb_buf_free(&one);
+      }
+      if (e != NULL)
+        tb__deliver(s, r, e, true, true);
+      tb__ev_unref(e);
+      tb_classes_free(rec->classes);
+      continue;
+    }
     if (ch == NULL || rec->enc_len == 0) {
       free(rec->path); /* out of memory: the event is lost (its seq is a gap) */
       tb_classes_free(rec->classes);
@@ -373,7 +393,7 @@ bool tb__drain(tb_server_t *s) {
     e->seq = rec->seq;
     e->kind = rec->kind;
     e->batch = rec->batch;
-    track(r, rec);
+    tb__run_track(r, rec);
     s->n_events++;
     if (r->attached && rec->kind == TB_EVENT_STATE && rec->state == TB_RUN_RUNNING &&
         rec->prev_state == TB_RUN_QUEUED)
@@ -383,19 +403,25 @@ bool tb__drain(tb_server_t *s) {
     tb__run_retain(r, e);
     if (rec->kind == TB_EVENT_CONTROL)
       resolve_pending(r, rec);
-    tb__deliver(s, r, e, rec->lockstep);
+    tb__deliver(s, r, e, rec->lockstep, false);
     free(rec->path);
     if (rec->classes != NULL) {
       /* For status: the run's classes are its last train_begin's. */
       tb_classes_free(r->classes);
       r->classes = rec->classes;
     }
+    /* Lifecycle, state and control events change what status says; batch
+     * events only move the position, which the log restores by itself. */
+    if (!tb_event_is_batch(rec->kind))
+      tb__run_save_status(r);
   }
   s->draining = false;
   tb__chunk_unref(ch); /* the ring and the clients hold their own references */
-  for (tb_run_t *r = s->runs; r != NULL; r = r->next)
+  for (tb_run_t *r = s->runs; r != NULL; r = r->next) {
     if (r->log != NULL)
       fflush(r->log);
+    atomic_store(&r->flushed_seq, r->last_seq);
+  }
   tb__flush_touched(s);
 
   if (s->cur_off < s->cur_len)

@@ -73,6 +73,8 @@ typedef struct tb_rec_s {
   double value, old_value;
   uint64_t ticket; /* control events: the last request they apply (tb_control_note_t) */
   bool lockstep;   /* the trainer waits for "continue" on this seq */
+  bool reask;      /* a logged lockstep event asked again after a restart (publish.c's redo):
+                      delivered to lockstep subscribers only, not logged again */
   bool finished;   /* the trainer thread has ended (the last record of a job run) */
   /* A gap record (kind TB_EVENT_INVALID): the queue was full and the trainer
    * dropped drop_count batch events of the run, seqs drop_from..drop_to. */
@@ -134,6 +136,28 @@ struct tb_run_s {
   int64_t ls_seq; /* the seq being waited on, 0 if none */
   int ls_waiting; /* answers still expected */
   bool ls_armed;  /* the loop has counted the answers for ls_seq */
+
+  /* A run rebuilt from the state directory by --resume (tb__runs_restore),
+   * set before its trainer starts. It keeps the state its log ends in
+   * (restored_state: running, paused or stopping) rather than going back to
+   * queued, so that a restart does not show in status; logged_seq is the last
+   * seq of its log, the events its trainer may regenerate (publish.c). */
+  bool restored;
+  tb_run_state_t restored_state;
+  int64_t logged_seq;
+
+  /* trainer: regenerating logged events after a restart (publish.c) */
+  bool resuming;              /* fit loads a checkpoint: its train_begin is no event */
+  bool redo;                  /* events up to logged_seq are replays, not news */
+  struct tb_redo_s *redo_log; /* what the log says came after the checkpoint */
+  size_t n_redo_log;
+  int64_t redo_base;     /* redo_log[i] is seq redo_base + 1 + i */
+  int64_t redo_injected; /* the last logged control requested again */
+
+  /* The last seq the loop has written to the log (and flushed): a checkpoint
+   * waits for it to reach the seq it records, so that no checkpoint is ahead
+   * of the log (publish.c). */
+  _Atomic int64_t flushed_seq;
 
   /* loop */
   tb_run_state_t state;
@@ -309,6 +333,10 @@ struct tb_server_s {
   tb_job_policy_t operator_policy, network_policy;
 };
 
+/* server.c: writes text to path through a temporary file and a rename, mode
+ * 0600; 0 or a negative error. */
+int tb__write_private(const char *path, const char *text);
+
 /* log.c */
 void tb__log(tb_server_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t tb__srv_now_ms(void);
@@ -316,6 +344,8 @@ int64_t tb__srv_now_us(void);
 
 /* publish.c: the trainer side */
 void tb__publisher_init(tb_run_t *r);
+/* Trainer thread, before fit: sets up the redo of a restored run (publish.c). */
+void tb__publisher_begin(tb_run_t *r, bool from_checkpoint);
 /* Queues rec (its header filled) with the logs (NULL: none) and, for state and
  * control events, its texts (NULL: absent). Trainer threads (and the loop). */
 void tb__push(tb_run_t *r, tb_rec_t *rec, const tb_logs_t *logs, const char *action, const char *by,
@@ -334,6 +364,9 @@ tb_run_t *tb__run_find(tb_server_t *s, const char *id);
 void tb__run_free(tb_run_t *r);
 void tb__runs_schedule(tb_server_t *s);
 void tb__run_info(const tb_run_t *r, tb_run_info_t *out);
+/* Writes the run object to <run dir>/status, where a restart finds what the
+ * log alone does not say (the learning rate). Loop thread. */
+void tb__run_save_status(tb_run_t *r);
 int tb__runs_restore(tb_server_t *s, tb_err_t *err);
 void tb__runs_number_after_existing(tb_server_t *s);
 void tb__runs_shutdown(tb_server_t *s);
@@ -350,6 +383,7 @@ void tb__drain_nudge(tb_server_t *s);
 /* The class names a train_begin event line carries ("classes"), or NULL. */
 tb_classes_t *tb__event_classes(const char *line, size_t len);
 void tb__run_retain(tb_run_t *r, tb_ev_t *e);
+void tb__run_track(tb_run_t *r, const tb_rec_t *rec);
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
 void tb__lockstep_recount(tb_run_t *r);
 void tb__lockstep_answer(tb_run_t *r, conn_t *c, int64_t seq, bool *ok);
@@ -372,7 +406,10 @@ void tb__conn_flush(conn_t *c);
 void tb__conn_close(conn_t *c, const char *reason, const char *message);
 void tb__conn_tick(conn_t *c, uint64_t now);
 conn_t *tb__conn_find(tb_server_t *s, uint64_t id);
-void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep);
+/* Hands e to every matching subscriber; lockstep: the trainer waits for it;
+ * reask: a logged lockstep event asked again after a restart, for lockstep
+ * subscribers only. */
+void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep, bool reask);
 /* Every subscriber of run r loses seqs from..to (count of them): told before
  * its next event of r. */
 void tb__deliver_gap(tb_server_t *s, tb_run_t *r, int64_t count, int64_t from, int64_t to);

@@ -472,8 +472,9 @@ static void do_control(conn_t *c, const tb_req_t *q) {
       return;
     }
     r->cancel_requested = true;
-    if (r->state == TB_RUN_QUEUED) {
-      tb__push_state(r, TB_RUN_CANCELLED, TB_RUN_QUEUED, c->label, -1, -1);
+    if (r->state == TB_RUN_QUEUED || (r->restored && !r->thread_started)) {
+      /* Not training (yet): no trainer will apply a stop. */
+      tb__push_state(r, TB_RUN_CANCELLED, r->state, c->label, -1, -1);
     } else {
       atomic_store(&r->cancel_flag, true);
       tb_control_stop(&r->control, c->label);
@@ -499,6 +500,15 @@ static void do_continue(conn_t *c, const tb_req_t *q) {
           r->id, (long long)q->cont.seq);
     return;
   }
+  if (q->cont.checkpoint && r->dir[0] == '\0') {
+    /* Refused whole, before anything applies: the client may answer again
+     * without the checkpoint. */
+    error(c, &q->id, TB_PROTO_EINVALID_STATE,
+          "continue: actions.checkpoint: run %s has nowhere to write checkpoints (start "
+          "trainbusd with --state-dir); the wait for seq %lld goes on",
+          r->id, (long long)q->cont.seq);
+    return;
+  }
   /* The actions go into the control block before the trainer is released,
    * so they take effect before training goes on. */
   if (q->cont.has_lr)
@@ -507,7 +517,7 @@ static void do_continue(conn_t *c, const tb_req_t *q) {
     tb_control_stop(&r->control, c->label);
   if (q->cont.pause)
     tb_control_pause(&r->control, c->label);
-  if (q->cont.checkpoint && r->dir[0] != '\0')
+  if (q->cont.checkpoint)
     tb_control_checkpoint(&r->control, c->label);
   bool answered;
   tb__lockstep_answer(r, c, q->cont.seq, &answered);

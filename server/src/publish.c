@@ -14,10 +14,26 @@
  * of that run is preceded by a gap record from which the loop tells every
  * subscriber of the run what it lost (a "dropped" notice). Lifecycle, state
  * and control events and lockstep events are never dropped: they are few
- * (a handful per epoch) and may grow the queue past the bound. */
+ * (a handful per epoch) and may grow the queue past the bound.
+ *
+ * After a restart (--resume) a run continues from its latest checkpoint, which
+ * may be older than the last event in its log (after a SIGKILL: up to an
+ * epoch older). The publisher saves its seq in every checkpoint, so the
+ * resumed trainer knows which logged event comes next: while it regenerates
+ * events the log already holds (the "redo"), each one gets its logged seq and
+ * is not published again (clients have it, or get it by replay), and the
+ * control actions the log records after it (set_lr, stop: a remote callback's
+ * answers, a user's commands) are requested again so they apply at the same
+ * place. Training is deterministic, so the redo reproduces the log exactly and
+ * the run continues as if the daemon had never stopped: same weights, every
+ * seq once. A logged lockstep event whose answer never took effect (the daemon
+ * died waiting) is asked again. Should training go another way than the log
+ * (a new command arrived during the redo), the redo ends there and what
+ * follows is numbered after the log, as new events. */
 #include "internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,17 +167,252 @@ void tb__rec_tail(const tb_rec_t *rec, tb_rec_tail_t *t) {
   }
 }
 
-/* kind TB_EVENT_INVALID: not an event (the finished record), so no seq. */
+/* The record's seq is given by number() when it is published (none for
+ * the finished record, which is not an event). */
 static void rec_init(tb_rec_t *rec, tb_run_t *r, tb_event_kind_t kind, int epoch, int batch) {
   memset(rec, 0, sizeof(*rec));
   rec->run = r;
-  rec->seq = kind != TB_EVENT_INVALID ? ++r->seq : 0;
+  rec->seq = 0;
   rec->kind = kind;
   rec->epoch = epoch;
   rec->batch = batch;
   rec->time_us = tb__srv_now_us();
   rec->lr = NAN;
   rec->epochs = r->epochs;
+}
+
+/* ---- the redo after a restart ------------------------------------------------ */
+
+/* What the log says about one event, enough to recognise it again. */
+typedef struct tb_redo_s {
+  tb_event_kind_t kind;
+  int epoch, batch;
+  tb_run_state_t state, prev_state; /* state events */
+  char action[24];                  /* control events */
+  bool has_value;
+  double value;
+} tb_redo_t;
+
+static const tb_redo_t *redo_at(const tb_run_t *r, int64_t seq) {
+  int64_t i = seq - r->redo_base - 1;
+  return i >= 0 && (size_t)i < r->n_redo_log ? &r->redo_log[i] : NULL;
+}
+
+/* Logged events a resumed trainer does not make again: pauses and resumes
+ * (they change no weight, and a restored pause is taken up again when the
+ * redo is over), checkpoints, lockstep timeouts (the redo does not wait) and
+ * the shutdown notes of older daemons. */
+static bool redo_skippable(const tb_redo_t *e) {
+  if (e->kind == TB_EVENT_CONTROL)
+    return strcmp(e->action, "set_lr") != 0 && strcmp(e->action, "stop") != 0;
+  if (e->kind == TB_EVENT_STATE)
+    return e->state == TB_RUN_PAUSED ||
+           (e->state == TB_RUN_RUNNING && e->prev_state == TB_RUN_PAUSED);
+  return false;
+}
+
+/* e is the logged event at rec's place (action: rec's, for control
+ * events). A seq the queue dropped (kind TB_EVENT_INVALID in the table) was
+ * a batch event: any batch event takes its place. */
+static bool redo_same(const tb_redo_t *e, const tb_rec_t *rec, const char *action) {
+  if (e->kind == TB_EVENT_INVALID)
+    return tb_event_is_batch(rec->kind);
+  if (e->kind != rec->kind || e->epoch != rec->epoch || e->batch != rec->batch)
+    return false;
+  if (rec->kind == TB_EVENT_STATE)
+    return e->state == rec->state;
+  if (rec->kind == TB_EVENT_CONTROL)
+    return strcmp(e->action, action ? action : "") == 0 &&
+           (!e->has_value || e->value == rec->value);
+  return true;
+}
+
+/* The redo is over: what follows is new. A run that was paused when the
+ * daemon stopped is paused again here, at the place it had paused, without a
+ * new pause event (its clients saw that one). */
+static void redo_end(tb_run_t *r) {
+  r->redo = false;
+  free(r->redo_log);
+  r->redo_log = NULL;
+  r->n_redo_log = 0;
+  if (r->restored && r->restored_state == TB_RUN_PAUSED)
+    tb_control_hold(&r->control, "the pause before the restart");
+  r->restored = false;
+}
+
+/* Moves past logged events the trainer will not make again. */
+static void redo_skip(tb_run_t *r) {
+  const tb_redo_t *e;
+  while (r->redo && (e = redo_at(r, r->seq + 1)) != NULL && redo_skippable(e))
+    r->seq++;
+  if (r->redo && r->seq >= r->logged_seq)
+    redo_end(r);
+}
+
+/* Requests again the control actions the log shows next (up to the next
+ * event that is not one), so the trainer applies them where it did before.
+ * Returns true if it requested any. */
+static bool redo_inject(tb_run_t *r, int64_t *upto) {
+  bool any = false;
+  for (int64_t seq = r->seq + 1; seq <= r->logged_seq; seq++) {
+    const tb_redo_t *e = redo_at(r, seq);
+    if (e == NULL)
+      break;
+    if (redo_skippable(e) || (e->kind == TB_EVENT_STATE && e->state == TB_RUN_STOPPING))
+      continue;
+    if (e->kind != TB_EVENT_CONTROL)
+      break;
+    if (seq > *upto) {
+      if (strcmp(e->action, "set_lr") == 0 && e->has_value)
+        tb_control_set_lr(&r->control, e->value, "the log (redo after a restart)");
+      else
+        tb_control_stop(&r->control, "the log (redo after a restart)");
+      *upto = seq;
+      any = true;
+    }
+  }
+  return any;
+}
+
+/* Reads what the log holds after seq `base` and starts the redo there (the
+ * trainer continues from a checkpoint taken at seq base). Without a readable
+ * log the run simply goes on numbering after it. */
+static void redo_begin(tb_run_t *r, int64_t base) {
+  if (base >= r->logged_seq || r->dir[0] == '\0') {
+    if (base > r->logged_seq)
+      tb__log(r->srv, 0, "run %s: its checkpoint is newer (seq %lld) than its log (seq %lld)",
+              r->id, (long long)base, (long long)r->logged_seq);
+    redo_end(r);
+    return;
+  }
+  size_t n = (size_t)(r->logged_seq - base);
+  tb_redo_t *log = calloc(n, sizeof(*log));
+  tb_smsg_t *m = malloc(sizeof(*m));
+  char path[1200];
+  snprintf(path, sizeof(path), "%s/events.ndjson", r->dir);
+  FILE *f = log != NULL && m != NULL ? fopen(path, "r") : NULL;
+  size_t got = 0;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  while (f != NULL && (len = getline(&line, &cap, f)) > 0) {
+    const char *p = strstr(line, "\"seq\":");
+    int64_t seq = p != NULL ? strtoll(p + 6, NULL, 10) : 0;
+    if (seq <= base || seq > r->logged_seq)
+      continue;
+    tb_proto_err_t perr;
+    if (seq < base + 1 + (int64_t)got || tb_smsg_decode(line, (size_t)len, m, &perr) != 0 ||
+        m->kind != TB_SMSG_EVENT)
+      break;
+    /* Seqs the queue dropped (batch events) are not in the log: calloc left
+     * their entries kind TB_EVENT_INVALID, which any batch event matches. */
+    got = (size_t)(seq - base - 1);
+    const tb_event_t *ev = &m->event;
+    tb_redo_t *e = &log[got++];
+    e->kind = tb_event_from_name(ev->name);
+    e->epoch = (int)ev->epoch;
+    e->batch = (int)ev->batch;
+    e->state = ev->state ? tb_run_state_from_name(ev->state) : TB_RUN_INVALID;
+    e->prev_state = ev->prev_state ? tb_run_state_from_name(ev->prev_state) : TB_RUN_INVALID;
+    snprintf(e->action, sizeof(e->action), "%s", ev->action ? ev->action : "");
+    e->has_value = ev->has_value;
+    e->value = ev->value;
+    tb_smsg_free(m);
+  }
+  free(line);
+  free(m);
+  if (f != NULL)
+    fclose(f);
+  if (got != n) {
+    tb__log(r->srv, 0, "run %s: cannot read seq %lld..%lld of its log again; new events follow it",
+            r->id, (long long)base + 1, (long long)r->logged_seq);
+    free(log);
+    r->seq = r->logged_seq;
+    redo_end(r);
+    return;
+  }
+  r->redo_log = log;
+  r->n_redo_log = n;
+  r->redo_base = base;
+  r->seq = base;
+  r->redo = true;
+  tb__log(r->srv, 1, "run %s: retraining from seq %lld to %lld of its log", r->id, (long long)base,
+          (long long)r->logged_seq);
+  redo_skip(r);
+}
+
+/* Gives rec its seq (action: a control event's). Returns false when rec is
+ * the redo of a logged event
+ * (it keeps that event's seq and is not published again); *inject is then
+ * set if control actions the log shows next were requested again. */
+static bool number(tb_run_t *r, tb_rec_t *rec, const char *action, bool *inject) {
+  *inject = false;
+  if (r->redo) {
+    const tb_redo_t *e = redo_at(r, r->seq + 1);
+    if (e != NULL && redo_same(e, rec, action)) {
+      rec->seq = ++r->seq;
+      redo_skip(r);
+      if (r->redo)
+        *inject = redo_inject(r, &r->redo_injected);
+      return false;
+    }
+    tb__log(r->srv, 0,
+            "run %s: after the restart training went another way than its log at seq %lld "
+            "(%s instead of %s); the events from here on are new",
+            r->id, (long long)r->seq + 1, tb_event_name(rec->kind),
+            e != NULL ? tb_event_name(e->kind) : "?");
+    r->seq = r->logged_seq;
+    redo_end(r);
+  }
+  rec->seq = ++r->seq;
+  return true;
+}
+
+/* Called by the trainer before it fires train_begin (runs.c): a restored run
+ * that had started redoes its log from the start when it has no checkpoint;
+ * with one, from the checkpoint's seq (load_state below). */
+void tb__publisher_begin(tb_run_t *r, bool from_checkpoint) {
+  bool started = r->restored && r->restored_state != TB_RUN_QUEUED && r->logged_seq > 0;
+  r->resuming = started && from_checkpoint;
+  r->redo_injected = 0;
+  if (started && !from_checkpoint)
+    redo_begin(r, 0);
+  else if (!r->resuming)
+    redo_end(r);
+}
+
+/* The checkpoint records the seq of the last event before it. It waits (a
+ * millisecond or two: one drain) until the loop has logged that event, so
+ * that a crash right after cannot leave a checkpoint ahead of the log, whose
+ * missing events no redo could make again. */
+static int save_state(tb_callback_t *cb, tb_state_t *st) {
+  tb_run_t *r = cb->user;
+  /* Batch events the queue dropped since the last record will never be
+   * logged: wait for what comes before them only. */
+  tb_server_t *s = r->srv;
+  pthread_mutex_lock(&s->q_mu);
+  int64_t want = r->qd_count > 0 && r->qd_to == r->seq ? r->qd_from - 1 : r->seq;
+  pthread_mutex_unlock(&s->q_mu);
+  for (int i = 0; i < 1000 && r->log != NULL && atomic_load(&r->flushed_seq) < want; i++) {
+    uv_async_send(&r->srv->wake);
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  return tb_state_put_i64(st, "seq", r->seq);
+}
+
+/* A checkpoint without the key (written by another program) is fine: the
+ * run then numbers its events after its log. */
+static int load_state(tb_callback_t *cb, const tb_state_t *st) {
+  tb_run_t *r = cb->user;
+  int64_t seq;
+  if (!r->resuming)
+    return 0;
+  if (tb_state_get_i64(st, "seq", &seq) == 0 && seq >= 0)
+    redo_begin(r, seq);
+  else
+    redo_end(r);
+  return 0;
 }
 
 /* The trainer thread's last record: not an event (no seq), it tells the loop
@@ -179,7 +430,9 @@ void tb__push_state(tb_run_t *r, tb_run_state_t state, tb_run_state_t prev, cons
   rec_init(&rec, r, TB_EVENT_STATE, epoch, batch);
   rec.state = state;
   rec.prev_state = prev;
-  tb__push(r, &rec, NULL, NULL, NULL, reason);
+  bool inject;
+  if (number(r, &rec, NULL, &inject))
+    tb__push(r, &rec, NULL, NULL, NULL, reason);
 }
 
 /* Waits for the lockstep subscribers' answers to `seq`, at most timeout_ms. */
@@ -205,9 +458,28 @@ static bool lockstep_wait(tb_run_t *r, int64_t seq, int timeout_ms) {
   return answered;
 }
 
+/* Applies a lockstep answer's rate and stop in the middle of a hook. During
+ * validation (and evaluate, predict) ctx->batch is a test batch: the control
+ * events say batch -1 there, "at the epoch's end", not a training batch. */
+static void apply_changes(tb_run_t *r, tb_ctx_t *ctx) {
+  int batch = ctx->batch;
+  if (ctx->hook >= TB_HOOK_TEST_BEGIN)
+    ctx->batch = -1;
+  tb_control_apply_changes(&r->control, ctx);
+  ctx->batch = batch;
+}
+
 static int on_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *logs) {
   tb_run_t *r = cb->user;
   tb_event_kind_t kind = (tb_event_kind_t)(ctx->hook + 1); /* same order as core's hooks */
+  /* A run resumed from a checkpoint had begun before the restart: its
+   * clients saw train_begin then, and the callbacks' states are restored
+   * right after this one. */
+  if (ctx->hook == TB_HOOK_TRAIN_BEGIN && r->resuming) {
+    if (ctx->epochs > 0)
+      r->epochs = ctx->epochs;
+    return 0;
+  }
   int epoch = ctx->hook == TB_HOOK_TRAIN_BEGIN || ctx->hook >= TB_HOOK_PREDICT_BEGIN ||
                       (ctx->hook == TB_HOOK_TRAIN_END && ctx->epoch < 0)
                   ? -1
@@ -224,7 +496,20 @@ static int on_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *logs)
       tb_classes_copy(tb_model_classes(ctx->model), &rec.classes) != 0)
     rec.classes = NULL;
   uint32_t mask = atomic_load(&r->lockstep_mask);
-  if (!(mask & (1u << kind))) {
+  bool inject, fresh = number(r, &rec, NULL, &inject);
+  if (!fresh) {
+    /* A logged event made again. Its lockstep answer is in the log (the
+     * actions just requested again take effect here, as the answer did),
+     * unless it is the last event the log has: the daemon may have died
+     * waiting for that answer, so it is asked for again. */
+    if (!(mask & (1u << kind)) || r->redo || rec.seq != r->logged_seq) {
+      tb_classes_free(rec.classes);
+      if (inject)
+        apply_changes(r, ctx);
+      return 0;
+    }
+    rec.reask = true;
+  } else if (!(mask & (1u << kind))) {
     tb__push(r, &rec, logs, NULL, NULL, NULL);
     return 0;
   }
@@ -243,10 +528,11 @@ static int on_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *logs)
     char why[160];
     snprintf(why, sizeof(why), "no continue for seq %lld within %d ms; training goes on",
              (long long)rec.seq, timeout);
-    tb__push(r, &t, NULL, "lockstep_timeout", NULL, why);
+    if (number(r, &t, "lockstep_timeout", &inject))
+      tb__push(r, &t, NULL, "lockstep_timeout", NULL, why);
   }
   /* What the clients asked for takes effect before training goes on. */
-  tb_control_apply_changes(&r->control, ctx);
+  apply_changes(r, ctx);
   return 0;
 }
 
@@ -255,6 +541,10 @@ static int on_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *logs)
 static void on_note(tb_control_t *c, const tb_control_note_t *n, void *user) {
   tb_run_t *r = user;
   static const char *names[] = {"", "set_lr", "stop", "pause", "resume", "checkpoint", "shutdown"};
+  /* A daemon shutdown is not an event of the run: the run continues after a
+   * restart as if nothing had happened (its clients are told by bye). */
+  if (n->action == TB_CONTROL_SHUTDOWN)
+    return;
   tb_rec_t rec;
   rec_init(&rec, r, TB_EVENT_CONTROL, n->epoch, n->batch);
   char by[128];
@@ -268,7 +558,11 @@ static void on_note(tb_control_t *c, const tb_control_note_t *n, void *user) {
   if (n->path != NULL && n->path[0] != '\0')
     rec.path = strdup(n->path); /* NULL on OOM: the event just names no file */
   rec.ticket = n->ticket;
-  tb__push(r, &rec, NULL, names[n->action], by, NULL);
+  bool inject;
+  if (number(r, &rec, names[n->action], &inject))
+    tb__push(r, &rec, NULL, names[n->action], by, NULL);
+  else
+    free(rec.path);
   if (n->action == TB_CONTROL_PAUSE)
     tb__push_state(r, TB_RUN_PAUSED, TB_RUN_RUNNING, by, n->epoch, n->batch);
   else if (n->action == TB_CONTROL_RESUME && !r->stop_requested)
@@ -285,5 +579,7 @@ void tb__publisher_init(tb_run_t *r) {
   for (int i = 0; i < TB_HOOK_COUNT; i++)
     r->cb.hooks[i] = on_hook;
   r->cb.user = r;
+  r->cb.save_state = save_state;
+  r->cb.load_state = load_state;
   tb_control_set_notify(&r->control, on_note, r);
 }

@@ -14,9 +14,11 @@
  * on from the last logged event. */
 #include "internal.h"
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -69,6 +71,7 @@ void tb__run_free(tb_run_t *r) {
     tb__ev_unref(r->ring[slot]);
   }
   free(r->ring);
+  free(r->redo_log);
   while (r->pending != NULL) {
     pending_t *p = r->pending;
     r->pending = p->next;
@@ -104,6 +107,20 @@ void tb__run_info(const tb_run_t *r, tb_run_info_t *out) {
   out->lr = r->lr;
 }
 
+void tb__run_save_status(tb_run_t *r) {
+  if (r->dir[0] == '\0')
+    return;
+  tb_run_info_t info;
+  tb__run_info(r, &info);
+  tb_buf_t b;
+  tb_buf_init(&b);
+  char path[1200];
+  snprintf(path, sizeof(path), "%s/status", r->dir);
+  if (tb_json_run_info(&b, &info) == 0 && TB_LIT(&b, "\n") == 0 && tb_buf_append(&b, "", 1) == 0)
+    tb__write_private(path, b.data);
+  tb_buf_free(&b);
+}
+
 /* ---- the trainer thread ---------------------------------------------------- */
 
 static void trainer_main(void *arg) {
@@ -112,8 +129,15 @@ static void trainer_main(void *arg) {
   tb_err_t err = {{0}};
   tb_callbacks_t cbs;
   tb_callbacks_init(&cbs);
-  tb__push_state(r, TB_RUN_RUNNING, TB_RUN_QUEUED, r->resume_path[0] ? "resumed" : "started", -1,
-                 -1);
+  bool from_checkpoint = r->resume_path[0] && access(r->resume_path, F_OK) == 0;
+  bool started = r->restored && r->restored_state != TB_RUN_QUEUED;
+  tb__publisher_begin(r, from_checkpoint);
+  /* A restored run that had started is still in its state (running, paused,
+   * stopping): nothing changed for its clients. Without a checkpoint it
+   * trains again from the start, and this event is the redo of its first. */
+  if (!started || !from_checkpoint)
+    tb__push_state(r, TB_RUN_RUNNING, TB_RUN_QUEUED, r->resume_path[0] ? "resumed" : "started", -1,
+                   -1);
   int rc = tb_job_prepare(job, &err);
   if (rc == 0 && job->train->classes != NULL) {
     char names[600];
@@ -128,7 +152,7 @@ static void trainer_main(void *arg) {
     fo.control = &r->control;
     if (r->dir[0] != '\0')
       fo.checkpoint_dir = r->dir;
-    fo.resume_from = r->resume_path[0] && access(r->resume_path, F_OK) == 0 ? r->resume_path : NULL;
+    fo.resume_from = from_checkpoint ? r->resume_path : NULL;
     r->epochs = fo.epochs;
     rc = tb_model_fit(job->model, job->train, &fo, &cbs, NULL, &err);
     if (rc == 0 && job->test != NULL) {
@@ -175,11 +199,12 @@ void tb__runs_schedule(tb_server_t *s) {
   if (s->stopping || busy(s))
     return;
   for (tb_run_t *r = s->runs; r != NULL; r = r->next) {
-    if (r->attached || r->state != TB_RUN_QUEUED || r->cancel_requested || r->thread_started ||
-        r->job == NULL)
+    if (r->attached || (r->state != TB_RUN_QUEUED && !r->restored) || r->cancel_requested ||
+        r->thread_started || r->job == NULL)
       continue;
-    r->state = TB_RUN_RUNNING; /* the loop's view until the trainer's state event */
-    tb__lockstep_recount(r);   /* subscriptions made before the run existed */
+    if (r->state == TB_RUN_QUEUED)
+      r->state = TB_RUN_RUNNING; /* the loop's view until the trainer's state event */
+    tb__lockstep_recount(r);     /* subscriptions made before the run existed */
     if (uv_thread_create(&r->thread, trainer_main, r) != 0) {
       tb__log(s, 0, "run %s: cannot start a thread", r->id);
       r->state = TB_RUN_QUEUED;
@@ -196,57 +221,101 @@ bool tb__runs_all_done(tb_server_t *s) {
 }
 
 /* Shutdown: running jobs checkpoint at their next batch boundary and leave
- * fit(); trainers blocked in a lockstep wait are released first. */
+ * fit(). */
 void tb__runs_shutdown(tb_server_t *s) {
   for (tb_run_t *r = s->runs; r != NULL; r = r->next) {
     if (!r->thread_started || r->thread_joined)
       continue;
+    /* A lockstep wait in progress is not cut short: its subscribers stay
+     * connected until the trainers are done, and their answer takes effect
+     * before the checkpoint, as it would have without the restart. */
     tb_control_shutdown(&r->control);
-    atomic_store(&r->lockstep_mask, 0);
-    pthread_mutex_lock(&r->ls_mu);
-    r->ls_armed = true;
-    r->ls_waiting = 0;
-    pthread_cond_broadcast(&r->ls_cv);
-    pthread_mutex_unlock(&r->ls_mu);
   }
 }
 
 /* ---- restore after a restart ------------------------------------------------- */
 
-/* The last seq and the last state of a run's log, and its class names. A
- * torn last line (a crash in the middle of a write) is cut off. */
-static void scan_log(const char *path, int64_t *last_seq, tb_run_state_t *state, int *epochs,
-                     tb_classes_t **classes) {
-  *last_seq = 0;
-  *state = TB_RUN_QUEUED;
+/* Rebuilds the loop's view of a run from its log: every complete event line
+ * goes back into the ring (so status, history and replays answer as before
+ * the restart), and through the same tracking as a live event (state, epoch,
+ * batch, last seq), and its class names (its last train_begin's) come back
+ * too. The learning rate is not in every event: it comes from
+ * the status file the loop kept (tb__run_save_status) and from the set_lr
+ * control events after it. A torn last line (a crash in the middle of a
+ * write) is cut off. */
+static void load_log(tb_run_t *r, const char *path) {
   FILE *f = fopen(path, "r+");
   if (f == NULL)
     return;
+  int64_t lr_seq = -1;
+  double lr = 0;
+  char spath[1200];
+  snprintf(spath, sizeof(spath), "%s/status", r->dir);
+  FILE *sf = fopen(spath, "r");
+  if (sf != NULL) {
+    char line[1024];
+    if (fgets(line, sizeof(line), sf) != NULL) {
+      cJSON *st = cJSON_Parse(line);
+      tb_run_info_t info;
+      tb_proto_err_t perr;
+      if (st != NULL && tb_run_info_decode(st, &info, &perr) == 0 && info.has_lr) {
+        lr_seq = info.last_seq;
+        lr = info.lr;
+      }
+      cJSON_Delete(st);
+    }
+    fclose(sf);
+  }
+  tb_smsg_t *m = malloc(sizeof(*m));
+  tb_rec_t *rec = malloc(sizeof(*rec));
   char *line = NULL;
   size_t cap = 0;
   ssize_t n;
   long good = 0;
-  while ((n = getline(&line, &cap, f)) > 0) {
+  while (m != NULL && rec != NULL && (n = getline(&line, &cap, f)) > 0) {
     if (line[n - 1] != '\n')
       break;
     good = ftell(f);
-    const char *p = strstr(line, "\"seq\":");
-    if (p != NULL)
-      *last_seq = strtoll(p + 6, NULL, 10);
-    if (strstr(line, "\"event\":\"train_begin\"") != NULL &&
-        strstr(line, "\"classes\":[") != NULL) {
-      tb_classes_free(*classes);
-      *classes = tb__event_classes(line, (size_t)n);
+    tb_proto_err_t perr;
+    if (tb_smsg_decode(line, (size_t)n - 1, m, &perr) != 0 || m->kind != TB_SMSG_EVENT ||
+        m->event.seq <= r->last_seq) {
+      tb_smsg_free(m);
+      continue;
     }
-    if (strstr(line, "\"event\":\"state\"") != NULL) {
-      const char *st = strstr(line, "\"state\":\"");
-      char name[32] = "";
-      if (st != NULL && sscanf(st + 9, "%31[a-z]", name) == 1)
-        *state = tb_run_state_from_name(name);
+    const tb_event_t *ev = &m->event;
+    memset(rec, 0, sizeof(*rec));
+    rec->run = r;
+    rec->seq = ev->seq;
+    rec->kind = tb_event_from_name(ev->name);
+    rec->epoch = (int)ev->epoch;
+    rec->batch = (int)ev->batch;
+    rec->lr = NAN;
+    if (rec->kind == TB_EVENT_CONTROL && ev->action != NULL && strcmp(ev->action, "set_lr") == 0 &&
+        ev->has_value)
+      rec->lr = ev->value;
+    if (rec->kind == TB_EVENT_STATE) {
+      rec->state = ev->state ? tb_run_state_from_name(ev->state) : TB_RUN_INVALID;
+      rec->prev_state = ev->prev_state ? tb_run_state_from_name(ev->prev_state) : TB_RUN_INVALID;
     }
-    (void)epochs;
+    if (rec->kind == TB_EVENT_TRAIN_BEGIN && strstr(line, "\"classes\":[") != NULL) {
+      tb_classes_free(r->classes);
+      r->classes = tb__event_classes(line, (size_t)n);
+    }
+    tb_ev_t *e = tb__ev_new(line, (size_t)n, ev->seq, rec->kind, rec->batch);
+    tb_smsg_free(m);
+    if (e == NULL)
+      break;
+    tb__run_track(r, rec);
+    if (rec->seq == lr_seq) {
+      r->has_lr = true;
+      r->lr = lr;
+    }
+    tb__run_retain(r, e);
+    tb__ev_unref(e);
   }
   free(line);
+  free(m);
+  free(rec);
   if (ftruncate(fileno(f), good) != 0) {
     /* Nothing better to do: the next line is appended after the tear. */
   }
@@ -299,12 +368,6 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
     snprintf(id, sizeof(id), "r%d", ids[i]);
     if (ids[i] > s->next_run)
       s->next_run = ids[i];
-    int64_t last_seq;
-    tb_run_state_t state;
-    int epochs = 0;
-    tb_classes_t *classes = NULL;
-    snprintf(path, sizeof(path), "%s/%s/events.ndjson", runs, id);
-    scan_log(path, &last_seq, &state, &epochs, &classes);
     /* The job as submitted, with the folder its relative paths meant. */
     char base[1100] = "";
     snprintf(path, sizeof(path), "%s/%s/base_dir", runs, id);
@@ -341,23 +404,23 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
     free(text);
     if (jr != 0) {
       tb__log(s, 0, "restore: run %s: %s; skipped", id, jerr.msg);
-      tb_classes_free(classes);
       continue;
     }
     tb_run_t *r = tb__run_new(s, id, false);
     if (r == NULL) {
       tb_job_free(job);
-      tb_classes_free(classes);
       return tb_errf(err, TB_ENOMEM, "restore: out of memory");
     }
     r->job = job;
-    r->classes = classes;
     r->epochs = job->fit.epochs;
-    r->seq = last_seq;
-    r->last_seq = last_seq;
+    snprintf(path, sizeof(path), "%s/%s/events.ndjson", runs, id);
+    load_log(r, path);
+    s->n_events += r->last_seq;
+    r->seq = r->last_seq;
+    r->logged_seq = r->last_seq;
+    tb_run_state_t state = r->state;
     bool final = state == TB_RUN_FINISHED || state == TB_RUN_STOPPED || state == TB_RUN_CANCELLED ||
                  state == TB_RUN_FAILED;
-    r->state = final ? state : TB_RUN_QUEUED;
     /* A run that will train again is checked again: the data directories or
      * the budget may have changed since it was submitted. */
     if (!final &&
@@ -368,10 +431,16 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
       continue;
     }
     if (!final) {
+      /* It keeps the state it had (running, paused, stopping; queued if it
+       * never started) and gets a trainer at the next schedule. */
+      r->restored = true;
+      r->restored_state = state;
+      r->stop_requested = state == TB_RUN_STOPPING;
       snprintf(r->resume_path, sizeof(r->resume_path), "%s/%s", r->dir, TB_CHECKPOINT_LATEST);
-      tb__log(s, 1, "restore: run %s continues from %s (last event %lld)", id,
+      tb__log(s, 1, "restore: run %s (%s) continues from %s (last event %lld)", id,
+              tb_run_state_name(state),
               access(r->resume_path, F_OK) == 0 ? r->resume_path : "the start",
-              (long long)last_seq);
+              (long long)r->last_seq);
     }
   }
   return 0;

@@ -299,7 +299,7 @@ static int make_token(char *out, size_t len) {
   return 0;
 }
 
-static int write_private(const char *path, const char *text) {
+int tb__write_private(const char *path, const char *text) {
   char tmp[1200];
   snprintf(tmp, sizeof(tmp), "%s.tmp", path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -388,6 +388,30 @@ static int setup_policies(tb_server_t *s, tb_err_t *err) {
   return 0;
 }
 
+/* The token an earlier start kept in dir/token, if the file holds one (1 to
+ * TB_PROTO_TOKEN_MAX - 1 printable characters without blanks, then a newline);
+ * anything else is ignored and a new token is generated. */
+static bool read_token(const char *dir, char *out, size_t cap) {
+  char path[1200], line[TB_PROTO_TOKEN_MAX + 2];
+  snprintf(path, sizeof(path), "%s/token", dir);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return false;
+  bool ok = fgets(line, sizeof(line), f) != NULL;
+  fclose(f);
+  if (!ok)
+    return false;
+  size_t n = strcspn(line, "\n");
+  if (n == 0 || n >= TB_PROTO_TOKEN_MAX || n >= cap)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (line[i] <= ' ' || line[i] > '~')
+      return false;
+  memcpy(out, line, n);
+  out[n] = '\0';
+  return true;
+}
+
 int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   *out = NULL;
   tb_server_t *s = calloc(1, sizeof(*s));
@@ -431,6 +455,9 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       goto fail;
     }
     snprintf(s->token, sizeof(s->token), "%s", s->o.token);
+  } else if (s->state_dir[0] != '\0' && read_token(s->state_dir, s->token, sizeof(s->token))) {
+    /* Generated once and kept: a restarted daemon is the same daemon to its
+     * clients, whose token stays valid. */
   } else if ((r = make_token(s->token, sizeof(s->token))) != 0) {
     tb_errf(err, r, "cannot generate a token: %s", tb_strerror(r));
     goto fail;
@@ -439,7 +466,7 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
     char path[1200], text[300];
     snprintf(path, sizeof(path), "%s/token", s->state_dir);
     snprintf(text, sizeof(text), "%s\n", s->token);
-    if ((r = write_private(path, text)) != 0) {
+    if ((r = tb__write_private(path, text)) != 0) {
       tb_errf(err, r, "cannot write %s: %s", path, tb_strerror(r));
       goto fail;
     }
@@ -454,7 +481,7 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       char path[1200], text[320];
       snprintf(path, sizeof(path), "%s/address", s->state_dir);
       snprintf(text, sizeof(text), "%s\n", s->listeners[i].address);
-      write_private(path, text);
+      tb__write_private(path, text);
       break;
     }
   }
@@ -588,15 +615,15 @@ int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *
       memcpy(text, json, len);
       text[len] = '\0';
       snprintf(path, sizeof(path), "%s/job.json", run->dir);
-      write_private(path, text);
+      tb__write_private(path, text);
       free(text);
     }
     snprintf(path, sizeof(path), "%s/base_dir", run->dir);
     snprintf(base, sizeof(base), "%s\n", base_dir ? base_dir : "");
-    write_private(path, base);
+    tb__write_private(path, base);
     /* Whose job it is: a restart holds it to the same policy. */
     snprintf(path, sizeof(path), "%s/submitted_by", run->dir);
-    write_private(path, network ? "network\n" : "operator\n");
+    tb__write_private(path, network ? "network\n" : "operator\n");
   }
   snprintf(run_id, 64, "%s", id);
   uv_async_send(&s->wake);

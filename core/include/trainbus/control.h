@@ -89,9 +89,15 @@ void tb_control_checkpoint(tb_control_t *c, const char *by);
  * note answers it. */
 int tb_control_set_lr_ticket(tb_control_t *c, double lr, const char *by, uint64_t *ticket);
 void tb_control_checkpoint_ticket(tb_control_t *c, const char *by, uint64_t *ticket);
+/* A pause that was noted already: the trainer waits at its next boundary
+ * without a new PAUSE note (a run that was paused when its process stopped,
+ * continuing after a restart). Called by the trainer's thread, or before
+ * training starts; tb_control_resume ends it with a RESUME note as usual. */
+void tb_control_hold(tb_control_t *c, const char *by);
 /* Asks the trainer to checkpoint and leave fit() with TB_EINTERRUPTED at the
  * next boundary, without firing the remaining hooks, so that the run can be
- * resumed exactly later; ends a pause. */
+ * resumed exactly later; ends the wait of a pause without a RESUME note (the
+ * run stays paused for whoever resumes it). */
 void tb_control_shutdown(tb_control_t *c);
 /* True while a pause is requested. */
 bool tb_control_paused(tb_control_t *c);
