@@ -44,7 +44,9 @@ extern const char tb_cli_conn_help[];
 int tb_cli_conn_opt(tb_cli_conn_t *o, int argc, char **argv, int *i);
 
 /* Resolves address and token (options, then TRAINBUS_ADDR / TRAINBUS_TOKEN,
- * then the files the daemon wrote in the state directory) and connects.
+ * then the files the daemon wrote in the state directory, read again at every
+ * reconnect; that directory's token is sent only to its own address) and
+ * connects.
  * Returns TB_EXIT_OK with *c set, or prints one line and returns an exit code. */
 int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c);
 

@@ -18,9 +18,10 @@ const char tb_cli_conn_help[] =
     "  --connect ADDR       the daemon: HOST:PORT, unix:PATH or a socket path\n"
     "                       (default: $TRAINBUS_ADDR, else STATE_DIR/address)\n"
     "  --token TOKEN        the daemon's token (default: $TRAINBUS_TOKEN, else\n"
-    "                       STATE_DIR/token if readable)\n"
-    "  --state-dir DIR      where trainbusd wrote address and token (default:\n"
-    "                       $TRAINBUS_STATE_DIR, else ~/.trainbus)\n"
+    "                       STATE_DIR/token, sent only to STATE_DIR/address)\n"
+    "  --state-dir DIR      where trainbusd wrote address and token, read again at\n"
+    "                       every reconnect (default: $TRAINBUS_STATE_DIR, else\n"
+    "                       ~/.trainbus)\n"
     "  --timeout SECONDS    give up on an answer after this long (default 60)\n"
     "  -h, --help           this help\n";
 
@@ -58,20 +59,6 @@ int tb_cli_conn_opt(tb_cli_conn_t *o, int argc, char **argv, int *i) {
   return 1;
 }
 
-/* Reads the first line of dir/name into out; false if there is none. */
-static bool read_state_file(const char *dir, const char *name, char *out, size_t cap) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  FILE *f = fopen(path, "r");
-  if (f == NULL)
-    return false;
-  bool ok = fgets(out, (int)cap, f) != NULL;
-  fclose(f);
-  if (ok)
-    out[strcspn(out, "\r\n")] = '\0';
-  return ok && out[0] != '\0';
-}
-
 static void state_dir(const tb_cli_conn_t *o, char *out, size_t cap) {
   const char *d = o->state_dir ? o->state_dir : getenv("TRAINBUS_STATE_DIR");
   if (d != NULL && d[0] != '\0') {
@@ -82,37 +69,34 @@ static void state_dir(const tb_cli_conn_t *o, char *out, size_t cap) {
   snprintf(out, cap, "%s/.trainbus", home && home[0] ? home : ".");
 }
 
+/* The address and token given (options, then environment) go to the library
+ * as they are; what is missing the library reads from the state directory's
+ * files at every (re)connect, and it sends that directory's token only to
+ * that directory's address. */
 int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c) {
-  char dir[2048], addr[1024], token[TB_PROTO_TOKEN_MAX];
+  char dir[1024];
   state_dir(o, dir, sizeof dir);
   const char *env_addr = getenv("TRAINBUS_ADDR"), *env_token = getenv("TRAINBUS_TOKEN");
-  if (o->connect)
-    snprintf(addr, sizeof addr, "%s", o->connect);
-  else if (env_addr && env_addr[0])
-    snprintf(addr, sizeof addr, "%s", env_addr);
-  else if (!read_state_file(dir, "address", addr, sizeof addr)) {
-    fprintf(stderr,
-            "%s: no daemon address: give --connect HOST:PORT, set TRAINBUS_ADDR, or start "
-            "trainbusd (it writes %s/address)\n",
-            o->cmd, dir);
-    return TB_EXIT_CONNECT;
-  }
-  if (o->token)
-    snprintf(token, sizeof token, "%s", o->token);
-  else if (env_token && env_token[0])
-    snprintf(token, sizeof token, "%s", env_token);
-  else if (!read_state_file(dir, "token", token, sizeof token))
-    token[0] = '\0';
-
+  const char *addr = o->connect ? o->connect : env_addr && *env_addr ? env_addr : NULL;
+  const char *token = o->token ? o->token : env_token && *env_token ? env_token : NULL;
   tb_client_opts_t opts = {.addr = addr,
                            .token = token,
+                           .state_dir = dir,
                            .role = role,
                            .name = "trainbus-cli",
                            .connect_timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 0,
                            .call_timeout_ms = o->timeout_ms};
   tb_client_err_t err;
-  if (tb_client_connect(&opts, c, &err) != 0)
+  if (tb_client_connect(&opts, c, &err) != 0) {
+    if (addr == NULL && err.code == TB_CLIENT_EADDRESS) {
+      fprintf(stderr,
+              "%s: no daemon address: give --connect HOST:PORT, set TRAINBUS_ADDR, or start "
+              "trainbusd (it writes %s/address)\n",
+              o->cmd, dir);
+      return TB_EXIT_CONNECT;
+    }
     return tb_cli_fail(o->cmd, &err);
+  }
   return TB_EXIT_OK;
 }
 

@@ -9,16 +9,24 @@
  * so it takes effect before training goes on, exactly where the local
  * callback's would. The decision logic is the local one, line for line.
  *
- *   plateau_remote [--connect ADDR] [--token TOKEN] [--run ID]
+ *   plateau_remote [--connect ADDR] [--token TOKEN] [--state-dir DIR] [--run ID]
+ *                  [--reconnect SECONDS]
  *
- * ADDR and TOKEN default to TRAINBUS_ADDR and TRAINBUS_TOKEN; RUN to the only
- * run that has not ended. Exits 0 when the run ends, 1 on an error. */
+ * ADDR and TOKEN default to TRAINBUS_ADDR and TRAINBUS_TOKEN, else to the
+ * files of the daemon's state directory DIR (default TRAINBUS_STATE_DIR),
+ * read again at every reconnect; RUN to the only run that has not ended. If
+ * the daemon goes away (a restart with --resume), the callback reconnects for
+ * up to SECONDS (default 60) and goes on where it was: the library resumes the
+ * subscription after the last event seen, and answers again a lockstep event
+ * the restarted daemon asks about again. Exits 0 when the run ends, 1 on an
+ * error. */
 #include "trainbus/client.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct plateau_s {
   double best;
@@ -71,22 +79,52 @@ static const char *pick_run(tb_client_t *c, char *buf) {
   return found == 1 ? buf : NULL;
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Connects again until the daemon is back or `seconds` have passed. */
+static int reconnect(tb_client_t *c, double seconds, tb_client_err_t *err) {
+  double give_up = now_s() + seconds;
+  int delay_ms = 50;
+  for (;;) {
+    int rc = tb_client_reconnect(c, err);
+    if (rc == 0 || tb_client_err_is_remote(rc) || now_s() >= give_up)
+      return rc;
+    struct timespec ts = {.tv_sec = delay_ms / 1000, .tv_nsec = (delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    delay_ms = delay_ms < 500 ? delay_ms * 2 : 500;
+  }
+}
+
 int main(int argc, char **argv) {
   const char *addr = getenv("TRAINBUS_ADDR"), *token = getenv("TRAINBUS_TOKEN"), *run = NULL;
+  const char *dir = getenv("TRAINBUS_STATE_DIR");
+  double reconnect_s = 60;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (strcmp(argv[i], "--connect") == 0)
       addr = argv[i + 1];
     else if (strcmp(argv[i], "--token") == 0)
       token = argv[i + 1];
+    else if (strcmp(argv[i], "--state-dir") == 0)
+      dir = argv[i + 1];
     else if (strcmp(argv[i], "--run") == 0)
       run = argv[i + 1];
+    else if (strcmp(argv[i], "--reconnect") == 0)
+      reconnect_s = atof(argv[i + 1]);
   }
-  if (addr == NULL) {
-    fprintf(stderr, "usage: plateau_remote [--connect HOST:PORT] [--token TOKEN] [--run ID]\n");
+  if ((addr == NULL || addr[0] == '\0') && (dir == NULL || dir[0] == '\0')) {
+    fprintf(stderr, "usage: plateau_remote [--connect HOST:PORT] [--token TOKEN] "
+                    "[--state-dir DIR] [--run ID] [--reconnect SECONDS]\n");
     return 2;
   }
-  tb_client_opts_t o = {
-      .addr = addr, .token = token, .role = TB_ROLE_CONTROLLER, .name = "plateau_remote"};
+  tb_client_opts_t o = {.addr = addr && addr[0] ? addr : NULL,
+                        .token = token && token[0] ? token : NULL,
+                        .state_dir = dir,
+                        .role = TB_ROLE_CONTROLLER,
+                        .name = "plateau_remote"};
   tb_client_t *c = NULL;
   tb_client_err_t err;
   char buf[TB_PROTO_RUN_MAX];
@@ -115,14 +153,25 @@ int main(int argc, char **argv) {
   plateau_t state = {.best = INFINITY};
   tb_smsg_t *m = malloc(sizeof *m);
   int ex = 1;
-  while (m != NULL && tb_client_next(c, -1, m, &err) == 0) {
+  for (;;) {
+    int rc = m != NULL ? tb_client_next(c, -1, m, &err) : TB_CLIENT_ENOMEM;
+    if (rc != 0) {
+      /* The daemon went away (a restart): come back where we were. */
+      if (rc == TB_CLIENT_ENOMEM || tb_client_err_is_remote(rc) ||
+          reconnect(c, reconnect_s, &err) != 0)
+        break;
+      continue;
+    }
     const tb_event_t *ev = &m->event;
     bool end = false;
     if (m->kind == TB_SMSG_EVENT && strcmp(ev->name, "epoch_end") == 0) {
       tb_client_actions_t act = {0};
       on_epoch_end(&state, ev->epoch, ev, &act);
       fflush(stdout);
-      if (ev->lockstep && tb_client_continue(c, ev->run, ev->seq, &act, &err) != 0)
+      /* A continue lost with the connection is asked for again after the
+       * restart, and the library sends this same answer then. */
+      if (ev->lockstep && tb_client_continue(c, ev->run, ev->seq, &act, &err) != 0 &&
+          tb_client_err_is_remote(err.code))
         fprintf(stderr, "plateau_remote: continue: %s\n", err.msg);
     } else if (m->kind == TB_SMSG_EVENT && strcmp(ev->name, "state") == 0 && ev->state &&
                (strcmp(ev->state, "finished") == 0 || strcmp(ev->state, "stopped") == 0 ||

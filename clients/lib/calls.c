@@ -216,6 +216,7 @@ int tb_client_continue(tb_client_t *c, const char *run, int64_t seq,
   if (r == NULL)
     return rc;
   r->cont.seq = seq;
+  tb__client_note_answer(c, run, seq, actions);
   if (actions != NULL) {
     r->cont.has_lr = actions->has_lr;
     r->cont.lr = actions->lr;

@@ -256,10 +256,48 @@ int tb_client_call(tb_client_t *c, const tb_req_t *r, cJSON **result, tb_client_
   return call_until(c, r, tb__deadline(c->call_timeout_ms), result, err);
 }
 
+/* Reads the first line of dir/name into out; false if there is none. */
+static bool state_file(const char *dir, const char *name, char *out, size_t cap) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return false;
+  bool ok = fgets(out, (int)cap, f) != NULL;
+  fclose(f);
+  if (ok)
+    out[strcspn(out, "\r\n")] = '\0';
+  return ok && out[0] != '\0';
+}
+
+/* Address and token from the state directory, read now: a restarted daemon
+ * may listen elsewhere. The directory's token goes to its own address only. */
+static int resolve(tb_client_t *c, tb_client_err_t *err) {
+  if (c->state_dir[0] == '\0')
+    return 0;
+  char addr[sizeof c->addr];
+  bool has_addr = state_file(c->state_dir, "address", addr, sizeof addr);
+  if (!c->addr_given) {
+    if (!has_addr)
+      return tb__cerr(err, TB_CLIENT_EADDRESS,
+                      "no daemon address in %s/address (is trainbusd running with this state "
+                      "directory?)",
+                      c->state_dir);
+    snprintf(c->addr, sizeof c->addr, "%s", addr);
+  }
+  if (!c->token_given && !(has_addr && strcmp(addr, c->addr) == 0 &&
+                           state_file(c->state_dir, "token", c->token, sizeof c->token)))
+    c->token[0] = '\0';
+  return 0;
+}
+
 /* Opens the socket, reads hello, authenticates. */
 static int open_and_auth(tb_client_t *c, tb_client_err_t *err) {
   drop(c);
   c->bye_reason[0] = '\0';
+  int rc0 = resolve(c, err);
+  if (rc0 != 0)
+    return rc0;
   int fd = tb__sock_open(c->addr, c->connect_timeout_ms, err);
   if (fd < 0)
     return fd;
@@ -334,10 +372,14 @@ int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client
   err_clear(err);
   if (out)
     *out = NULL;
-  if (opts == NULL || out == NULL || opts->addr == NULL || opts->addr[0] == '\0')
-    return tb__cerr(err, TB_CLIENT_EINVALID, "tb_client_connect: an address is required");
-  if (strlen(opts->addr) >= sizeof((tb_client_t *)0)->addr)
-    return tb__cerr(err, TB_CLIENT_EADDRESS, "address too long");
+  bool has_addr = opts != NULL && opts->addr != NULL && opts->addr[0] != '\0';
+  bool has_dir = opts != NULL && opts->state_dir != NULL && opts->state_dir[0] != '\0';
+  if (opts == NULL || out == NULL || (!has_addr && !has_dir))
+    return tb__cerr(err, TB_CLIENT_EINVALID,
+                    "tb_client_connect: an address or a state directory is required");
+  if ((has_addr && strlen(opts->addr) >= sizeof((tb_client_t *)0)->addr) ||
+      (has_dir && strlen(opts->state_dir) >= sizeof((tb_client_t *)0)->state_dir))
+    return tb__cerr(err, TB_CLIENT_EADDRESS, "address or state directory path too long");
   if (opts->token != NULL && strlen(opts->token) >= TB_PROTO_TOKEN_MAX)
     return tb__cerr(err, TB_CLIENT_EINVALID, "token longer than %d bytes", TB_PROTO_TOKEN_MAX - 1);
   if (opts->role != TB_ROLE_NONE && opts->role != TB_ROLE_OBSERVER &&
@@ -347,8 +389,11 @@ int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client
   if (c == NULL)
     return tb__cerr(err, TB_CLIENT_ENOMEM, "out of memory");
   c->fd = -1;
-  snprintf(c->addr, sizeof c->addr, "%s", opts->addr);
+  snprintf(c->addr, sizeof c->addr, "%s", has_addr ? opts->addr : "");
   snprintf(c->token, sizeof c->token, "%s", opts->token ? opts->token : "");
+  snprintf(c->state_dir, sizeof c->state_dir, "%s", has_dir ? opts->state_dir : "");
+  c->addr_given = has_addr;
+  c->token_given = opts->token != NULL && opts->token[0] != '\0';
   snprintf(c->name, sizeof c->name, "%s", opts->name ? opts->name : "libtrainbus");
   c->want_role = opts->role == TB_ROLE_CONTROLLER ? TB_ROLE_CONTROLLER : TB_ROLE_OBSERVER;
   c->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
@@ -407,22 +452,41 @@ int64_t tb_client_last_seq(const tb_client_t *c, const char *run) {
   return s ? s->last : 0;
 }
 
-/* Records seq as delivered; returns false if it was delivered before. */
-static int seq_advance(tb_client_t *c, const char *run, int64_t seq, bool *fresh) {
+static tb__seq_t *seq_get(tb_client_t *c, const char *run) {
   tb__seq_t *s = seq_find(c, run);
   if (s == NULL) {
     if (c->n_seqs == c->cap_seqs) {
       int cap = c->cap_seqs ? c->cap_seqs * 2 : 8;
       tb__seq_t *p = realloc(c->seqs, (size_t)cap * sizeof *p);
       if (p == NULL)
-        return TB_CLIENT_ENOMEM;
+        return NULL;
       c->seqs = p;
       c->cap_seqs = cap;
     }
     s = &c->seqs[c->n_seqs++];
+    memset(s, 0, sizeof *s);
     snprintf(s->run, sizeof s->run, "%s", run);
-    s->last = 0;
   }
+  return s;
+}
+
+void tb__client_note_answer(tb_client_t *c, const char *run, int64_t seq,
+                            const tb_client_actions_t *a) {
+  tb__seq_t *s = seq_get(c, run);
+  if (s == NULL)
+    return; /* out of memory: a repeated ask is then answered by the caller */
+  s->answered = seq;
+  if (a != NULL)
+    s->answer = *a;
+  else
+    memset(&s->answer, 0, sizeof s->answer);
+}
+
+/* Records seq as delivered; returns false if it was delivered before. */
+static int seq_advance(tb_client_t *c, const char *run, int64_t seq, bool *fresh) {
+  tb__seq_t *s = seq_get(c, run);
+  if (s == NULL)
+    return TB_CLIENT_ENOMEM;
   *fresh = seq > s->last;
   if (*fresh)
     s->last = seq;
@@ -469,6 +533,26 @@ int tb_client_next(tb_client_t *c, int timeout_ms, tb_smsg_t *msg, tb_client_err
       }
       if (fresh)
         return 0;
+      if (msg->event.lockstep) {
+        /* Asked again by a restarted daemon: repeat the answer given, or
+         * hand the event out again if it was never answered. */
+        const tb__seq_t *s = seq_find(c, msg->event.run);
+        if (s == NULL || s->answered != msg->event.seq)
+          return 0;
+        char run[TB_PROTO_RUN_MAX];
+        int64_t seq = msg->event.seq;
+        tb_client_actions_t a = s->answer;
+        snprintf(run, sizeof run, "%s", msg->event.run);
+        tb_smsg_free(msg);
+        tb_client_err_t cerr;
+        rc = tb_client_continue(c, run, seq, &a, &cerr);
+        if (rc != 0 && !tb_client_err_is_remote(rc)) {
+          if (err != NULL)
+            *err = cerr;
+          return rc;
+        }
+        continue;
+      }
       break;
     case TB_SMSG_BYE:
       snprintf(c->bye_reason, sizeof c->bye_reason, "%s", msg->bye.reason);

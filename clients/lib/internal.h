@@ -14,10 +14,14 @@ typedef struct tb__line_s {
   char text[];
 } tb__line_t;
 
-/* The last seq delivered per run, for deduplication and resuming. */
+/* The last seq delivered per run, for deduplication and resuming, and the
+ * last lockstep answer sent for it, to repeat when a restarted daemon asks
+ * again. */
 typedef struct tb__seq_s {
   char run[TB_PROTO_RUN_MAX];
   int64_t last;
+  int64_t answered; /* seq of the last continue sent, 0 if none */
+  tb_client_actions_t answer;
 } tb__seq_t;
 
 /* A subscription to renew on reconnect. */
@@ -31,6 +35,8 @@ struct tb_client_s {
   int fd; /* -1 while disconnected */
   char addr[1024];
   char token[TB_PROTO_TOKEN_MAX];
+  char state_dir[1024]; /* "" if none: address and token are read there at every connect */
+  bool addr_given, token_given;
   char name[TB_PROTO_TEXT_MAX];
   tb_role_t want_role, role;
   int connect_timeout_ms, call_timeout_ms;
@@ -69,5 +75,9 @@ int tb__sock_send(int fd, const char *buf, size_t len, int64_t deadline_ms);
 int64_t tb__now_ms(void);
 /* A deadline timeout_ms from now; -1 (none) for a negative timeout. */
 int64_t tb__deadline(int timeout_ms);
+
+/* Records the answer sent for lockstep event seq of run (calls.c). */
+void tb__client_note_answer(tb_client_t *c, const char *run, int64_t seq,
+                            const tb_client_actions_t *a);
 
 #endif

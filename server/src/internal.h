@@ -133,6 +133,9 @@ struct tb_run_s {
   _Atomic int lockstep_timeout_ms;
   pthread_mutex_t ls_mu;
   pthread_cond_t ls_cv;
+  int gate; /* a restored run waits for this many lockstep subscriptions of before
+               the restart to be renewed (ghosts.c), at most gate_timeout_ms */
+  int gate_timeout_ms;
   int64_t ls_seq; /* the seq being waited on, 0 if none */
   int ls_waiting; /* answers still expected */
   bool ls_armed;  /* the loop has counted the answers for ls_seq */
@@ -277,6 +280,7 @@ struct tb_server_s {
   tb_server_opts_t o;
   char token[256];
   char state_dir[1024];
+  bool address_file; /* this daemon wrote state_dir/address */
   uv_loop_t loop;
   listener_t listeners[TB_SERVER_MAX_LISTEN];
   int n_listeners;
@@ -319,6 +323,8 @@ struct tb_server_s {
    * at once. */
   bool all_touched_full, drain_paused;
   uv_timer_t pause_timer;
+  struct tb_ghost_s *ghosts; /* lockstep subscriptions of before a restart, not yet renewed */
+  int n_ghosts;
 
   conn_t *conns;
   int n_conns;
@@ -389,6 +395,12 @@ void tb__lockstep_recount(tb_run_t *r);
 void tb__lockstep_answer(tb_run_t *r, conn_t *c, int64_t seq, bool *ok);
 void tb__lockstep_release_conn(conn_t *c);
 void tb__pending_fail(tb_run_t *r, const char *why);
+/* ghosts.c: lockstep subscriptions across a restart */
+void tb__ghosts_save(tb_server_t *s);
+void tb__ghosts_load(tb_server_t *s);
+void tb__ghosts_renewed(tb_server_t *s, const sub_t *sb);
+void tb__ghosts_wait(tb_run_t *r); /* trainer thread, before training */
+void tb__ghosts_open(tb_run_t *r); /* ends the wait (shutdown) */
 /* conn.c */
 void tb__conn_accept(listener_t *l);
 /* A new connection (stream or WebSocket) joins the server and gets hello. */

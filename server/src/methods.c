@@ -122,9 +122,11 @@ static bool controllable(conn_t *c, const tb_req_t *q, tb_run_t *r) {
   return false;
 }
 
+/* The lockstep subscriptions changed. */
 static void recount_all(tb_server_t *s) {
   for (tb_run_t *r = s->runs; r != NULL; r = r->next)
     tb__lockstep_recount(r);
+  tb__ghosts_save(s);
 }
 
 void tb__conn_drop_subs(conn_t *c) {
@@ -191,8 +193,10 @@ static void do_subscribe(conn_t *c, const tb_req_t *q) {
   tb_msg_result_subscribe(&b, &q->id, sb->id, single ? single->last_seq + 1 : 0);
   reply(c, &b);
   tb_buf_free(&b);
-  if (sb->lockstep)
+  if (sb->lockstep) {
+    tb__ghosts_renewed(s, sb);
     recount_all(s);
+  }
   if (replay != NULL)
     tb__replay_pump(c);
 }

@@ -131,6 +131,7 @@ static void trainer_main(void *arg) {
   tb_callbacks_init(&cbs);
   bool from_checkpoint = r->resume_path[0] && access(r->resume_path, F_OK) == 0;
   bool started = r->restored && r->restored_state != TB_RUN_QUEUED;
+  tb__ghosts_wait(r);
   tb__publisher_begin(r, from_checkpoint);
   /* A restored run that had started is still in its state (running, paused,
    * stopping): nothing changed for its clients. Without a checkpoint it
@@ -230,6 +231,7 @@ void tb__runs_shutdown(tb_server_t *s) {
      * connected until the trainers are done, and their answer takes effect
      * before the checkpoint, as it would have without the restart. */
     tb_control_shutdown(&r->control);
+    tb__ghosts_open(r);
   }
 }
 

@@ -270,7 +270,30 @@ static void on_handle_closed(uv_handle_t *h) {
   (void)h;
 }
 
+/* A stopped daemon's address must not send its clients elsewhere: a client
+ * that finds no address file knows the daemon is gone (and retries), where a
+ * stale one could lead it, with this directory's token, to whatever listens
+ * on that port next. The file is removed only if it is still ours. */
+static void remove_address_file(tb_server_t *s) {
+  if (!s->address_file)
+    return;
+  char path[1200], text[320] = "";
+  snprintf(path, sizeof(path), "%s/address", s->state_dir);
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    return;
+  bool ours = fgets(text, sizeof(text), f) != NULL;
+  fclose(f);
+  text[strcspn(text, "\n")] = '\0';
+  for (int i = 0; ours && i < s->n_listeners; i++)
+    if (strcmp(text, s->listeners[i].address) == 0) {
+      unlink(path);
+      break;
+    }
+}
+
 static void close_all(tb_server_t *s) {
+  remove_address_file(s);
   for (conn_t *c = s->conns; c != NULL; c = c->next)
     tb__conn_close(c, "shutdown", "daemon stopping");
   for (int i = 0; i < s->n_listeners; i++)
@@ -481,7 +504,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       char path[1200], text[320];
       snprintf(path, sizeof(path), "%s/address", s->state_dir);
       snprintf(text, sizeof(text), "%s\n", s->listeners[i].address);
-      tb__write_private(path, text);
+      if (tb__write_private(path, text) == 0)
+        s->address_file = true;
       break;
     }
   }
@@ -498,8 +522,11 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   uv_timer_init(&s->loop, &s->pause_timer);
   s->pause_timer.data = s;
   uv_timer_start(&s->tick, on_tick, 200, 200);
-  if (s->o.resume && s->state_dir[0] != '\0' && (r = tb__runs_restore(s, err)) != 0)
-    goto fail;
+  if (s->o.resume && s->state_dir[0] != '\0') {
+    if ((r = tb__runs_restore(s, err)) != 0)
+      goto fail;
+    tb__ghosts_load(s);
+  }
   if (s->state_dir[0] != '\0')
     tb__runs_number_after_existing(s);
   *out = s;
@@ -549,6 +576,7 @@ int tb_server_free(tb_server_t *s) {
     tb__run_free(r);
   }
   tb__http_free(s);
+  free(s->ghosts);
   int closed = uv_loop_close(&s->loop);
   free(s->q);
   free(s->cur);

@@ -75,11 +75,21 @@ typedef struct tb_client_s tb_client_t;
 
 typedef struct tb_client_opts_s {
   /* Where the daemon listens: "HOST:PORT" (an IPv6 host in brackets:
-   * "[::1]:7070"), "unix:PATH", or a PATH containing a '/'. Required; copied. */
+   * "[::1]:7070"), "unix:PATH", or a PATH containing a '/'. Copied. Required
+   * unless state_dir is given. */
   const char *addr;
   /* The token; NULL or "" sends none (enough for an observer on a loopback or
-   * Unix listener). Copied. */
+   * Unix listener), unless state_dir provides one. Copied. */
   const char *token;
+  /* The daemon's state directory (trainbusd --state-dir), or NULL. When addr
+   * is NULL the address is read from its `address` file, and when token is
+   * NULL the token from its `token` file, at connect and again at every
+   * tb_client_reconnect: a daemon restarted with `--listen HOST:0` has a new
+   * port, and the client follows it. The directory's token is sent only to
+   * the directory's own address (the `address` file's text, compared as
+   * written): a client never presents one daemon's token to another, so an
+   * explicit addr of another daemon gets no token from here. Copied. */
+  const char *state_dir;
   /* TB_ROLE_OBSERVER or TB_ROLE_CONTROLLER; TB_ROLE_NONE means observer. */
   tb_role_t role;
   /* Name shown in the daemon's logs and in "by" of control events; NULL for
@@ -96,7 +106,8 @@ typedef struct tb_client_opts_s {
 /* Connects, reads the hello, sends auth and waits for its answer.
  *
  * Returns 0 and a new client in *out, or a negative code with *out = NULL:
- * -errno or TB_CLIENT_EADDRESS when the daemon cannot be reached,
+ * -errno or TB_CLIENT_EADDRESS when the daemon cannot be reached (or,
+ * with only a state_dir, its `address` file is missing),
  * TB_CLIENT_ECLOSED/ETIMEOUT/EBAD_REPLY when it does not answer properly,
  * and TB_PROTO_EUNAUTHORIZED (bad token) or another TB_PROTO_E* when it
  * refuses the auth. err may be NULL. */
@@ -118,7 +129,8 @@ int tb_client_fd(const tb_client_t *c);
  * them without reading the socket). */
 size_t tb_client_pending(const tb_client_t *c);
 
-/* Closes the current connection (if any), connects again with the same options,
+/* Closes the current connection (if any), connects again with the same options
+ * (reading the state directory's files again, when the options named one),
  * and renews every subscription made on this client. A subscription to exactly
  * one run without '*' resumes with since_seq = one more than the last seq
  * delivered for that run (or where it would have started, if none was yet),
@@ -167,6 +179,12 @@ int tb_client_unsubscribe(tb_client_t *c, int64_t sub_id, tb_client_err_t *err);
  * for their run (seq not above the last one delivered, as after a
  * reconnect's replay) are skipped; unknown notifications and stale responses
  * are skipped.
+ *
+ * A lockstep event is the exception: a restarted daemon asks again for the
+ * answer to a lockstep event whose answer never took effect (it stopped while
+ * waiting), with the same seq. If this client answered that seq already
+ * (tb_client_continue), the same answer is sent again here and the event is
+ * not returned; otherwise it is returned again, to be answered.
  *
  * Returns 0 (call tb_smsg_free(msg) when done), TB_CLIENT_ETIMEOUT (nothing
  * in time; *msg zeroed), TB_CLIENT_ECLOSED (the server closed the connection;
@@ -232,7 +250,8 @@ int tb_client_cancel(tb_client_t *c, const char *run, const char *reason, tb_cli
 int tb_client_submit(tb_client_t *c, const char *job_json, size_t job_len,
                      char run_out[TB_PROTO_RUN_MAX], tb_client_err_t *err);
 /* Answers lockstep event seq of run, with actions (may be NULL for none) that
- * take effect before training goes on. */
+ * take effect before training goes on. The client keeps the last answer per
+ * run, to send it again if a restarted daemon asks again (tb_client_next). */
 int tb_client_continue(tb_client_t *c, const char *run, int64_t seq,
                        const tb_client_actions_t *actions, tb_client_err_t *err);
 

@@ -188,6 +188,29 @@ def _pick_run(client):
     return active[0]
 
 
+def _answer(client, run, ev, lr, stop, who, reconnect):
+    """Sends what the callback asked for. A lockstep answer lost with the
+    connection (the daemon restarting) is not sent again here: the restarted
+    daemon asks for it again and the client repeats it (Client.next_event).
+    A plain set_lr or stop is sent again once reconnected."""
+    for attempt in (0, 1):
+        try:
+            if ev.get("lockstep"):
+                client.continue_(run, ev["seq"], set_lr=lr, stop=stop)
+            else:
+                if lr is not None:
+                    client.set_lr(run, lr)
+                if stop:
+                    client.stop(run, reason="stop_training set by %s" % who)
+            return
+        except ConnectionLost:
+            if not reconnect or ev.get("lockstep") or attempt:
+                if reconnect and ev.get("lockstep"):
+                    return
+                raise
+            client.reconnect(retry_for=reconnect)
+
+
 def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_timeout_ms=30000,
                  since_seq=None, every=None, reconnect=60.0, client=None, state_dir=None):
     """Runs callback cb against run (default: the only active run) of the
@@ -200,10 +223,13 @@ def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_ti
     every samples batch events; reconnect is how many seconds to keep
     reconnecting if the daemon goes away (the run resumes with no gap or
     duplicate). client: an existing controller Client to use instead.
+    state_dir: the daemon's state directory, where the address and token are
+    read (at every reconnect too) when addr and token are not given.
     """
     own = client is None
     if own:
-        client = Client(addr, token, role="controller", name=type(cb).__name__)
+        client = Client(addr, token, role="controller", name=type(cb).__name__,
+                        state_dir=state_dir)
     try:
         run = run or _pick_run(client)
         info = client.status(run)
@@ -258,13 +284,7 @@ def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_ti
                 stop = bool(cb.stop_training) and not stop_sent
                 if lr is not None:
                     cb._lr = lr
-                if ev.get("lockstep"):
-                    client.continue_(run, ev["seq"], set_lr=lr, stop=stop)
-                else:
-                    if lr is not None:
-                        client.set_lr(run, lr)
-                    if stop:
-                        client.stop(run, reason="stop_training set by %s" % type(cb).__name__)
+                _answer(client, run, ev, lr, stop, type(cb).__name__, reconnect)
                 stop_sent = stop_sent or stop
         return client.status(run).get("state")
     finally:

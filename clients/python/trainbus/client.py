@@ -74,9 +74,15 @@ def _read_first_line(path):
 def resolve_address(addr=None, token=None, state_dir=None):
     """(addr, token) from the arguments, else TRAINBUS_ADDR / TRAINBUS_TOKEN,
     else the ``address`` and ``token`` files trainbusd writes in its state
-    directory (TRAINBUS_STATE_DIR, else ~/.trainbus). token may be None."""
+    directory (state_dir, else TRAINBUS_STATE_DIR, else ~/.trainbus). The
+    directory's token goes only with the directory's own address: an
+    address of another daemon gets no token from it (a client never presents
+    one daemon's token to another). token may be None."""
     d = _state_dir(state_dir)
-    addr = addr or os.environ.get("TRAINBUS_ADDR") or _read_first_line(os.path.join(d, "address"))
+    addr = addr or os.environ.get("TRAINBUS_ADDR")
+    dir_addr = _read_first_line(os.path.join(d, "address"))
+    if not addr:
+        addr = dir_addr
     if not addr:
         raise ConnectionLost(
             "bad_address",
@@ -84,7 +90,9 @@ def resolve_address(addr=None, token=None, state_dir=None):
             "(it writes %s/address)" % d,
         )
     if token is None:
-        token = os.environ.get("TRAINBUS_TOKEN") or _read_first_line(os.path.join(d, "token"))
+        token = os.environ.get("TRAINBUS_TOKEN") or None
+    if token is None and addr == dir_addr:
+        token = _read_first_line(os.path.join(d, "token"))
     return addr, token
 
 
@@ -158,6 +166,10 @@ class Client:
     timeout: seconds to wait for each call's answer (set_lr and checkpoint
     answer once applied); connect_timeout: for connecting and the handshake.
 
+    state_dir: the daemon's state directory; what addr and token do not say
+    is read from its files, at connect and again at every reconnect (a
+    daemon restarted on port 0 has a new port: the client follows it).
+
     Raises ConnectionLost when the daemon cannot be reached, RemoteError when
     it refuses the auth (bad token). Usable as a context manager.
     """
@@ -166,7 +178,11 @@ class Client:
                  timeout=60.0, connect_timeout=5.0, state_dir=None):
         if role not in ("observer", "controller"):
             raise TrainbusError("invalid_argument", "role must be observer or controller")
-        self.addr, self.token = resolve_address(addr, token, state_dir)
+        # What was given stays; the rest is looked up again at every connect.
+        self._given = (addr or os.environ.get("TRAINBUS_ADDR") or None,
+                       token if token is not None else (os.environ.get("TRAINBUS_TOKEN") or None),
+                       state_dir)
+        self.addr, self.token = resolve_address(*self._given)
         self.want_role = role
         self.name = name
         self.timeout = timeout
@@ -179,6 +195,7 @@ class Client:
         self._queue = collections.deque()
         self._next_id = 0
         self._last_seq = {}
+        self._answers = {}  # run -> (seq, actions) of the last continue sent
         self._subs = []  # [params dict, next_seq]
         self.bye = None
         self._open()
@@ -232,6 +249,7 @@ class Client:
     def _open(self):
         self.close()
         self.bye = None
+        self.addr, self.token = resolve_address(*self._given)
         self._sock = self._connect_socket()
         deadline = time.monotonic() + self.connect_timeout
         line = self._read_line(deadline)
@@ -413,7 +431,9 @@ class Client:
 
     def continue_(self, run, seq, set_lr=None, stop=False, pause=False, checkpoint=False):
         """Answers lockstep event seq of run; the actions take effect before
-        training goes on. (Also reachable as ``getattr(client, "continue")``.)"""
+        training goes on. (Also reachable as ``getattr(client, "continue")``.)
+        The answer is kept, to be sent again if a restarted daemon asks again
+        (see :meth:`next_event`)."""
         actions = {}
         if set_lr is not None:
             actions["set_lr"] = float(set_lr)
@@ -423,6 +443,7 @@ class Client:
             actions["pause"] = True
         if checkpoint:
             actions["checkpoint"] = True
+        self._answers[run] = (seq, actions)
         return self.call("continue", run=run, seq=seq, actions=actions or None)
 
     # ------------------------------------------------------------- events --
@@ -466,8 +487,11 @@ class Client:
         """The next event (an :class:`Event`, with ``_kind`` 'event'), or None
         after timeout seconds (None: wait forever). With notices, 'dropped'
         and 'bye' notices are returned too (dicts with ``_kind`` set).
-        Events already delivered for their run are skipped. Raises
-        ConnectionLost when the connection is gone."""
+        Events already delivered for their run are skipped, except a
+        lockstep event a restarted daemon asks again (it stopped while
+        waiting for the answer): the answer given to it is sent again, or, if
+        none was, the event is returned again. Raises ConnectionLost when the
+        connection is gone."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._queue:
@@ -485,6 +509,15 @@ class Client:
                 ev = Event(_fix_numbers(params))
                 run, seq = ev.get("run"), ev.get("seq", 0)
                 if seq <= self._last_seq.get(run, 0):
+                    if ev.get("lockstep"):
+                        answer = self._answers.get(run)
+                        if answer is None or answer[0] != seq:
+                            ev["_kind"] = "event"
+                            return ev
+                        try:
+                            self.call("continue", run=run, seq=seq, actions=answer[1] or None)
+                        except RemoteError:
+                            pass  # the wait is over already
                     continue
                 self._last_seq[run] = seq
                 ev["_kind"] = "event"
@@ -499,8 +532,10 @@ class Client:
             # responses left over and unknown notifications are skipped
 
     def reconnect(self, retry_for=0.0):
-        """Connects again and renews every subscription; single-run ones
-        resume at the last seq delivered + 1 (no gap, no duplicate). Retries
+        """Connects again (reading the state directory's address and token
+        again, when they come from there) and renews every subscription;
+        single-run ones resume at the last seq delivered + 1 (no gap, no
+        duplicate). Retries
         for retry_for seconds while the daemon cannot be reached. Raises
         ConnectionLost when it stays unreachable, RemoteError when it
         refuses (for example no_such_run after a restart without --resume)."""
