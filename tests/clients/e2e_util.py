@@ -14,6 +14,12 @@ import tempfile
 import threading
 import time
 
+# No test depends on or touches the user's own state (~/.trainbus, what
+# scripts/run.sh uses): every client these tests start, and the in-process
+# Python clients, see an empty home of their own.
+os.environ["HOME"] = tempfile.mkdtemp(prefix="tb-e2e-home-")
+os.environ.pop("TRAINBUS_STATE_DIR", None)
+
 TRAINBUSD = os.environ.get("TRAINBUSD", "")
 CLI = os.environ.get("TRAINBUS_CLI", "")
 SOURCE = os.environ.get("TB_SOURCE_DIR",

@@ -23,6 +23,10 @@ import tempfile
 import threading
 import time
 
+# Nothing here may depend on or touch the user's own state (~/.trainbus).
+os.environ["HOME"] = tempfile.mkdtemp(prefix="tb-hostile-home-")
+os.environ.pop("TRAINBUS_STATE_DIR", None)
+
 TRAINBUSD = os.environ.get("TRAINBUSD", "")
 SOAK = os.environ.get("SOAK", "0") not in ("", "0")
 WRAP = shlex.split(os.environ.get("TB_HOSTILE_WRAP", ""))
