@@ -265,6 +265,9 @@ void tb__run_track(tb_run_t *r, const tb_rec_t *rec) {
   case TB_EVENT_EPOCH_END:
     r->batch = -1;
     break;
+  case TB_EVENT_TRAIN_END:
+    r->trained = true;
+    break;
   case TB_EVENT_STATE:
     /* A stop wins over a later resume note. */
     if (!(r->state == TB_RUN_STOPPING && rec->state == TB_RUN_RUNNING))

@@ -168,6 +168,7 @@ struct tb_run_s {
   int64_t n_qdropped; /* batch events the queue dropped (counted by the loop) */
   bool has_lr;
   double lr;
+  bool trained; /* train_end has been seen: what follows is evaluate or predict */
   bool thread_started, thread_joined;
   bool cancel_requested;
   tb_ev_t **ring;          /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */

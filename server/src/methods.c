@@ -110,6 +110,15 @@ static bool is_final(tb_run_state_t st) {
 
 /* The run is training (or paused) and can take control; else an error. */
 static bool controllable(conn_t *c, const tb_req_t *q, tb_run_t *r) {
+  if (r->trained && !is_final(r->state) &&
+      (q->method == TB_METHOD_STOP || q->method == TB_METHOD_PAUSE ||
+       q->method == TB_METHOD_CHECKPOINT)) {
+    /* train_end has fired: no batch is left to stop after, pause before or
+     * checkpoint at (as for a continue there). */
+    error(c, &q->id, TB_PROTO_EINVALID_STATE, "%s: run %s has finished training",
+          tb_method_name(q->method), r->id);
+    return false;
+  }
   if (r->state == TB_RUN_RUNNING || r->state == TB_RUN_PAUSED || r->state == TB_RUN_STOPPING)
     return true;
   /* A queued run can be paused (and resumed) ahead: it then waits before its
@@ -502,6 +511,26 @@ static void do_continue(conn_t *c, const tb_req_t *q) {
           "continue: run %s is not waiting for this connection at seq %lld (timed out, "
           "answered already, or not a lockstep event)",
           r->id, (long long)q->cont.seq);
+    return;
+  }
+  /* After training (train_end, and the evaluate or predict hooks that come
+   * after it) there is no batch left to pause before, no position to
+   * checkpoint and nothing to stop: refused, rather than left pending for a
+   * boundary that never comes (or turning a finished run into a stopped
+   * one). */
+  const tb_ev_t *asked = tb__run_event(r, q->cont.seq);
+  bool over = asked != NULL &&
+              (asked->kind == TB_EVENT_TRAIN_END || asked->kind == TB_EVENT_PREDICT_BEGIN ||
+               asked->kind == TB_EVENT_PREDICT_END || asked->kind == TB_EVENT_PREDICT_BATCH_BEGIN ||
+               asked->kind == TB_EVENT_PREDICT_BATCH_END || r->trained);
+  if (over && (q->cont.pause || q->cont.checkpoint || q->cont.stop)) {
+    error(c, &q->id, TB_PROTO_EINVALID_STATE,
+          "continue: actions.%s: run %s has finished training (seq %lld is %s); only set_lr "
+          "may be answered here; the wait for it goes on",
+          q->cont.pause        ? "pause"
+          : q->cont.checkpoint ? "checkpoint"
+                               : "stop",
+          r->id, (long long)q->cont.seq, tb_event_name(asked->kind));
     return;
   }
   if (q->cont.checkpoint && r->dir[0] == '\0') {
