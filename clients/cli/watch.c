@@ -6,7 +6,11 @@
  * is not a terminal, one plain line per epoch; with --json, each event's
  * params object on its own line, for jq. Durations come from the events' own
  * timestamps, so a replayed epoch shows the time it took, not the time it
- * took to replay.
+ * took to replay; they leave out what was not training: the time the run was
+ * paused, and the time the daemon was away (a restart: while watch was
+ * reconnecting). An epoch joined in the middle (a watch started after a
+ * resume) gets its "Epoch E/N" header at its first batch, and its time per
+ * step counts only the batches watched.
  *
  * The watch starts from the run's last seq as status reports it (or
  * --from-seq), so it cannot miss the run's end between looking and
@@ -28,9 +32,16 @@ typedef struct watch_s {
   const char *run;
   int64_t epochs;       /* from status; 0 if unknown */
   int64_t steps;        /* batches per epoch, learnt from the last complete epoch */
-  int64_t seen;         /* train batches seen in the current epoch */
-  int64_t epoch_t0_us;  /* time of the current epoch's epoch_begin */
-  int64_t batch_t0_us;  /* time of the first batch event of the epoch, if no epoch_begin */
+  int64_t seen;         /* train batches done in the current epoch (the last batch + 1) */
+  int64_t header_epoch; /* the epoch whose "Epoch E/N" header was printed, -1 if none */
+  /* Time spent training in the current epoch: finished segments (acc_us over
+   * acc_steps batches) plus the open one, from seg_t0_us when seg_done
+   * batches were done. A segment ends where training did not go on: a pause,
+   * a restart of the daemon. seg_t0_us 0: no segment open yet. */
+  int64_t acc_us, acc_steps;
+  int64_t seg_t0_us, seg_done;
+  int64_t last_us;      /* time of the last event of the epoch shown */
+  bool gap;             /* the next batch starts a new segment (reconnected, resumed) */
   double last_draw;     /* monotonic seconds of the last redraw */
   int width_last;       /* length of the bar line on screen, 0 if none */
   bool explicit_events; /* --events given: print every delivered event */
@@ -69,6 +80,27 @@ static void end_bar(watch_t *w) {
   }
 }
 
+/* Closes the open segment at the last event seen: what follows is not
+ * training time until the next batch opens a new one. */
+static void seg_close(watch_t *w) {
+  if (w->seg_t0_us != 0 && w->last_us > w->seg_t0_us) {
+    w->acc_us += w->last_us - w->seg_t0_us;
+    w->acc_steps += w->seen - w->seg_done;
+  }
+  w->seg_t0_us = 0;
+}
+
+/* The epoch's training time and the batches it covers, up to event time t. */
+static void epoch_time(const watch_t *w, int64_t t, double *el_s, int64_t *steps) {
+  int64_t us = w->acc_us, n = w->acc_steps;
+  if (w->seg_t0_us != 0 && t > w->seg_t0_us) {
+    us += t - w->seg_t0_us;
+    n += w->seen - w->seg_done;
+  }
+  *el_s = (double)us * 1e-6;
+  *steps = n;
+}
+
 static int fmt_logs(char *line, int len, int cap, const tb_event_t *ev) {
   for (int i = 0; i < ev->n_logs && len < cap - 64; i++) {
     double v = ev->log_values[i];
@@ -83,9 +115,9 @@ static int fmt_logs(char *line, int len, int cap, const tb_event_t *ev) {
 static void draw(watch_t *w, const tb_event_t *ev, bool final) {
   char line[2048];
   int len = 0, bar = 30;
-  int64_t seen = w->seen, target = w->steps;
-  int64_t t0 = w->epoch_t0_us ? w->epoch_t0_us : w->batch_t0_us;
-  double el = t0 && ev->time_us > t0 ? (double)(ev->time_us - t0) * 1e-6 : 0;
+  int64_t seen = w->seen, target = w->steps, timed;
+  double el;
+  epoch_time(w, ev->time_us, &el, &timed);
   if (w->show == SHOW_LINES) {
     len += snprintf(line + len, sizeof line - (size_t)len, "Epoch %lld", (long long)ev->epoch + 1);
     if (w->epochs > 0)
@@ -107,16 +139,16 @@ static void draw(watch_t *w, const tb_event_t *ev, bool final) {
     len += snprintf(line, sizeof line, "%7lld/Unknown", (long long)seen);
   }
   if (final || w->show == SHOW_LINES) {
-    double per = seen > 0 ? el / (double)seen : 0;
+    double per = timed > 0 ? el / (double)timed : 0;
     len += snprintf(line + len, sizeof line - (size_t)len, " - %.0fs", el);
     if (per >= 1)
       len += snprintf(line + len, sizeof line - (size_t)len, " %.0fs/step", per);
     else if (per >= 1e-3)
       len += snprintf(line + len, sizeof line - (size_t)len, " %.0fms/step", per * 1e3);
-    else if (seen > 0)
+    else if (timed > 0)
       len += snprintf(line + len, sizeof line - (size_t)len, " %.0fus/step", per * 1e6);
-  } else if (target > 0 && seen > 0) {
-    double eta = el / (double)seen * (double)(target - seen);
+  } else if (target > 0 && timed > 0) {
+    double eta = el / (double)timed * (double)(target - seen);
     len += snprintf(line + len, sizeof line - (size_t)len, " - ETA: %.0fs", eta > 0 ? eta : 0);
   }
   len = fmt_logs(line, len, (int)sizeof line, ev);
@@ -155,6 +187,17 @@ static void print_json_event(const tb_event_t *ev) {
   fflush(stdout);
 }
 
+/* Keras's "Epoch E/N" line, once per epoch. */
+static void header(watch_t *w, int64_t epoch) {
+  end_bar(w);
+  if (w->epochs > 0)
+    printf("Epoch %lld/%lld\n", (long long)epoch + 1, (long long)w->epochs);
+  else
+    printf("Epoch %lld\n", (long long)epoch + 1);
+  fflush(stdout);
+  w->header_epoch = epoch;
+}
+
 /* Shows one event; returns true once the run has reached a final state. */
 static bool show_event(watch_t *w, const tb_event_t *ev) {
   const char *n = ev->name;
@@ -166,20 +209,27 @@ static bool show_event(watch_t *w, const tb_event_t *ev) {
   }
   if (strcmp(n, "epoch_begin") == 0) {
     w->seen = 0;
-    w->epoch_t0_us = ev->time_us;
-    w->batch_t0_us = 0;
-    if (w->show == SHOW_BAR) {
-      end_bar(w);
-      if (w->epochs > 0)
-        printf("Epoch %lld/%lld\n", (long long)ev->epoch + 1, (long long)w->epochs);
-      else
-        printf("Epoch %lld\n", (long long)ev->epoch + 1);
-      fflush(stdout);
-    }
+    w->acc_us = w->acc_steps = 0;
+    w->seg_t0_us = ev->time_us;
+    w->seg_done = 0;
+    w->last_us = ev->time_us;
+    w->gap = false;
+    if (w->show == SHOW_BAR)
+      header(w, ev->epoch);
   } else if (strcmp(n, "train_batch_end") == 0) {
-    if (w->seen == 0 && w->epoch_t0_us == 0)
-      w->batch_t0_us = ev->time_us;
+    if (w->gap || w->seg_t0_us == 0) {
+      /* The first batch watched in this epoch, or the first after a pause
+       * or a restart: its own duration is unknown, the segment starts at
+       * its end. */
+      seg_close(w);
+      w->seg_t0_us = ev->time_us;
+      w->seg_done = ev->batch + 1;
+      w->gap = false;
+    }
     w->seen = ev->batch + 1;
+    w->last_us = ev->time_us;
+    if (w->show == SHOW_BAR && w->header_epoch != ev->epoch)
+      header(w, ev->epoch); /* joined mid-epoch: Keras's header all the same */
     if (w->show == SHOW_BAR && !w->explicit_events) {
       double now = mono_s();
       if (now - w->last_draw >= 0.05 || (w->steps > 0 && w->seen >= w->steps)) {
@@ -192,10 +242,19 @@ static bool show_event(watch_t *w, const tb_event_t *ev) {
   } else if (strcmp(n, "epoch_end") == 0) {
     if (w->seen > 0)
       w->steps = w->seen;
+    if (w->gap)
+      seg_close(w); /* the gap came after the last batch: its time is not the epoch's */
     draw(w, ev, true);
-    w->epoch_t0_us = 0;
+    w->seg_t0_us = 0;
+    w->acc_us = w->acc_steps = 0;
     w->seen = 0;
   } else if (strcmp(n, "state") == 0) {
+    /* A pause is not training time: the segment ends with it, and the first
+     * batch after the resume starts another. */
+    if (ev->state != NULL && strcmp(ev->state, "paused") == 0) {
+      seg_close(w);
+      w->gap = true;
+    }
     end_bar(w);
     printf("run %s: %s -> %s", ev->run, ev->prev_state ? ev->prev_state : "?",
            ev->state ? ev->state : "?");
@@ -289,7 +348,7 @@ static void usage(void) {
 
 int tb_cli_watch(int argc, char **argv) {
   tb_cli_conn_t o = {.cmd = "trainbus watch"};
-  watch_t w = {.show = isatty(STDOUT_FILENO) ? SHOW_BAR : SHOW_LINES};
+  watch_t w = {.show = isatty(STDOUT_FILENO) ? SHOW_BAR : SHOW_LINES, .header_epoch = -1};
   int64_t every = 1, from_seq = -1;
   double reconnect_s = 60;
   char *events_arg = NULL;
@@ -452,6 +511,9 @@ int tb_cli_watch(int argc, char **argv) {
       }
       rc = tb_client_reconnect(c, &err);
       if (rc == 0) {
+        /* The daemon was away: that time is not the epoch's. */
+        seg_close(&w);
+        w.gap = true;
         fprintf(stderr, "%s: reconnected; resuming %s at seq %lld\n", o.cmd, run,
                 (long long)tb_client_last_seq(c, run) + 1);
         ex = TB_EXIT_OK;

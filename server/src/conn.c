@@ -556,9 +556,8 @@ void tb__conn_tick(conn_t *c, uint64_t now) {
 
 /* ---- fan-out ---------------------------------------------------------------- */
 
-static bool sub_matches(sub_t *sb, const tb_run_t *r, tb_event_kind_t kind, int batch) {
-  if (sb->replay_run != NULL)
-    return false; /* still replaying: live events come after the replay */
+/* The subscription's filters, replay or not. */
+static bool sub_filters(sub_t *sb, const tb_run_t *r, tb_event_kind_t kind, int batch) {
   if (!sb->m_ready) {
     /* The patterns are fixed: which kinds they match is worked out once. */
     sb->m_kinds = 0;
@@ -587,6 +586,23 @@ static bool sub_matches(sub_t *sb, const tb_run_t *r, tb_event_kind_t kind, int 
   if (!sb->m_run_ok)
     return false;
   return !(tb_event_is_batch(kind) && sb->every > 1 && batch % sb->every != 0);
+}
+
+static bool sub_matches(sub_t *sb, const tb_run_t *r, tb_event_kind_t kind, int batch) {
+  if (sb->replay_run != NULL)
+    return false; /* still replaying: live events come after the replay */
+  return sub_filters(sb, r, kind, batch);
+}
+
+/* The event line with "lockstep":true before its closing braces. */
+static tb_ev_t *lockstep_variant(const tb_ev_t *e) {
+  tb_buf_t b;
+  tb_buf_init(&b);
+  tb_buf_append(&b, e->data, e->len - 3);
+  tb_buf_append(&b, ",\"lockstep\":true}}\n", 19);
+  tb_ev_t *v = tb__ev_new(b.data, b.len, e->seq, e->kind, e->batch);
+  tb_buf_free(&b);
+  return v;
 }
 
 static drop_t *drop_for(conn_t *c, tb_run_t *r, bool create) {
@@ -674,24 +690,38 @@ void tb__deliver(tb_server_t *s, tb_run_t *r, tb_ev_t *e, bool lockstep, bool re
   for (conn_t *c = s->conns; c != NULL; c = c->next) {
     if (c->closing || c->role == TB_ROLE_NONE)
       continue;
-    bool normal = false, ls = false;
+    bool normal = false, ls = false, later = false;
     for (int i = 0; i < c->n_subs; i++) {
-      if (!sub_matches(&c->subs[i], r, e->kind, e->batch))
+      sub_t *sb = &c->subs[i];
+      bool wants_ls = lockstep && (sb->lockstep & (1u << e->kind)) != 0;
+      if (sb->replay_run == r && wants_ls && c->role == TB_ROLE_CONTROLLER &&
+          sub_filters(sb, r, e->kind, e->batch)) {
+        /* A lockstep subscriber still catching up (it reconnected): it owes
+         * the answer all the same. Its replay sends this event marked when
+         * it gets there; one it has passed already (asked again after a
+         * restart) goes now. */
+        if (e->seq < sb->replay_next) {
+          ls = true;
+        } else {
+          sb->replay_lockstep = e->seq;
+          later = true;
+        }
+        continue;
+      }
+      if (!sub_matches(sb, r, e->kind, e->batch))
         continue;
       normal = true;
-      ls |= lockstep && (c->subs[i].lockstep & (1u << e->kind)) != 0;
+      ls |= wants_ls;
     }
-    if (ls && c->role == TB_ROLE_CONTROLLER &&
-        c->n_owed < (int)(sizeof(c->owed) / sizeof(c->owed[0]))) {
-      if (lock_ev == NULL) {
-        tb_buf_t b;
-        tb_buf_init(&b);
-        /* The same line with "lockstep":true before its closing braces. */
-        tb_buf_append(&b, e->data, e->len - 3);
-        tb_buf_append(&b, ",\"lockstep\":true}}\n", 19);
-        lock_ev = tb__ev_new(b.data, b.len, e->seq, e->kind, e->batch);
-        tb_buf_free(&b);
-      }
+    if (!ls && later && c->n_owed < (int)(sizeof(c->owed) / sizeof(c->owed[0]))) {
+      c->owed[c->n_owed].run = r;
+      c->owed[c->n_owed].seq = e->seq;
+      c->n_owed++;
+      waiting++;
+    } else if (ls && c->role == TB_ROLE_CONTROLLER &&
+               c->n_owed < (int)(sizeof(c->owed) / sizeof(c->owed[0]))) {
+      if (lock_ev == NULL)
+        lock_ev = lockstep_variant(e);
       if (lock_ev != NULL) {
         flush_drops(c, r);
         tb__conn_send_ev(c, lock_ev);
@@ -796,8 +826,15 @@ static bool replay_step(conn_t *c) {
       sb->replay_run = NULL; /* to test the filters as a live event would be */
       bool match = sub_matches(sb, r, e->kind, e->batch);
       sb->replay_run = r;
-      if (match)
+      if (match && e->seq == sb->replay_lockstep) {
+        tb_ev_t *v = lockstep_variant(e);
+        if (v != NULL)
+          tb__conn_send_ev(c, v);
+        tb__ev_unref(v);
+        sb->replay_lockstep = 0;
+      } else if (match) {
         tb__conn_send_ev(c, e);
+      }
       sb->replay_next = e->seq + 1;
       if (owned)
         tb__ev_unref(e);

@@ -198,7 +198,9 @@ typedef struct sub_s {
    * the connection drains; the subscription turns live when it catches up. */
   tb_run_t *replay_run;
   int64_t replay_next;
-  FILE *replay_file; /* reading the on-disk log for seqs older than memory */
+  FILE *replay_file;       /* reading the on-disk log for seqs older than memory */
+  int64_t replay_lockstep; /* a lockstep event the trainer waits at, to send marked when the
+                              replay reaches it; 0 if none */
 } sub_t;
 
 /* A slow client's losses for one run, told before its next event there. */

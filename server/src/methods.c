@@ -203,8 +203,10 @@ static void do_subscribe(conn_t *c, const tb_req_t *q) {
   reply(c, &b);
   tb_buf_free(&b);
   if (sb->lockstep) {
-    tb__ghosts_renewed(s, sb);
+    /* The trainers know of the subscription before a run held for it (a
+     * restored run waiting for its lockstep client) is let go. */
     recount_all(s);
+    tb__ghosts_renewed(s, sb);
   }
   if (replay != NULL)
     tb__replay_pump(c);

@@ -23,6 +23,8 @@ Every client here runs with HOME set to an empty directory (e2e_util), so
 nothing depends on or touches the user's ~/.trainbus."""
 import json
 import os
+import pty
+import re
 import signal
 import socket
 import stat
@@ -422,6 +424,125 @@ class Restart(unittest.TestCase):
         ref = self.scenario(self.c_callback, [], [])
         got = self.scenario(self.c_callback, [], plan, hold_callback=True)
         self.check_against_reference(ref, got)
+
+    # ----------------------------------- what watch shows (issue 11, kind 4) --
+
+    def test_watch_progress_after_a_restart(self):
+        """The progress bar of `trainbus watch` (on a terminal) through a
+        SIGTERM restart in the middle of an epoch, and of a watch started
+        after the restart in the middle of that epoch: each has the epoch's
+        "Epoch 2/3" header, counts the right steps, and its time per step is
+        the training's, not the daemon's downtime nor the time before the
+        watch joined spread over batches it did not see."""
+        state = os.path.join(self.tmp, "state")
+        d = self.start(state, "--no-job")
+        job = {"name": "paced", "seed": 3, "threads": 1,
+               "data": {"source": "spirals", "n_per_class": 2000, "noise": 0.2, "seed": 3},
+               "model": {"layers": [{"type": "dense", "units": 32, "activation": "relu"},
+                                    {"type": "dense", "units": 2, "activation": "softmax"}]},
+               "loss": "sparse_categorical_crossentropy", "optimizer": {"name": "adam"},
+               "epochs": 3, "batch_size": 40}
+        steps = 100
+        token = self.paused_run(d, job)
+        # A lockstep client paces training (about 5 ms a batch) and holds it
+        # at batch 40 of epoch 1 while the daemon is restarted.
+        held, go = threading.Event(), threading.Event()
+        paced = []
+
+        def pacer():
+            with trainbus.Client(state_dir=state, role="controller") as c:
+                sub = c.subscribe(runs=["r1"], events=["train_batch_end", "state"],
+                                  lockstep=["train_batch_end"], lockstep_timeout_ms=20000,
+                                  reconnect=60)
+                for ev in sub:
+                    if ev.event != "train_batch_end":
+                        continue
+                    paced.append((ev.epoch, ev.batch))
+                    if (ev.epoch, ev.batch) == (1, 40):
+                        held.set()
+                        go.wait(60)
+                    time.sleep(0.005)
+                    if not ev.get("lockstep"):
+                        continue
+                    try:
+                        c.continue_("r1", ev.seq)
+                    except trainbus.ConnectionLost:
+                        pass  # asked again after the restart if it did not apply
+
+        threading.Thread(target=pacer, daemon=True).start()
+        env = client_env(state)
+
+        def tty_watch():
+            master, slave = pty.openpty()
+            p = subprocess.Popen([CLI, "watch", "--run", "r1", "--reconnect", "30"], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+            os.close(slave)
+            out = []
+
+            def pump():
+                while True:
+                    try:
+                        b = os.read(master, 65536)
+                    except OSError:
+                        break
+                    if not b:
+                        break
+                    out.append(b.decode(errors="replace"))
+
+            threading.Thread(target=pump, daemon=True).start()
+            return p, out
+
+        w1, out1 = tty_watch()
+        self.assertTrue(wait_for(lambda: trainbus.Client(d.addr).call("status")["clients"] >= 3,
+                                 30))
+        time.sleep(0.3)
+        with trainbus.Client(d.addr, token, role="controller") as c:
+            c.resume("r1")
+        self.assertTrue(held.wait(60))
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        go.set()  # the SIGTERM lets the lockstep wait finish, then the daemon goes
+        self.assertEqual(d.proc.wait(60), 0, "\n".join(d.log))
+        time.sleep(3.0)  # downtime: not training time
+        d = self.start(state, "--resume")
+        self.assertTrue(wait_for(lambda: (1, 60) in paced, 60))
+        w2, out2 = tty_watch()  # joins epoch 2 (1-based) in its middle
+        for p in (w1, w2):
+            self.assertEqual(p.wait(120), 0, p.stderr.read())
+        time.sleep(0.3)
+        bar = re.compile(r"(\d+)/(\d+|Unknown) \[[=>.]+\] - (\d+)s (\d+)(us|ms|s)/step")
+
+        def finals(out):
+            """Each epoch's last bar (the one after which a newline came)."""
+            text = "".join(out).replace("\r\n", "\n")
+            lines = [seg.split("\r")[-1] for seg in text.split("\n")]
+            return [l for l in lines if bar.search(l)], lines
+
+        def per_step_ms(line):
+            m = bar.search(line)
+            unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(5)]
+            return int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)) * unit
+
+        f1, lines1 = finals(out1)
+        self.assertEqual(len(f1), 3, lines1)
+        self.assertEqual([l for l in lines1 if l.startswith("Epoch ")],
+                         ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"], lines1)
+        done, total, secs, ms = per_step_ms(f1[1])
+        self.assertEqual((done, total), (steps, str(steps)), f1[1])
+        # About 5 ms a batch; with the 3 s downtime counted it would be 35.
+        self.assertLess(ms, 15, f1[1])
+        self.assertGreaterEqual(ms, 3, "through the restart: " + f1[1])
+        self.assertLessEqual(secs, 2, f1[1])
+        f2, lines2 = finals(out2)
+        self.assertEqual(lines2[0].strip(), "Epoch 2/3", lines2)
+        self.assertEqual(len(f2), 2, lines2)
+        done, total, secs, ms = per_step_ms(f2[0])
+        self.assertEqual((done, total), (steps, str(steps)), f2[0])
+        self.assertTrue(any("/Unknown" in l for l in "".join(out2).split("\r")), lines2)
+        # Over the ~40 batches it watched, not the 100 of the epoch.
+        self.assertGreaterEqual(ms, 3, "joined: %s (%s)" % (f2[0], paced[-120:]))
+        self.assertLess(ms, 15, f2[0])
+        self.assertEqual(per_step_ms(f2[1])[:2], (steps, str(steps)), f2[1])
 
     # ------------------------------------------------ whose token is sent --
 
