@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -90,6 +91,11 @@ static uint64_t parse_size(const char *s) {
 }
 
 static uv_signal_t sigint_h, sigterm_h;
+static volatile sig_atomic_t early_signal;
+
+static void on_early_signal(int signum) {
+  early_signal = signum;
+}
 
 static void on_signal(uv_signal_t *h, int signum) {
   tb_server_t *s = h->data;
@@ -128,6 +134,16 @@ static char *read_file(const char *path, size_t *len) {
 }
 
 int main(int argc, char **argv) {
+  /* A SIGINT or SIGTERM while the daemon is starting is noted here and
+   * acted on once the loop's handlers are in place: a clean stop too, not the
+   * default action's death. (A handler, not a blocked mask: the signal may
+   * land on a thread a library started before main.) */
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_early_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
   tb_server_opts_t o;
   tb_server_opts_defaults(&o);
   const char *job_path = NULL, *state_dir = getenv("TRAINBUS_STATE_DIR");
@@ -335,6 +351,8 @@ int main(int argc, char **argv) {
   sigint_h.data = sigterm_h.data = s;
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  if (early_signal != 0)
+    on_signal(early_signal == SIGINT ? &sigint_h : &sigterm_h, early_signal);
   signal(SIGPIPE, SIG_IGN);
   int r = tb_server_run(s);
   tb_server_free(s);
