@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fake_server.h"
 #include "trainbus/client.h"
@@ -437,6 +438,139 @@ static void test_reconnect_no_gap_no_duplicate(void **state) {
   finish();
 }
 
+/* A lockstep event asked again by a restarted daemon (same seq) gets the
+ * answer given before, sent by the library; one never answered is handed out
+ * again. */
+static void test_lockstep_asked_again(void **state) {
+  static const fs_step_t steps[] = {
+      {FS_SEND, HELLO},
+      {FS_EXPECT, "auth"},
+      {FS_SEND, AUTH_OK("controller")},
+      {FS_EXPECT, "\"method\":\"subscribe\"|\"lockstep\":[\"epoch_end\"]"},
+      {FS_SEND, "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"sub\":1,\"next_seq\":5}}"},
+      {FS_SEND, EV(5, "\"event\":\"epoch_end\",\"epoch\":1,\"lockstep\":true")},
+      {FS_EXPECT, "\"method\":\"continue\"|\"seq\":5|\"set_lr\":0.5|\"id\":3"},
+      {FS_SEND, OK(3)},
+      /* the daemon restarted before the answer took effect: asked again */
+      {FS_SEND, EV(5, "\"event\":\"epoch_end\",\"epoch\":1,\"lockstep\":true")},
+      {FS_EXPECT, "\"method\":\"continue\"|\"seq\":5|\"set_lr\":0.5|\"id\":4"},
+      {FS_SEND, OK(4)},
+      {FS_SEND, EV(6, "\"event\":\"epoch_end\",\"epoch\":2,\"lockstep\":true")},
+      /* never answered, asked again: handed out again */
+      {FS_SEND, EV(6, "\"event\":\"epoch_end\",\"epoch\":2,\"lockstep\":true")},
+      {FS_EXPECT, "\"method\":\"continue\"|\"seq\":6|\"stop\":true|\"id\":5"},
+      {FS_SEND, OK(5)},
+      {FS_SEND, EV(7, "\"event\":\"state\",\"state\":\"stopped\",\"prev_state\":\"stopping\"")},
+      {FS_SLEEP, NULL, 100},
+      {FS_END}};
+  assert_int_equal(fake_server_start(&fs, steps, false), 0);
+  tb_client_t *c = connect_as(TB_ROLE_CONTROLLER, "t");
+  const char *runs[] = {"r1"}, *lock[] = {"epoch_end"};
+  tb_client_sub_opts_t o = {
+      .runs = runs, .n_runs = 1, .events = lock, .n_events = 1, .lockstep = lock, .n_lockstep = 1};
+  assert_int_equal(tb_client_subscribe(c, &o, NULL, NULL, NULL), 0);
+  tb_smsg_t m;
+  assert_int_equal(tb_client_next(c, 2000, &m, NULL), 0);
+  assert_int_equal(m.event.seq, 5);
+  assert_true(m.event.lockstep);
+  tb_smsg_free(&m);
+  tb_client_actions_t a = {.has_lr = true, .lr = 0.5};
+  assert_int_equal(tb_client_continue(c, "r1", 5, &a, NULL), 0);
+  /* the repeated ask of 5 is answered inside, then 6 comes, twice */
+  assert_int_equal(tb_client_next(c, 2000, &m, NULL), 0);
+  assert_int_equal(m.event.seq, 6);
+  tb_smsg_free(&m);
+  assert_int_equal(tb_client_next(c, 2000, &m, NULL), 0);
+  assert_int_equal(m.event.seq, 6);
+  assert_true(m.event.lockstep);
+  tb_smsg_free(&m);
+  tb_client_actions_t stop = {.stop = true};
+  assert_int_equal(tb_client_continue(c, "r1", 6, &stop, NULL), 0);
+  assert_int_equal(tb_client_next(c, 2000, &m, NULL), 0);
+  assert_int_equal(m.event.seq, 7);
+  tb_smsg_free(&m);
+  tb_client_free(c);
+  finish();
+}
+
+static void write_file(const char *dir, const char *name, const char *text) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* With a state directory the client reads address and token at connect and
+ * again at every reconnect (a restarted daemon on a new port), and sends the
+ * directory's token only to the directory's address. */
+static void test_state_dir_followed_and_token_tied(void **state) {
+  static const fs_step_t first[] = {{FS_SEND, HELLO},
+                                    {FS_EXPECT, "\"method\":\"auth\"|\"token\":\"tok-a\""},
+                                    {FS_SEND, AUTH_OK("controller")},
+                                    {FS_CLOSE},
+                                    {FS_END}};
+  static const fs_step_t second[] = {
+      {FS_SEND, HELLO},
+      {FS_EXPECT, "\"method\":\"auth\"|\"token\":\"tok-b\"|\"id\":2"},
+      {FS_SEND, "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"role\":\"controller\","
+                "\"protocol\":1}}"},
+      {FS_SLEEP, NULL, 50},
+      {FS_END}};
+  static const fs_step_t other[] = {{FS_SEND, HELLO},
+                                    {FS_EXPECT, "\"method\":\"auth\"|\"role\":\"observer\""},
+                                    {FS_SEND, AUTH_OK("observer")},
+                                    {FS_SLEEP, NULL, 50},
+                                    {FS_END}};
+  char dir[] = "/tmp/tb-unit-state-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  fake_server_t a, b, o;
+  assert_int_equal(fake_server_start(&a, first, false), 0);
+  assert_int_equal(fake_server_start(&b, second, false), 0);
+  char line[300];
+  snprintf(line, sizeof line, "%s\n", a.addr);
+  write_file(dir, "address", line);
+  write_file(dir, "token", "tok-a\n");
+  tb_client_opts_t opts = {.state_dir = dir, .role = TB_ROLE_CONTROLLER, .name = "unit"};
+  tb_client_t *c = NULL;
+  tb_client_err_t err;
+  assert_int_equal(tb_client_connect(&opts, &c, &err), 0);
+  /* the daemon goes; another one comes up elsewhere with its own token */
+  tb_smsg_t m;
+  assert_int_not_equal(tb_client_next(c, 2000, &m, &err), 0);
+  snprintf(line, sizeof line, "%s\n", b.addr);
+  write_file(dir, "address", line);
+  write_file(dir, "token", "tok-b\n");
+  assert_int_equal(tb_client_reconnect(c, &err), 0);
+  tb_client_free(c);
+  const char *f = fake_server_join(&a);
+  if (f[0])
+    fail_msg("first server: %s", f);
+  f = fake_server_join(&b);
+  if (f[0])
+    fail_msg("second server: %s", f);
+
+  /* An explicit address of another daemon gets no token from the directory. */
+  assert_int_equal(fake_server_start(&o, other, false), 0);
+  tb_client_opts_t opts2 = {.addr = o.addr, .state_dir = dir, .name = "unit"};
+  assert_int_equal(tb_client_connect(&opts2, &c, &err), 0);
+  tb_client_free(c);
+  f = fake_server_join(&o);
+  if (f[0])
+    fail_msg("other server: %s", f);
+  assert_null(strstr(o.last_line, "token"));
+  /* No address anywhere: a clear error naming the file. */
+  char path[512];
+  snprintf(path, sizeof path, "%s/address", dir);
+  unlink(path);
+  assert_int_equal(tb_client_connect(&opts, &c, &err), TB_CLIENT_EADDRESS);
+  assert_non_null(strstr(err.msg, "/address"));
+  snprintf(path, sizeof path, "%s/token", dir);
+  unlink(path);
+  rmdir(dir);
+}
+
 static void test_reconnect_before_first_event(void **state) {
   /* Nothing delivered yet: resume where the live stream would have begun. */
   static const fs_step_t steps[] = {
@@ -571,6 +705,8 @@ int main(void) {
       cmocka_unit_test(test_runs_and_history),
       cmocka_unit_test(test_reconnect_no_gap_no_duplicate),
       cmocka_unit_test(test_reconnect_before_first_event),
+      cmocka_unit_test(test_lockstep_asked_again),
+      cmocka_unit_test(test_state_dir_followed_and_token_tied),
       cmocka_unit_test(test_server_gone_no_sigpipe),
       cmocka_unit_test(test_garbage_and_protocol_error),
       cmocka_unit_test(test_call_timeout_then_stale_answer),

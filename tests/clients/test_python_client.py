@@ -148,8 +148,66 @@ class ClientTest(unittest.TestCase):
             try:
                 self.assertEqual(trainbus.resolve_address(state_dir=d), ("127.0.0.1:7070", "abc"))
                 self.assertEqual(trainbus.resolve_address("h:1", "t", state_dir=d), ("h:1", "t"))
+                # The directory's token goes with its own address only.
+                self.assertEqual(trainbus.resolve_address("h:1", state_dir=d), ("h:1", None))
+                self.assertEqual(trainbus.resolve_address("127.0.0.1:7070", state_dir=d),
+                                 ("127.0.0.1:7070", "abc"))
+                os.environ["TRAINBUS_ADDR"] = "h:2"
+                self.assertEqual(trainbus.resolve_address(state_dir=d), ("h:2", None))
             finally:
+                os.environ.pop("TRAINBUS_ADDR", None)
                 os.environ.update(env)
+
+    def test_state_dir_read_again_at_reconnect(self):
+        """A daemon restarted on another port with another token: the client
+        follows the directory's files."""
+        import tempfile
+        first = FakeServer(handshake() + [("close",)])
+        second = FakeServer([handshake()[0], ("expect", "auth", {"token": "tok-b"}),
+                             ("reply", {"role": "controller", "protocol": 1})])
+        with tempfile.TemporaryDirectory() as d:
+            def write(addr, token):
+                for name, text in (("address", addr), ("token", token)):
+                    with open(os.path.join(d, name), "w") as f:
+                        f.write(text + "\n")
+            write(first.addr, "tok-a")
+            c = trainbus.Client(state_dir=d, role="controller")
+            self.assertEqual((c.addr, c.token), (first.addr, "tok-a"))
+            with self.assertRaises(trainbus.ConnectionLost):  # the daemon went away
+                c.next_event(timeout=5)
+            write(second.addr, "tok-b")
+            c.reconnect(retry_for=5)
+            self.assertEqual((c.addr, c.token), (second.addr, "tok-b"))
+            c.close()
+        self.assertEqual(first.join(), [])
+        self.assertEqual(second.join(), [])
+
+    def test_lockstep_asked_again(self):
+        """A lockstep event asked again (same seq) after a restart gets the
+        answer given before; one never answered is handed out again."""
+        fs = self.run_script(handshake() + [
+            ("expect", "subscribe", {"lockstep": ["epoch_end"]}), ("reply", {"sub": 1, "next_seq": 5}),
+            ("send", event("r1", 5, "epoch_end", epoch=1, lockstep=True)),
+            ("expect", "continue", {"run": "r1", "seq": 5, "actions": {"set_lr": 0.5}}),
+            ("reply", {"ok": True}),
+            ("send", event("r1", 5, "epoch_end", epoch=1, lockstep=True)),
+            ("expect", "continue", {"run": "r1", "seq": 5, "actions": {"set_lr": 0.5}}),
+            ("reply", {"ok": True}),
+            ("send", event("r1", 6, "epoch_end", epoch=2, lockstep=True)),
+            ("send", event("r1", 6, "epoch_end", epoch=2, lockstep=True)),
+            ("expect", "continue", {"run": "r1", "seq": 6}), ("reply", {"ok": True}),
+        ])
+        c = trainbus.Client(fs.addr, "t", role="controller")
+        c.subscribe(runs=["r1"], events=["epoch_end"], lockstep=["epoch_end"])
+        ev = c.next_event(timeout=5)
+        self.assertEqual((ev.seq, ev.lockstep), (5, True))
+        c.continue_("r1", 5, set_lr=0.5)
+        ev = c.next_event(timeout=5)  # 5 again is answered inside
+        self.assertEqual(ev.seq, 6)
+        ev = c.next_event(timeout=5)
+        self.assertEqual((ev.seq, ev.lockstep), (6, True))  # never answered: again
+        c.continue_("r1", 6)
+        c.close()
 
 
 class RemoteCallbackTest(unittest.TestCase):
