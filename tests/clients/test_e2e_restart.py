@@ -124,8 +124,10 @@ class Restart(unittest.TestCase):
         for d in self.daemons:
             d.stop()
 
-    def start(self, state, *args, token=None):
-        d = Daemon(list(args), state_dir=state, token=token)
+    def start(self, state, *args, token=None, keep=()):
+        """A daemon on state; keep: options it is restarted with too."""
+        d = Daemon(list(args) + list(keep), state_dir=state, token=token)
+        d.keep = tuple(keep)
         self.daemons.append(d)
         return d
 
@@ -142,7 +144,7 @@ class Restart(unittest.TestCase):
         rc = d.proc.wait(60)
         d.thread.join(5)
         self.assertEqual(rc, -9 if sig == signal.SIGKILL else 0, "\n".join(d.log))
-        return self.start(d.state_dir, "--resume")
+        return self.start(d.state_dir, "--resume", keep=d.keep)
 
     # ------------------------------------------------------------- token --
 
@@ -300,6 +302,7 @@ class Restart(unittest.TestCase):
                 {"jsonrpc": "2.0", "id": 2, "method": "submit", "params": {"job": job}},
                 {"jsonrpc": "2.0", "id": 3, "method": "pause", "params": {"run": "r1"}}]
         got = rpc_lines(d.addr, reqs, [1, 2, 3])
+        self.assertIn("result", got[2], got[2])
         while "error" in got[rid]:  # pausing before the run exists in the queue: again
             rid += 1
             got = rpc_lines(d.addr, reqs[:1] + [{"jsonrpc": "2.0", "id": rid, "method": "pause",
@@ -320,8 +323,11 @@ class Restart(unittest.TestCase):
         state = os.path.join(self.tmp, tag)
         marks = os.path.join(self.tmp, tag + "-marks")
         os.makedirs(marks)
-        weights = os.path.join(self.tmp, tag + ".weights")
-        d = self.start(state, "--no-job")
+        # A submitted job writes files only beneath a data directory.
+        data = os.path.join(self.tmp, tag + "-data")
+        os.makedirs(data)
+        weights = os.path.join(data, "final.weights")
+        d = self.start(state, "--no-job", keep=("--data-dir", data))
         token = self.paused_run(d, plateau_job(weights))
         env = client_env(state)
         env["TB_MARKS"] = marks
