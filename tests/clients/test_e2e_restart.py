@@ -107,6 +107,16 @@ def rpc_lines(addr, requests, want):
     return got
 
 
+def lockstep_subscribed(state):
+    """A lockstep subscription has been made (trainbusd keeps them in
+    STATE_DIR/lockstep, docs/PROTOCOL.md section 12)."""
+    try:
+        with open(os.path.join(state, "lockstep")) as f:
+            return '"lockstep":' in f.read()
+    except OSError:
+        return False
+
+
 def event_key(e):
     """What makes an event the same event in two runs (not its time, nor the
     connection numbers in `by`)."""
@@ -356,10 +366,10 @@ class Restart(unittest.TestCase):
 
         for t in (pump_watch, pump_watch_err):
             threading.Thread(target=t, daemon=True).start()
-        # Both attached (the watcher's replay has caught up) before training.
-        self.assertTrue(wait_for(lambda: trainbus.Client(d.addr).call("status")["clients"] >= 2,
-                                 30))
-        time.sleep(0.3)
+        # The callback's lockstep subscription is in place (the daemon keeps
+        # it in STATE_DIR/lockstep) before training goes on; the watcher
+        # replays from seq 1 and cannot miss anything.
+        self.assertTrue(wait_for(lambda: lockstep_subscribed(state), 60))
         with trainbus.Client(d.addr, token, role="controller") as c:
             c.resume("r1")
         for trigger, sig in kill_plan:
@@ -478,10 +488,11 @@ class Restart(unittest.TestCase):
         threading.Thread(target=pacer, daemon=True).start()
         env = client_env(state)
 
-        def tty_watch():
+        def tty_watch(*args):
             master, slave = pty.openpty()
-            p = subprocess.Popen([CLI, "watch", "--run", "r1", "--reconnect", "30"], env=env,
-                                 stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+            p = subprocess.Popen([CLI, "watch", "--run", "r1", "--reconnect", "30"] + list(args),
+                                 env=env, stdin=subprocess.DEVNULL, stdout=slave,
+                                 stderr=subprocess.PIPE)
             os.close(slave)
             out = []
 
@@ -498,10 +509,8 @@ class Restart(unittest.TestCase):
             threading.Thread(target=pump, daemon=True).start()
             return p, out
 
-        w1, out1 = tty_watch()
-        self.assertTrue(wait_for(lambda: trainbus.Client(d.addr).call("status")["clients"] >= 3,
-                                 30))
-        time.sleep(0.3)
+        w1, out1 = tty_watch("--from-seq", "1")
+        self.assertTrue(wait_for(lambda: lockstep_subscribed(state), 60))
         with trainbus.Client(d.addr, token, role="controller") as c:
             c.resume("r1")
         self.assertTrue(held.wait(60))
