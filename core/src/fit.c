@@ -265,7 +265,11 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
   if ((r = boundary(m, &ctx, &list, o, false, err)) != 0)
     goto done;
 
-  for (int epoch = m->pos.epoch; epoch < o->epochs && !m->pos.stop; epoch++) {
+  /* A checkpoint taken in the middle of an epoch after a stop (a shutdown at
+   * the boundary where the stop applied) still owes that epoch its end:
+   * validation and epoch_end, as without the interruption. */
+  for (int epoch = m->pos.epoch; epoch < o->epochs && !(m->pos.stop && !m->pos.mid_epoch);
+       epoch++) {
     m->pos.epoch = epoch;
     if (!m->pos.mid_epoch) {
       tb_model_reset_metrics(m);
@@ -287,6 +291,8 @@ int tb_model_fit(tb_model_t *m, const tb_dataset_t *data, const tb_fit_opts_t *o
         goto done;
     } else {
       ctx.epoch = epoch; /* resumed inside this epoch: it has begun already */
+      if (ctx.stop_training)
+        m->pos.next_batch = steps; /* a stop had ended its batches */
     }
     for (int b = m->pos.next_batch; b < steps; b++) {
       int rows = b == steps - 1 ? n - b * bs : bs;

@@ -441,6 +441,51 @@ class Restart(unittest.TestCase):
         got = self.scenario(self.c_callback, [], plan, hold_callback=True)
         self.check_against_reference(ref, got)
 
+    # ------------------------------------------- a stop cut by a restart --
+
+    def stopped_at_batch(self, restart):
+        """A run stopped at epoch 1's batch 4 (a stop sent while the trainer
+        waits there in lockstep), the daemon stopped with SIGTERM right then
+        when `restart`: the run's history."""
+        state = os.path.join(self.tmp, "stop-%s" % restart)
+        d = self.start(state, "--no-job")
+        token = self.paused_run(d, dict(PLATEAU_JOB, epochs=4))
+        c = trainbus.Client(d.addr, token, role="controller")
+        # (The subscription leaves with the daemon: the resumed run waits
+        # for it no longer than its timeout.)
+        sub = c.subscribe(runs=["r1"], events=["train_batch_end"], lockstep=["train_batch_end"],
+                          lockstep_timeout_ms=2000, timeout=60)
+        c.resume("r1")
+        for ev in sub:
+            if (ev.epoch, ev.batch) == (1, 4):
+                with trainbus.Client(d.addr, token, role="controller") as c2:
+                    c2.stop("r1")
+                if restart:
+                    d.proc.send_signal(signal.SIGTERM)
+                    time.sleep(0.3)
+                c.continue_("r1", ev.seq)
+                break
+            c.continue_("r1", ev.seq)
+        c.close()
+        if restart:
+            self.assertEqual(d.proc.wait(60), 0, "\n".join(d.log))
+            d = self.start(state, "--resume")
+        with trainbus.Client(d.addr) as c:
+            self.assertTrue(wait_for(lambda: c.status("r1")["state"] == "stopped", 60),
+                            c.status("r1"))
+            return c.history_all("r1")
+
+    def test_stop_cut_by_a_restart_ends_as_without_it(self):
+        """The stop applied, then the daemon stops at that same boundary: the
+        resumed run must still validate and end the epoch, as it would have
+        (its checkpoint says the stop came in the middle of the epoch)."""
+        ref = self.stopped_at_batch(False)
+        got = self.stopped_at_batch(True)
+        self.assertEqual([event_key(e) for e in got], [event_key(e) for e in ref])
+        self.assertEqual([(e["event"], e.get("epoch")) for e in got if e["event"] in
+                          ("epoch_end", "train_end")], [("epoch_end", 0), ("epoch_end", 1),
+                                                        ("train_end", 1)])
+
     # ----------------------------------- what watch shows (issue 11, kind 4) --
 
     def test_watch_progress_after_a_restart(self):
