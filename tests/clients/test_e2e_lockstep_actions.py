@@ -40,10 +40,11 @@ JOB = {
     "model": {"layers": [{"type": "dense", "units": 8, "activation": "relu"},
                          {"type": "dense", "units": 3, "activation": "softmax"}]},
     "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
-    "optimizer": {"name": "sgd", "learning_rate": 0.1},
+    "optimizer": {"name": "sgd", "learning_rate": 0.125},
     "epochs": EPOCHS, "batch_size": 32, "validation_split": 0.25,
 }
-NEW_LR = 0.0625
+# Both exact in float32, the trainer's (and Keras's) type for the rate.
+OLD_LR, NEW_LR = 0.125, 0.0625
 
 # hook -> (the occurrence acted on: epoch, batch or None), as the event says it
 TARGET = {
@@ -205,7 +206,7 @@ class LockstepActions(unittest.TestCase):
             first_new = {"train_begin": 0, "epoch_begin": 1, "train_batch_begin": 1,
                          "train_batch_end": 1, "epoch_end": 2, "train_end": EPOCHS}.get(hook, 1)
             for epoch, lr in ends.items():
-                self.assertEqual(lr, NEW_LR if epoch >= first_new else 0.1,
+                self.assertEqual(lr, NEW_LR if epoch >= first_new else OLD_LR,
                                  "%s: epoch %d's lr" % (label, epoch))
             self.assertEqual(final["state"], "finished", label)
         elif action == "stop":
