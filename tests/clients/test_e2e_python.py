@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 from contextlib import redirect_stdout
 
@@ -90,14 +92,34 @@ class PythonE2E(unittest.TestCase):
                 [e.epoch for e in c.history_all("r1") if e.event == "epoch_end"], [])
         return d
 
+    def resume_once_subscribed(self, d, lockstep=False):
+        """Resumes r1 (held by paused_daemon) from a thread once the callback
+        has subscribed: its lockstep subscription is in the state directory
+        (docs/PROTOCOL.md section 12), or a second client is connected and
+        has had a moment; a fixed delay could let a run on a loaded machine
+        go by first."""
+        def go():
+            def ready():
+                if lockstep:
+                    path = os.path.join(d.state_dir, "lockstep")
+                    return os.path.exists(path) and '"lockstep":' in open(path).read()
+                with trainbus.Client(d.addr) as c:
+                    return c.call("status")["clients"] >= 2
+            wait_for(ready, 60)
+            if not lockstep:
+                time.sleep(0.3)
+            with trainbus.Client(d.addr, d.token, role="controller") as c:
+                c.resume("r1")
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        return t
+
     def test_plateau_lockstep_applies_before_next_epoch(self):
         d = self.paused_daemon(PLATEAU_JOB)
-        resumer = subprocess.Popen([sys.executable, "-c", (
-            "import time, trainbus; time.sleep(0.5); "
-            "trainbus.Client(%r, %r, role='controller').resume('r1')") % (d.addr, d.token)],
-            env=dict(os.environ, PYTHONPATH=os.path.join(SOURCE, "clients", "python")))
+        resumer = self.resume_once_subscribed(d, lockstep=True)
         state, out = self.plateau_python(d)
-        resumer.wait(30)
+        resumer.join(30)
         self.assertEqual(state, "finished", out)
         lines = out.splitlines()
         self.assertEqual(lines[0], "epoch 0: no validation data, skipped")
@@ -119,9 +141,7 @@ class PythonE2E(unittest.TestCase):
         d = self.paused_daemon(PLATEAU_JOB)
         c = subprocess.Popen([os.environ["PLATEAU_REMOTE"], "--connect", d.addr, "--token",
                               d.token, "--run", "r1"], stdout=subprocess.PIPE, text=True)
-        wait_for(lambda: False, timeout=0.5)
-        with trainbus.Client(d.addr, d.token, role="controller") as cl:
-            cl.resume("r1")
+        self.resume_once_subscribed(d, lockstep=True).join(60)
         out, _ = c.communicate(timeout=120)
         self.assertEqual(c.returncode, 0, out)
         self.assertEqual([l for l in out.splitlines() if l.startswith("epoch ")],
@@ -136,9 +156,7 @@ class PythonE2E(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ,
                                       PYTHONPATH=os.path.join(SOURCE, "clients", "python")))
-        wait_for(lambda: False, timeout=0.7)
-        with trainbus.Client(d.addr, d.token, role="controller") as c:
-            c.resume("r1")
+        self.resume_once_subscribed(d).join(60)
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 0, err)
         ends = [l for l in out.splitlines() if " end:" in l]
@@ -157,9 +175,7 @@ class PythonE2E(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ,
                                       PYTHONPATH=os.path.join(SOURCE, "clients", "python")))
-        wait_for(lambda: False, timeout=0.7)
-        with trainbus.Client(d.addr, d.token, role="controller") as c:
-            c.resume("r1")
+        self.resume_once_subscribed(d).join(60)
         out, err = p.communicate(timeout=60)
         self.assertEqual(p.returncode, 0, err)
         # Changes after epochs 4 and 8 are applied. The one after the last
