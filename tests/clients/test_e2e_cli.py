@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -274,7 +275,14 @@ class CliE2E(unittest.TestCase):
         self.assertEqual(d1.stop(signal.SIGTERM), 0)  # the watch is now reconnecting
         time.sleep(0.5)
         d2 = self.daemon("--resume", state_dir=d1.state_dir, listen=d1.addr)
-        out, err = w.communicate(timeout=120)
+        # Read the rest through w.stdout itself: communicate() reads the pipe's
+        # descriptor and would skip lines readline() has already buffered.
+        timer = threading.Timer(120, w.kill)
+        timer.start()
+        out = w.stdout.read()
+        err = w.stderr.read()
+        w.wait()
+        timer.cancel()
         self.assertEqual(w.returncode, 0, err)
         self.assertIn("reconnected", err)
         got = first + [json.loads(l) for l in out.splitlines()]
