@@ -11,10 +11,12 @@
  * it completes. So an idle client gets each event with no delay, and a busy
  * one gets big writes, as few as its socket allows.
  *
- * Where a per-client transform (TLS record encryption) would go: flush()
- * turns the queued buffers into the bytes handed to the socket; a transform
- * encrypts there, from the shared plaintext into the client's own buffer,
- * and everything before it (sharing, limits, drops) stays as it is.
+ * TLS (tls.c) is a per-client step at the very end: flush() turns the
+ * queued buffers into the bytes handed to the socket, and for a TLS client
+ * it encrypts them there, from the shared plaintext into the client's own
+ * ciphertext buffer, only when the socket can take them; everything before
+ * it (sharing, limits, drops) stays as it is. Reads go the other way: what
+ * libuv read is decrypted into the client's input before framing.
  *
  * The bytes queued or in flight are the client's backlog, and its limits are
  * Redis's client-output-buffer-limit with one more step:
@@ -32,7 +34,8 @@
 #include <string.h>
 
 size_t tb__conn_backlog(const conn_t *c) {
-  return c->pend_bytes + (c->wsi == NULL ? c->h.stream.write_queue_size : 0);
+  return c->pend_bytes + (c->wsi == NULL ? c->h.stream.write_queue_size : 0) +
+         (c->tls != NULL ? tb__tls_pending(c->tls) : 0);
 }
 
 void tb__outbuf_release(outbuf_t *o) {
@@ -52,6 +55,7 @@ void tb__conn_free(conn_t *c) {
     if (c->subs[i].replay_file != NULL)
       fclose(c->subs[i].replay_file);
   free(c->subs);
+  tb__tls_free(c->tls);
   if (c->prev != NULL)
     c->prev->next = c->next;
   else
@@ -63,6 +67,7 @@ void tb__conn_free(conn_t *c) {
 }
 
 static void check_limits(conn_t *c);
+static bool greet(tb_server_t *s, conn_t *c);
 
 static void on_close(uv_handle_t *h) {
   tb__conn_free(h->data);
@@ -174,7 +179,8 @@ static void on_write(uv_write_t *req, int status) {
     c->closing = true;
     c->close_after_flush = false;
   }
-  if (c->closing && (!c->close_after_flush || (c->inflight == 0 && c->n_out == 0))) {
+  if (c->closing && (!c->close_after_flush || (c->inflight == 0 && c->n_out == 0 &&
+                                               (c->tls == NULL || tb__tls_pending(c->tls) == 0)))) {
     if (c->inflight == 0)
       really_close(c);
     return;
@@ -215,12 +221,83 @@ static void write_failed(conn_t *c) {
     really_close(c);
 }
 
+/* A TLS client's flush: its queue is encrypted, then the ciphertext (with
+ * whatever the handshake or an alert added) goes to the socket, at once as
+ * far as it takes it, the rest through uv_write in the buffer it is in. */
+static void flush_tls(conn_t *c) {
+  tb_tls_t *t = c->tls;
+  if (tb__tls_established(t) && c->n_out > 0) {
+    uv_buf_t stackv[64];
+    uv_buf_t *bv = c->n_out <= 64 ? stackv : malloc((size_t)c->n_out * sizeof(uv_buf_t));
+    if (bv == NULL)
+      return; /* the next flush tries again */
+    for (int i = 0; i < c->n_out; i++)
+      bv[i] = c->out[i].buf;
+    int r = tb__tls_write(t, bv, c->n_out);
+    if (bv != stackv)
+      free(bv);
+    for (int i = 0; i < c->n_out; i++)
+      tb__outbuf_release(&c->out[i]);
+    c->n_out = 0;
+    c->pend_bytes = 0;
+    if (r != 0) {
+      tb__log(c->srv, 1, "%s: cannot encrypt its output; closing", c->label);
+      write_failed(c);
+      return;
+    }
+  }
+  if (c->closing && c->close_after_flush && c->n_out == 0)
+    tb__tls_close_notify(t); /* the clean end of a TLS stream */
+  size_t len = tb__tls_pending(t);
+  if (len == 0)
+    return;
+  uv_buf_t b = uv_buf_init((char *)tb__tls_out(t), (unsigned)len);
+  int n = uv_try_write(&c->h.stream, &b, 1);
+  if (n < 0 && n != UV_EAGAIN && n != UV_ENOSYS) {
+    write_failed(c);
+    return;
+  }
+  if (n > 0)
+    tb__tls_consume(t, (size_t)n);
+  if (tb__tls_pending(t) == 0)
+    return;
+  wreq_t *w = malloc(sizeof(*w) + sizeof(outbuf_t));
+  if (w == NULL)
+    return;
+  size_t rest;
+  char *mem = tb__tls_take(t, &rest);
+  w->conn = c;
+  w->n = 1;
+  w->bufs[0].buf = uv_buf_init(mem, (unsigned)rest);
+  w->bufs[0].chunk = NULL;
+  w->bufs[0].mem = mem;
+  c->inflight++;
+  if (uv_write(&w->req, &c->h.stream, &w->bufs[0].buf, 1, on_write) != 0) {
+    c->inflight--;
+    free(mem);
+    free(w);
+    write_failed(c);
+  }
+}
+
 /* Writes c's queue now unless libuv still holds bytes of an earlier write
  * (then on_write does, with whatever gathered meanwhile). */
 void tb__conn_flush(conn_t *c) {
   if (c->wsi != NULL) {
     if (c->n_out > 0 || c->closing)
       tb__ws_want_write(c); /* written one message at a time when writable */
+    return;
+  }
+  if (c->tls != NULL) {
+    if ((c->inflight > 0 && c->h.stream.write_queue_size > 0) ||
+        uv_is_closing((uv_handle_t *)&c->h.stream))
+      return;
+    flush_tls(c);
+    /* All said, the ending stream closes (a write in flight closes it from
+     * its callback). */
+    if (c->closing && c->close_after_flush && c->inflight == 0 && c->n_out == 0 &&
+        tb__tls_pending(c->tls) == 0)
+      really_close(c);
     return;
   }
   /* In flight means bytes libuv still holds for a full socket; a write whose
@@ -302,6 +379,13 @@ void tb__conn_close(conn_t *c, const char *reason, const char *message) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
   conn_t *c = h->data;
+  if (c->tls != NULL) {
+    /* Ciphertext is decrypted at once: one buffer serves every client (libuv
+     * calls on_read right after this, on the same thread). */
+    buf->base = c->srv->tls_rbuf;
+    buf->len = TB_TLS_READ_CHUNK;
+    return;
+  }
   size_t want = c->in_len + 16384;
   if (want > c->in_cap) {
     char *in = realloc(c->in, want);
@@ -330,6 +414,12 @@ static bool looks_like_http(const char *p, size_t n) {
   return false;
 }
 
+/* The first bytes of a TLS ClientHello: a handshake record (22) of TLS
+ * 1.0..1.3 (RFC 8446 5.1: legacy_record_version 0x0301..0x0303). */
+static bool looks_like_tls(const char *p, size_t n) {
+  return n >= 3 && (unsigned char)p[0] == 0x16 && p[1] == 0x03 && (unsigned char)p[2] <= 0x04;
+}
+
 static void protocol_error(conn_t *c, int code, const char *msg) {
   tb_buf_t b;
   tb_buf_init(&b);
@@ -341,23 +431,111 @@ static void protocol_error(conn_t *c, int code, const char *msg) {
   tb__conn_close(c, "protocol_error", msg);
 }
 
+/* The client went away (end of file, a reset, a TLS close_notify or a TLS
+ * failure): nothing more is said to it. */
+static void gone(conn_t *c) {
+  c->closing = true;
+  c->close_after_flush = false;
+  tb__lockstep_release_conn(c);
+  tb__conn_drop_subs(c);
+  uv_read_stop(&c->h.stream);
+  if (c->inflight == 0)
+    really_close(c);
+}
+
+/* A plaintext client on a TLS listener (its first byte is not a TLS
+ * handshake's): it is told so in plaintext, as HTTP gets an HTTP answer,
+ * and closed. Our clients send an empty line first on a plaintext
+ * connection, so they learn this at once rather than at the auth timeout. */
+static void plaintext_on_tls(conn_t *c, const char *data, size_t len) {
+  tb__tls_free(c->tls);
+  c->tls = NULL;
+  c->http_checked = true;
+  tb__log(c->srv, 1, "%s: a plaintext client on a TLS listener; closing", c->label);
+  if (looks_like_http(data, len)) {
+    static const char resp[] =
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        "This is a trainbus port with TLS: it speaks JSON-RPC 2.0 over TLS, one JSON object "
+        "per line, not HTTP.\nSee docs/PROTOCOL.md; for a browser use trainbusd --http.\n";
+    tb__conn_send(c, resp, sizeof(resp) - 1);
+    tb__conn_close(c, NULL, NULL);
+    return;
+  }
+  tb_buf_t b;
+  tb_buf_init(&b);
+  tb_id_t none = {0};
+  tb_msg_error(&b, &none, TB_PROTO_ETLS_REQUIRED,
+               "this port speaks TLS: connect with tls://HOST:PORT (trainbus --tls, Python "
+               "Client(tls=True)); see docs/PROTOCOL.md, TLS");
+  tb__conn_send(c, b.data, b.len);
+  tb_buf_free(&b);
+  tb__conn_close(c, "tls_required", "this port speaks TLS");
+}
+
+/* Ciphertext from a TLS client: on with the handshake, then decrypt into
+ * the input and handle it as a plaintext client's bytes. */
+static void tls_in(conn_t *c, const char *data, size_t len) {
+  tb_server_t *s = c->srv;
+  if (tb__tls_input(c->tls, data, len) == TB__TLS_PLAINTEXT) {
+    plaintext_on_tls(c, data, len);
+    return;
+  }
+  bool was = tb__tls_established(c->tls);
+  for (;;) {
+    if (c->in_cap - c->in_len < 16384) {
+      char *in = realloc(c->in, c->in_len + 16384);
+      if (in == NULL) {
+        protocol_error(c, TB_PROTO_EINTERNAL, "out of memory");
+        return;
+      }
+      c->in = in;
+      c->in_cap = c->in_len + 16384;
+    }
+    size_t got;
+    char why[240];
+    int r = tb__tls_read(c->tls, c->in + c->in_len, c->in_cap - c->in_len, &got, why, sizeof(why));
+    if (r == TB__TLS_EOF) {
+      gone(c);
+      return;
+    }
+    if (r != 0) {
+      tb__log(s, 1, "%s: TLS %s: %s; closing", c->label,
+              tb__tls_established(c->tls) ? "error" : "handshake failed", why);
+      tb__conn_flush(c); /* the alert that tells the client why */
+      gone(c);
+      return;
+    }
+    if (got == 0)
+      break;
+    c->in_len += got;
+  }
+  if (!was && tb__tls_established(c->tls)) {
+    char desc[400];
+    tb__tls_describe(c->tls, desc, sizeof(desc));
+    tb__log(s, 2, "%s: TLS established (%s)", c->label, desc);
+    greet(s, c);
+  }
+  if (c->in_len > 0 && !c->closing)
+    tb__conn_input(c, NULL, 0);
+  else
+    tb__conn_flush(c); /* handshake messages */
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
   conn_t *c = st->data;
   tb_server_t *s = c->srv;
   if (nread < 0) {
-    c->closing = true; /* EOF or error: nothing more to say to it */
-    c->close_after_flush = false;
-    tb__lockstep_release_conn(c);
-    tb__conn_drop_subs(c);
-    uv_read_stop(st);
-    if (c->inflight == 0)
-      really_close(c);
+    gone(c);
     return;
   }
   if (nread == 0 || c->closing)
     return;
-  c->in_len += (size_t)nread;
-  tb__conn_input(c, NULL, 0);
+  if (c->tls != NULL)
+    tls_in(c, buf->base, (size_t)nread);
+  else {
+    c->in_len += (size_t)nread;
+    tb__conn_input(c, NULL, 0);
+  }
   /* Back-pressure: stop reading a client that does not read its answers. */
   if (!c->closing && tb__conn_backlog(c) > s->o.out_drop_bytes)
     uv_read_stop(st);
@@ -378,6 +556,16 @@ void tb__conn_input(conn_t *c, const char *data, size_t len) {
     }
     memcpy(c->in + c->in_len, data, len);
     c->in_len += len;
+  }
+  if (!c->http_checked && c->in_len >= 3 && c->wsi == NULL && c->tls == NULL &&
+      looks_like_tls(c->in, c->in_len)) {
+    /* A TLS client on a plaintext listener: it has our plaintext hello
+     * already and fails on it at once; the log says what happened. */
+    c->http_checked = true;
+    protocol_error(c, TB_PROTO_EPARSE,
+                   "a TLS ClientHello on a plaintext port: this listener has no TLS (connect "
+                   "without TLS, or start trainbusd with --tls-cert and --tls-key)");
+    return;
   }
   if (!c->http_checked && c->in_len >= 4 && c->wsi == NULL) {
     c->http_checked = true;
@@ -520,6 +708,16 @@ void tb__conn_accept(listener_t *l) {
     int sndbuf = (int)s->o.out_drop_bytes;
     uv_send_buffer_size((uv_handle_t *)&c->h.tcp, &sndbuf);
   }
+  if (l->tls) {
+    /* The hello goes out once the handshake is done (tls_in). */
+    if ((c->tls = tb__tls_new(s)) == NULL) {
+      c->closing = true;
+      really_close(c);
+      return;
+    }
+    uv_read_start(&c->h.stream, on_alloc, on_read);
+    return;
+  }
   if (greet(s, c))
     uv_read_start(&c->h.stream, on_alloc, on_read);
 }
@@ -529,6 +727,19 @@ void tb__conn_tick(conn_t *c, uint64_t now) {
   tb_server_t *s = c->srv;
   if (c->closing)
     return;
+  if (c->role == TB_ROLE_NONE && now - c->t_open_ms > (uint64_t)s->o.auth_timeout_ms &&
+      c->tls != NULL && !tb__tls_established(c->tls)) {
+    /* The handshake is bounded by the auth timeout too. A client that sent
+     * nothing at all may be a plaintext one waiting for our hello (nc): it
+     * is told in plaintext what this port speaks. */
+    tb__log(s, 1, "%s: no TLS handshake within %d ms; closing", c->label, s->o.auth_timeout_ms);
+    if (tb__tls_bytes_in(c->tls) == 0) {
+      plaintext_on_tls(c, "", 0);
+      return;
+    }
+    gone(c);
+    return;
+  }
   if (c->role == TB_ROLE_NONE && now - c->t_open_ms > (uint64_t)s->o.auth_timeout_ms) {
     tb_buf_t b;
     tb_buf_init(&b);

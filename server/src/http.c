@@ -7,6 +7,11 @@
  * and validated exactly like a TCP line), each line out is one message. The
  * output queue, its limits and the fan-out are shared with TCP clients.
  *
+ * TLS: with a certificate (trainbusd --tls-cert) the front is HTTPS and
+ * WSS through libwebsockets' own OpenSSL binding: the same files, TLS 1.2 or
+ * later, the same client CA; a plain http:// request on the port is
+ * redirected to https://.
+ *
  * Limits and checks: the page is served only at "/"; a WebSocket is accepted
  * only at "/ws" and only from a page of the same origin (or from a client
  * that sends no Origin, which no browser does), so another site open in the
@@ -15,6 +20,7 @@
 #include "internal.h"
 
 #include <libwebsockets.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -198,10 +204,18 @@ int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err) {
     return tb_errf(err, TB_EINVAL, "--http %s: the port must be 0..65535", spec);
   bool loopback =
       strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
+  bool tls = s->tls_ctx != NULL;
   if (!loopback && !s->o.token_given)
     return tb_errf(err, TB_EINVAL,
                    "--http %s: refusing a non-loopback address without a token: give --token "
                    "or TRAINBUS_TOKEN",
+                   spec);
+  if (!loopback && !tls && !s->o.allow_plaintext)
+    return tb_errf(err, TB_EINVAL,
+                   "--http %s: refusing a non-loopback address without TLS (tokens and training "
+                   "data would cross the network in clear): give --tls-cert FILE --tls-key FILE "
+                   "(the dashboard is then served over HTTPS), or --allow-plaintext if the "
+                   "network is trusted or TLS ends in front of the daemon",
                    spec);
   lws_set_log_level(LLL_ERR, NULL);
   struct lws_context_creation_info info;
@@ -209,6 +223,8 @@ int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err) {
   void *loops[1] = {&s->loop};
   info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
                  LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
+  if (tls)
+    info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
   info.foreign_loops = loops;
   info.max_http_header_data = 4096;
   info.timeout_secs = 30;
@@ -224,6 +240,21 @@ int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err) {
   info.protocols = protocols;
   info.user = s;
   info.vhost_name = "trainbus";
+  if (tls) {
+    info.ssl_cert_filepath = s->o.tls_cert;
+    info.ssl_private_key_filepath = s->o.tls_key;
+    /* TLS 1.2 or later, no renegotiation, as on the TCP listeners. */
+    info.ssl_options_set = SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1 | SSL_OP_NO_RENEGOTIATION;
+    /* HTTP/1.1 only: the page is one file, and WebSockets over HTTP/2
+     * (RFC 8441) would be one more path to get right for nothing. */
+    info.alpn = "http/1.1";
+    info.options |=
+        LWS_SERVER_OPTION_ALLOW_NON_SSL_ON_SSL_PORT | LWS_SERVER_OPTION_REDIRECT_HTTP_TO_HTTPS;
+    if (s->o.tls_client_ca != NULL) {
+      info.ssl_ca_filepath = s->o.tls_client_ca;
+      info.options |= LWS_SERVER_OPTION_REQUIRE_VALID_OPENSSL_CLIENT_CERT;
+    }
+  }
   struct lws_vhost *vh = lws_create_vhost(s->lws, &info);
   if (vh == NULL) {
     lws_context_destroy(s->lws);

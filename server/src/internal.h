@@ -17,6 +17,7 @@
 #include <uv.h>
 
 typedef struct conn_s conn_t;
+typedef struct tb_tls_s tb_tls_t; /* tls.c: one connection's TLS state */
 
 /* Appends a string literal (its length known at compile time). */
 #define TB_LIT(b, s) tb_buf_append((b), (s), sizeof(s) - 1)
@@ -65,8 +66,8 @@ typedef struct tb_rec_s {
   int epochs;
   /* state / control events */
   tb_run_state_t state, prev_state;
-  char *path; /* checkpoint events: the file written (malloc'ed, freed by the loop); NULL
-                 otherwise */
+  char *path;            /* checkpoint events: the file written (malloc'ed, freed by the loop); NULL
+                            otherwise */
   tb_classes_t *classes; /* train_begin: the model's class names (a copy the loop takes
                             over), NULL otherwise */
   bool has_value, has_old;
@@ -235,6 +236,7 @@ struct conn_s {
   conn_t *prev, *next;
   uint64_t id;
   struct lws *wsi; /* a WebSocket client (http.c); NULL for a stream */
+  tb_tls_t *tls;   /* a client of a TLS listener (tls.c); NULL for plaintext */
   bool local;      /* accepted on a loopback or Unix listener */
   tb_role_t role;
   char client[TB_PROTO_TEXT_MAX];
@@ -276,7 +278,8 @@ typedef struct listener_s {
   } h;
   tb_server_t *srv;
   bool local;
-  char address[300];
+  bool tls;          /* a TCP listener of a daemon given a certificate */
+  char address[300]; /* "127.0.0.1:7787", "tls://0.0.0.0:7787" or "unix:/path" */
 } listener_t;
 
 struct tb_server_s {
@@ -310,6 +313,14 @@ struct tb_server_s {
   tb_run_t *runs; /* oldest first */
   int n_runs, next_run;
   pthread_mutex_t runs_mu; /* guards the registry list against attach/submit from other threads */
+
+  /* TLS (tls.c): the context every TLS connection is made from (NULL
+   * without --tls-cert), the loop's one read buffer for ciphertext, and
+   * what the certificate says, for the log. */
+  struct ssl_ctx_st *tls_ctx;
+  char *tls_rbuf;
+  char tls_subject[512];
+  bool tls_expired;
 
   struct lws_context *lws; /* the HTTP/WebSocket front (http.c), or NULL */
   bool lws_stopping;
@@ -438,6 +449,40 @@ void tb__http_stop(tb_server_t *s);
 void tb__http_free(tb_server_t *s);
 void tb__ws_want_write(conn_t *c);
 void tb__ws_kill(conn_t *c);
+
+/* tls.c: TLS for stream connections, OpenSSL kept inside. */
+enum { TB_TLS_READ_CHUNK = 65536 };
+enum { TB__TLS_PLAINTEXT = -2, TB__TLS_FAILED = -3, TB__TLS_EOF = -4 };
+/* Makes the server's TLS context from o.tls_cert, o.tls_key and
+ * o.tls_client_ca (nothing without a certificate); errors name the file. */
+int tb__tls_setup(tb_server_t *s, tb_err_t *err);
+void tb__tls_server_free(tb_server_t *s);
+tb_tls_t *tb__tls_new(tb_server_t *s); /* NULL: out of memory */
+void tb__tls_free(tb_tls_t *t);
+/* Ciphertext read from the socket. TB__TLS_PLAINTEXT if it is the start of
+ * the connection and not a TLS handshake (a plaintext client): then nothing
+ * was taken. */
+int tb__tls_input(tb_tls_t *t, const char *data, size_t len);
+/* Goes on with the handshake, then decrypts into buf: 0 with *got bytes (0
+ * when more ciphertext is needed), TB__TLS_EOF at the client's close_notify,
+ * TB__TLS_FAILED with the reason in why. May produce ciphertext to send
+ * (handshake messages, alerts): tb__tls_pending. */
+int tb__tls_read(tb_tls_t *t, char *buf, size_t cap, size_t *got, char *why, size_t why_len);
+bool tb__tls_established(const tb_tls_t *t);
+uint64_t tb__tls_bytes_in(const tb_tls_t *t);
+/* "TLSv1.3, TLS_AES_256_GCM_SHA384[, client certificate /CN=...]". */
+void tb__tls_describe(const tb_tls_t *t, char *buf, size_t len);
+/* Encrypts the buffers (the handshake must be done): 0 or TB__TLS_FAILED. */
+int tb__tls_write(tb_tls_t *t, const uv_buf_t *bufs, int n);
+/* Queues the close_notify alert (once, after the handshake). */
+void tb__tls_close_notify(tb_tls_t *t);
+/* Ciphertext waiting for the socket: its length, where it is, dropping its
+ * first n bytes, and taking the whole buffer (malloc'ed; the caller frees
+ * it). */
+size_t tb__tls_pending(const tb_tls_t *t);
+const char *tb__tls_out(const tb_tls_t *t);
+void tb__tls_consume(tb_tls_t *t, size_t n);
+char *tb__tls_take(tb_tls_t *t, size_t *len);
 
 /* methods.c */
 void tb__handle_line(conn_t *c, const char *line, size_t len);

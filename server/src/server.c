@@ -113,10 +113,20 @@ static int listen_on(tb_server_t *s, const char *spec, tb_err_t *err) {
         uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&ss) != 0)
       return tb_errf(err, TB_EINVAL, "listen %s: \"%s\" is not an IP address", spec, host);
     l->local = is_loopback((struct sockaddr *)&ss);
+    l->tls = s->tls_ctx != NULL;
     if (!l->local && !s->o.token_given)
       return tb_errf(err, TB_EINVAL,
                      "listen %s: refusing a non-loopback address without a token: give "
                      "--token or TRAINBUS_TOKEN",
+                     spec);
+    /* Protected mode, as Redis's: what crosses a network is encrypted
+     * unless the operator says the network is trusted. */
+    if (!l->local && !l->tls && !s->o.allow_plaintext)
+      return tb_errf(err, TB_EINVAL,
+                     "listen %s: refusing a non-loopback address without TLS (tokens and "
+                     "training data would cross the network in clear): give --tls-cert FILE "
+                     "--tls-key FILE, or --allow-plaintext if the network is trusted or TLS "
+                     "ends in front of the daemon",
                      spec);
     if ((r = uv_tcp_init(&s->loop, &l->h.tcp)) != 0)
       return tb_errf(err, r, "listen %s: %s", spec, uv_strerror(r));
@@ -135,13 +145,14 @@ static int listen_on(tb_server_t *s, const char *spec, tb_err_t *err) {
     int len = sizeof(ss);
     char ip[64];
     uv_tcp_getsockname(&l->h.tcp, (struct sockaddr *)&ss, &len);
+    const char *scheme = l->tls ? "tls://" : "";
     if (ss.ss_family == AF_INET6) {
       uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
-      snprintf(l->address, sizeof(l->address), "[%s]:%d", ip,
+      snprintf(l->address, sizeof(l->address), "%s[%s]:%d", scheme, ip,
                ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
     } else {
       uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
-      snprintf(l->address, sizeof(l->address), "%s:%d", ip,
+      snprintf(l->address, sizeof(l->address), "%s%s:%d", scheme, ip,
                ntohs(((struct sockaddr_in *)&ss)->sin_port));
     }
   }
@@ -472,6 +483,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   }
   if ((r = setup_policies(s, err)) != 0)
     goto fail;
+  if ((r = tb__tls_setup(s, err)) != 0)
+    goto fail;
   if (s->o.token != NULL && s->o.token[0] != '\0') {
     if (strlen(s->o.token) >= TB_PROTO_TOKEN_MAX) {
       r = tb_errf(err, TB_EINVAL, "the token is longer than %d bytes", TB_PROTO_TOKEN_MAX - 1);
@@ -536,6 +549,7 @@ fail:
     uv_close((uv_handle_t *)&s->listeners[i].h.stream, NULL);
   uv_run(&s->loop, UV_RUN_NOWAIT);
   uv_loop_close(&s->loop);
+  tb__tls_server_free(s);
   free(s);
   return r ? r : TB_EINVAL;
 }
@@ -578,6 +592,7 @@ int tb_server_free(tb_server_t *s) {
   tb__http_free(s);
   free(s->ghosts);
   int closed = uv_loop_close(&s->loop);
+  tb__tls_server_free(s);
   free(s->q);
   free(s->cur);
   tb_buf_free(&s->enc);

@@ -26,9 +26,19 @@ static void usage(FILE *f) {
           "options:\n"
           "  --listen ADDR        HOST:PORT (port 0: any free port) or a Unix socket path;\n"
           "                       repeatable (default 127.0.0.1:7787). A non-loopback address\n"
-          "                       needs --token or TRAINBUS_TOKEN\n"
+          "                       needs --token or TRAINBUS_TOKEN, and TLS (or\n"
+          "                       --allow-plaintext)\n"
           "  --http HOST:PORT     serve the live dashboard (and the protocol over WebSocket)\n"
-          "                       there, e.g. 127.0.0.1:8080 (docs/DASHBOARD.md)\n"
+          "                       there, e.g. 127.0.0.1:8080 (docs/DASHBOARD.md); HTTPS and\n"
+          "                       WSS with --tls-cert\n"
+          "  --tls-cert FILE      TLS on every TCP listener and on --http: the certificate\n"
+          "                       (PEM, with its chain); clients connect with tls://HOST:PORT.\n"
+          "                       Unix socket listeners stay plaintext (docs/PROTOCOL.md, TLS)\n"
+          "  --tls-key FILE       the certificate's private key (PEM)\n"
+          "  --tls-client-ca FILE  also require a client certificate signed by a CA in FILE\n"
+          "                       (PEM) on TLS listeners and the dashboard\n"
+          "  --allow-plaintext    allow a non-loopback listener without TLS (a trusted\n"
+          "                       network, or TLS ended in front of the daemon)\n"
           "  --job FILE           run this job (docs/JOB.md) instead of the demo; it may read\n"
           "                       and write any path\n"
           "  --no-job             start idle; runs come from `trainbus submit`\n"
@@ -189,6 +199,14 @@ int main(int argc, char **argv) {
       }
     } else if (strcmp(a, "--http") == 0 && v) {
       o.http = argv[++i];
+    } else if (strcmp(a, "--tls-cert") == 0 && v) {
+      o.tls_cert = argv[++i];
+    } else if (strcmp(a, "--tls-key") == 0 && v) {
+      o.tls_key = argv[++i];
+    } else if (strcmp(a, "--tls-client-ca") == 0 && v) {
+      o.tls_client_ca = argv[++i];
+    } else if (strcmp(a, "--allow-plaintext") == 0) {
+      o.allow_plaintext = true;
     } else if (strcmp(a, "--job") == 0 && v) {
       job_path = argv[++i];
     } else if (strcmp(a, "--no-job") == 0) {
@@ -258,9 +276,19 @@ int main(int argc, char **argv) {
   }
   for (int i = 0; tb_server_address(s, i) != NULL; i++)
     fprintf(stderr, "trainbusd: listening on %s\n", tb_server_address(s, i));
+  bool tls = s->tls_ctx != NULL;
   if (tb_server_http_address(s) != NULL)
-    fprintf(stderr, "trainbusd: http on %s (dashboard: http://%s/)\n", tb_server_http_address(s),
-            tb_server_http_address(s));
+    fprintf(stderr, "trainbusd: http on %s (dashboard: %s://%s/)\n", tb_server_http_address(s),
+            tls ? "https" : "http", tb_server_http_address(s));
+  if (tls) {
+    fprintf(stderr, "trainbusd: TLS with the certificate of %s%s\n", s->tls_subject,
+            o.tls_client_ca ? "; clients need a certificate from --tls-client-ca" : "");
+    if (s->tls_expired)
+      fprintf(stderr,
+              "trainbusd: warning: the certificate in %s has expired: clients will "
+              "refuse it\n",
+              o.tls_cert);
+  }
   char budget[32];
   tb_job_format_bytes(s->operator_policy.max_bytes, budget, sizeof(budget));
   fprintf(stderr, "trainbusd: a job may use up to %s of memory (--max-job-memory)\n", budget);

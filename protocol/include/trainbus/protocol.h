@@ -31,7 +31,7 @@
 
 /* X(name, code, wire name, text). The code is the JSON-RPC error code sent on
  * the wire and, negated nowhere, also the C return value: functions return 0
- * or one of these. -32700..-32603 are JSON-RPC's own; -32001..-32007 are ours,
+ * or one of these. -32700..-32603 are JSON-RPC's own; -32001..-32008 are ours,
  * in the range JSON-RPC leaves to servers. The wire name travels in
  * error.data.name so clients can switch on a word rather than a number. */
 #define TB_PROTO_ERR_MAP(X)                                                                        \
@@ -46,7 +46,8 @@
   X(INVALID_STATE, -32004, "invalid_state", "not possible in the current state")                   \
   X(OVERLOADED, -32005, "overloaded", "server overloaded")                                         \
   X(TOO_LARGE, -32006, "too_large", "message too large")                                           \
-  X(TIMEOUT, -32007, "timeout", "timed out")
+  X(TIMEOUT, -32007, "timeout", "timed out")                                                       \
+  X(TLS_REQUIRED, -32008, "tls_required", "this listener speaks TLS only")
 
 typedef enum {
 #define X(name, code, wire, text) TB_PROTO_E##name = code,

@@ -62,6 +62,16 @@ typedef struct tb_server_opts_s {
   int log_level;         /* 0 errors, 1 info (default), 2 debug */
   const char *http;      /* "HOST:PORT": serve the dashboard, and the protocol over WebSocket,
                             there (docs/DASHBOARD.md); NULL: no HTTP */
+  /* TLS (docs/PROTOCOL.md, "TLS"): with a certificate and its key (PEM
+   * files), every TCP listener and the HTTP front speak TLS only (OpenSSL;
+   * the HTTP front through libwebsockets: HTTPS and WSS); Unix socket
+   * listeners stay plaintext. With a client CA, clients must also present a
+   * certificate that CA signed. NULL: no TLS. */
+  const char *tls_cert, *tls_key, *tls_client_ca;
+  /* A listener on a non-loopback address without TLS is refused (as
+   * Redis's protected mode) unless this is set: the network is trusted, or
+   * TLS ends in front of the daemon. */
+  bool allow_plaintext;
   /* Folders whose files jobs submitted over the network may read and write
    * (docs/JOB.md): each must exist; relative paths in those jobs resolve
    * against the first. None: such jobs may only use the built-in generators.
@@ -80,7 +90,8 @@ void tb_server_opts_defaults(tb_server_opts_t *o);
 
 /* Creates the server and binds its listeners (so addresses are known and bind
  * errors reported here). Refuses a non-loopback listener without a
- * user-given token. */
+ * user-given token, and one without TLS unless allow_plaintext; the message
+ * says how to fix it. Reads the TLS files now (errors name the file). */
 int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err);
 /* Runs the loop on the calling thread until tb_server_stop(). */
 int tb_server_run(tb_server_t *s);
@@ -96,7 +107,8 @@ void tb_server_stop(tb_server_t *s);
  * handle leaked (a bug). */
 int tb_server_free(tb_server_t *s);
 
-/* The bound address of listener i ("127.0.0.1:43125" or "unix:/path"). */
+/* The bound address of listener i, as a client would connect to it:
+ * "127.0.0.1:43125", "tls://127.0.0.1:43125" (a TLS listener) or "unix:/path". */
 const char *tb_server_address(const tb_server_t *s, int i);
 /* The HTTP front's address ("127.0.0.1:8080"), or NULL without one. */
 const char *tb_server_http_address(const tb_server_t *s);
