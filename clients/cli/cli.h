@@ -2,6 +2,7 @@
 #ifndef TB_CLI_H
 #define TB_CLI_H
 
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "trainbus/client.h"
@@ -33,6 +34,11 @@ typedef struct tb_cli_conn_s {
   const char *state_dir; /* --state-dir, or NULL */
   const char *run;       /* --run, or NULL */
   int timeout_ms;        /* --timeout SECONDS * 1000; 0 = the library's default */
+  /* TLS: --tls (or a tls:// address), --cacert FILE, --insecure, --cert
+   * FILE and --key FILE (a client certificate); the files default to
+   * TRAINBUS_CACERT, TRAINBUS_CERT and TRAINBUS_KEY. */
+  bool tls, insecure;
+  const char *cacert, *cert, *key;
 } tb_cli_conn_t;
 
 /* The options' help text, for each subcommand's usage. */

@@ -15,8 +15,17 @@
 #include <string.h>
 
 const char tb_cli_conn_help[] =
-    "  --connect ADDR       the daemon: HOST:PORT, unix:PATH or a socket path\n"
-    "                       (default: $TRAINBUS_ADDR, else STATE_DIR/address)\n"
+    "  --connect ADDR       the daemon: HOST:PORT, tls://HOST:PORT, unix:PATH or a\n"
+    "                       socket path (default: $TRAINBUS_ADDR, else STATE_DIR/address)\n"
+    "  --tls                connect with TLS (as a tls:// address does); the server's\n"
+    "                       certificate must name the host connected to\n"
+    "  --cacert FILE        trust the CA certificates in FILE (PEM) for the server's\n"
+    "                       (default: $TRAINBUS_CACERT, else the system's CAs)\n"
+    "  --insecure           do not check the server's certificate (warns: the\n"
+    "                       connection is then encrypted but not authenticated)\n"
+    "  --cert FILE, --key FILE  a client certificate and its key (PEM), for a daemon\n"
+    "                       started with --tls-client-ca (default: $TRAINBUS_CERT,\n"
+    "                       $TRAINBUS_KEY)\n"
     "  --token TOKEN        the daemon's token (default: $TRAINBUS_TOKEN, else\n"
     "                       STATE_DIR/token, sent only to STATE_DIR/address)\n"
     "  --state-dir DIR      where trainbusd wrote address and token, read again at\n"
@@ -27,10 +36,17 @@ const char tb_cli_conn_help[] =
 
 int tb_cli_conn_opt(tb_cli_conn_t *o, int argc, char **argv, int *i) {
   const char *a = argv[*i];
+  if (strcmp(a, "--tls") == 0 || strcmp(a, "--insecure") == 0) {
+    *(a[2] == 't' ? &o->tls : &o->insecure) = true;
+    return 1;
+  }
   const char **dst = strcmp(a, "--connect") == 0     ? &o->connect
                      : strcmp(a, "--token") == 0     ? &o->token
                      : strcmp(a, "--state-dir") == 0 ? &o->state_dir
                      : strcmp(a, "--run") == 0       ? &o->run
+                     : strcmp(a, "--cacert") == 0    ? &o->cacert
+                     : strcmp(a, "--cert") == 0      ? &o->cert
+                     : strcmp(a, "--key") == 0       ? &o->key
                                                      : NULL;
   bool is_timeout = strcmp(a, "--timeout") == 0;
   if (dst == NULL && !is_timeout)
@@ -79,13 +95,31 @@ int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c) {
   const char *env_addr = getenv("TRAINBUS_ADDR"), *env_token = getenv("TRAINBUS_TOKEN");
   const char *addr = o->connect ? o->connect : env_addr && *env_addr ? env_addr : NULL;
   const char *token = o->token ? o->token : env_token && *env_token ? env_token : NULL;
+  const char *env_ca = getenv("TRAINBUS_CACERT"), *env_cert = getenv("TRAINBUS_CERT"),
+             *env_key = getenv("TRAINBUS_KEY");
   tb_client_opts_t opts = {.addr = addr,
                            .token = token,
                            .state_dir = dir,
                            .role = role,
                            .name = "trainbus-cli",
                            .connect_timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 0,
-                           .call_timeout_ms = o->timeout_ms};
+                           .call_timeout_ms = o->timeout_ms,
+                           .tls = o->tls,
+                           .insecure = o->insecure,
+                           .ca_file = o->cacert           ? o->cacert
+                                      : env_ca && *env_ca ? env_ca
+                                                          : NULL,
+                           .cert_file = o->cert                 ? o->cert
+                                        : env_cert && *env_cert ? env_cert
+                                                                : NULL,
+                           .key_file = o->key                ? o->key
+                                       : env_key && *env_key ? env_key
+                                                             : NULL};
+  if (o->insecure)
+    fprintf(stderr,
+            "%s: warning: --insecure: the server's certificate is not checked, so whoever is "
+            "between you and it can read and change this connection\n",
+            o->cmd);
   tb_client_err_t err;
   if (tb_client_connect(&opts, c, &err) != 0) {
     if (addr == NULL && err.code == TB_CLIENT_EADDRESS) {
@@ -102,6 +136,8 @@ int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c) {
 
 int tb_cli_fail(const char *cmd, const tb_client_err_t *err) {
   fprintf(stderr, "%s: %s\n", cmd, err->msg[0] ? err->msg : tb_client_strerror(err->code));
+  if (err->code == TB_PROTO_ETLS_REQUIRED)
+    return TB_EXIT_CONNECT; /* reached a TLS port without TLS: not connected */
   if (tb_client_err_is_remote(err->code))
     return TB_EXIT_FAILED;
   if (err->code == TB_CLIENT_EINVALID)

@@ -46,6 +46,7 @@ static void err_clear(tb_client_err_t *err) {
 
 /* Forgets the socket and any partial input; the queue is kept. */
 static void drop(tb_client_t *c) {
+  tb__tls_drop(c);
   if (c->fd >= 0)
     close(c->fd);
   c->fd = -1;
@@ -100,7 +101,7 @@ static int read_line(tb_client_t *c, int64_t deadline, const char **line, size_t
     }
     if (tb_buf_reserve(&c->rbuf, READ_CHUNK) != 0)
       return tb__cerr(err, TB_CLIENT_ENOMEM, "out of memory reading from the server");
-    ssize_t n = recv(c->fd, c->rbuf.data + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+    ssize_t n = tb__recv(c, c->rbuf.data + c->rbuf.len, c->rbuf.cap - c->rbuf.len, err);
     if (n > 0) {
       c->rbuf.len += (size_t)n;
       continue;
@@ -109,12 +110,9 @@ static int read_line(tb_client_t *c, int64_t deadline, const char **line, size_t
       c->eof = true;
       continue;
     }
-    if (errno == EINTR)
-      continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      int e = errno;
+    if (n != -EAGAIN) {
       drop(c);
-      return tb__cerr(err, -e, "reading from the server: %s", strerror(e));
+      return (int)n; /* err says why */
     }
     int64_t left = deadline < 0 ? -1 : deadline - tb__now_ms();
     if (deadline >= 0 && left <= 0)
@@ -184,12 +182,13 @@ static int call_until(tb_client_t *c, const tb_req_t *r, int64_t deadline, cJSON
     return tb__cerr(err, rc == TB_PROTO_EINTERNAL ? TB_CLIENT_ENOMEM : TB_CLIENT_EINVALID,
                     "cannot encode the %s request", tb_method_name(r->method));
   }
-  rc = tb__sock_send(c->fd, out.data, out.len, deadline);
+  rc = tb__send(c, out.data, out.len, deadline, err);
   tb_buf_free(&out);
   if (rc != 0) {
     if (rc != TB_CLIENT_ETIMEOUT)
       drop(c);
-    return tb__cerr(err, rc, "sending %s: %s", tb_method_name(r->method), tb_client_strerror(rc));
+    return tb__cerr(err, rc, "sending %s: %s", tb_method_name(r->method),
+                    err != NULL ? err->msg : tb_client_strerror(rc));
   }
   for (;;) {
     const char *line;
@@ -298,14 +297,37 @@ static int open_and_auth(tb_client_t *c, tb_client_err_t *err) {
   int rc0 = resolve(c, err);
   if (rc0 != 0)
     return rc0;
-  int fd = tb__sock_open(c->addr, c->connect_timeout_ms, err);
+  /* "tls://HOST:PORT", or tls set: TLS over TCP. */
+  const char *addr = c->addr;
+  bool tls = c->tls || strncmp(addr, "tls://", 6) == 0;
+  if (strncmp(addr, "tls://", 6) == 0)
+    addr += 6;
+  if (tls && (strncmp(addr, "unix:", 5) == 0 || strchr(addr, '/') != NULL))
+    return tb__cerr(err, TB_CLIENT_EADDRESS, "%s: TLS is for TCP addresses (HOST:PORT)", c->addr);
+  int64_t deadline = tb__deadline(c->connect_timeout_ms);
+  int fd = tb__sock_open(addr, c->connect_timeout_ms, err);
   if (fd < 0)
     return fd;
   c->fd = fd;
-  int64_t deadline = tb__deadline(c->connect_timeout_ms);
+  int rc;
+  if (tls) {
+    char host[512];
+    const char *end = addr[0] == '[' ? strchr(addr, ']') : strrchr(addr, ':');
+    size_t hl = end != NULL ? (size_t)(end - addr) - (addr[0] == '[') : strlen(addr);
+    snprintf(host, sizeof host, "%.*s", (int)hl, addr + (addr[0] == '['));
+    if ((rc = tb__tls_connect(c, host, deadline, err)) != 0) {
+      drop(c);
+      return rc;
+    }
+  } else if ((rc = tb__send(c, "\n", 1, deadline, err)) != 0) {
+    /* An empty line, ignored by a plaintext server; a TLS port answers it
+     * with tls_required at once instead of waiting for a handshake. */
+    drop(c);
+    return rc;
+  }
   const char *line;
   size_t len;
-  int rc = read_line(c, deadline, &line, &len, err);
+  rc = read_line(c, deadline, &line, &len, err);
   if (rc != 0) {
     drop(c);
     if (rc == TB_CLIENT_ETIMEOUT)
@@ -397,6 +419,24 @@ int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client
   snprintf(c->name, sizeof c->name, "%s", opts->name ? opts->name : "libtrainbus");
   c->want_role = opts->role == TB_ROLE_CONTROLLER ? TB_ROLE_CONTROLLER : TB_ROLE_OBSERVER;
   c->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
+  c->tls = opts->tls;
+  c->insecure = opts->insecure;
+  const struct {
+    char *dst;
+    size_t cap;
+    const char *src, *what;
+  } paths[] = {{c->ca_file, sizeof c->ca_file, opts->ca_file, "CA file"},
+               {c->server_name, sizeof c->server_name, opts->server_name, "server name"},
+               {c->cert_file, sizeof c->cert_file, opts->cert_file, "certificate file"},
+               {c->key_file, sizeof c->key_file, opts->key_file, "key file"}};
+  for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+    if (paths[i].src != NULL && strlen(paths[i].src) >= paths[i].cap) {
+      free(c);
+      return tb__cerr(err, TB_CLIENT_EINVALID, "%s longer than %zu bytes", paths[i].what,
+                      paths[i].cap - 1);
+    }
+    snprintf(paths[i].dst, paths[i].cap, "%s", paths[i].src ? paths[i].src : "");
+  }
   c->call_timeout_ms = opts->call_timeout_ms == 0 ? 60000 : opts->call_timeout_ms;
   tb_buf_init(&c->rbuf);
   int rc = open_and_auth(c, err);
@@ -412,6 +452,7 @@ void tb_client_free(tb_client_t *c) {
   if (c == NULL)
     return;
   drop(c);
+  tb__tls_free(c);
   tb_buf_free(&c->rbuf);
   for (tb__line_t *q = c->q_head, *n; q; q = n) {
     n = q->next;

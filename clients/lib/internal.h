@@ -5,6 +5,8 @@
 
 #include "trainbus/client.h"
 
+#include <sys/types.h>
+
 /* A notification line that arrived while a call waited, kept verbatim and
  * decoded when tb_client_next hands it out (a decoded tb_smsg_t points into
  * itself, so it cannot be moved around a queue). */
@@ -58,6 +60,14 @@ struct tb_client_s {
 
   int64_t next_id;
   tb_smsg_t scratch; /* decoding space for lines read during a call */
+
+  /* TLS (tls.c): the options, the context (made at the first TLS connect
+   * and kept across reconnects), and the session of the current
+   * connection (NULL for plaintext). */
+  bool tls, insecure;
+  char ca_file[1024], server_name[256], cert_file[1024], key_file[1024];
+  struct ssl_ctx_st *tls_ctx;
+  struct tb__tls_s *tls_conn;
 };
 
 /* Fills err (may be NULL) with code, its name and a printf-style message;
@@ -71,6 +81,26 @@ int tb__sock_open(const char *addr, int timeout_ms, tb_client_err_t *err);
 /* Writes all of buf, waiting for room up to deadline_ms (monotonic ms; < 0 no
  * limit). 0, TB_CLIENT_ETIMEOUT or -errno. Never raises SIGPIPE. */
 int tb__sock_send(int fd, const char *buf, size_t len, int64_t deadline_ms);
+/* The connection's transport: plaintext on the socket, or TLS over it.
+ * tb__recv returns bytes read (> 0), 0 at the end of the stream, -EAGAIN
+ * when nothing is there yet (poll the socket), or another negative code
+ * with err filled. tb__send writes all of buf by the deadline (0 or a code,
+ * err filled). */
+ssize_t tb__recv(tb_client_t *c, char *buf, size_t cap, tb_client_err_t *err);
+int tb__send(tb_client_t *c, const char *buf, size_t len, int64_t deadline, tb_client_err_t *err);
+
+/* tls.c: TLS over the connected socket c->fd to host (the address's host,
+ * for the certificate's name check). Handshake by the deadline; 0 or a code
+ * (TB_CLIENT_ETLS, ETIMEOUT, ECLOSED, -errno) with err saying why. */
+int tb__tls_connect(tb_client_t *c, const char *host, int64_t deadline, tb_client_err_t *err);
+ssize_t tb__tls_recv(tb_client_t *c, char *buf, size_t cap, tb_client_err_t *err);
+int tb__tls_send(tb_client_t *c, const char *buf, size_t len, int64_t deadline,
+                 tb_client_err_t *err);
+/* Ends the session (its memory; the socket is the caller's). */
+void tb__tls_drop(tb_client_t *c);
+/* Frees the context. */
+void tb__tls_free(tb_client_t *c);
+
 /* Monotonic clock in milliseconds. */
 int64_t tb__now_ms(void);
 /* A deadline timeout_ms from now; -1 (none) for a negative timeout. */

@@ -173,3 +173,28 @@ int tb__sock_send(int fd, const char *buf, size_t len, int64_t deadline) {
   }
   return 0;
 }
+
+ssize_t tb__recv(tb_client_t *c, char *buf, size_t cap, tb_client_err_t *err) {
+  if (c->tls_conn != NULL)
+    return tb__tls_recv(c, buf, cap, err);
+  for (;;) {
+    ssize_t n = recv(c->fd, buf, cap, 0);
+    if (n >= 0)
+      return n;
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return -EAGAIN;
+    int e = errno;
+    return tb__cerr(err, -e, "reading from the server: %s", strerror(e));
+  }
+}
+
+int tb__send(tb_client_t *c, const char *buf, size_t len, int64_t deadline, tb_client_err_t *err) {
+  if (c->tls_conn != NULL)
+    return tb__tls_send(c, buf, len, deadline, err);
+  int rc = tb__sock_send(c->fd, buf, len, deadline);
+  if (rc != 0)
+    return tb__cerr(err, rc, "sending: %s", tb_client_strerror(rc));
+  return 0;
+}

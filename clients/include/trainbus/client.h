@@ -1,5 +1,5 @@
 /* The trainbus client library: a blocking client of the wire protocol
- * (docs/PROTOCOL.md) over TCP or a Unix socket.
+ * (docs/PROTOCOL.md) over TCP, TLS (OpenSSL 3) or a Unix socket.
  *
  * One tb_client_t is one connection: tb_client_connect reads the server's
  * hello and authenticates; then the caller makes calls (each sends one request
@@ -42,7 +42,8 @@
   X(BAD_REPLY, -33003, "bad_reply", "the server sent something this client cannot read")           \
   X(ADDRESS, -33004, "bad_address", "cannot parse or resolve the address")                         \
   X(INVALID, -33005, "invalid_argument", "invalid argument")                                       \
-  X(NOMEM, -33006, "out_of_memory", "out of memory")
+  X(NOMEM, -33006, "out_of_memory", "out of memory")                                               \
+  X(TLS, -33007, "tls_error", "TLS failed (handshake, certificate, or the peer is not TLS)")
 
 typedef enum {
 #define X(name, code, wire, text) TB_CLIENT_E##name = code,
@@ -75,8 +76,8 @@ typedef struct tb_client_s tb_client_t;
 
 typedef struct tb_client_opts_s {
   /* Where the daemon listens: "HOST:PORT" (an IPv6 host in brackets:
-   * "[::1]:7070"), "unix:PATH", or a PATH containing a '/'. Copied. Required
-   * unless state_dir is given. */
+   * "[::1]:7070"), "tls://HOST:PORT" (TLS, as with tls below), "unix:PATH",
+   * or a PATH containing a '/'. Copied. Required unless state_dir is given. */
   const char *addr;
   /* The token; NULL or "" sends none (enough for an observer on a loopback or
    * Unix listener), unless state_dir provides one. Copied. */
@@ -101,6 +102,18 @@ typedef struct tb_client_opts_s {
    * answer only once applied, which can wait for a batch or a lockstep
    * client); negative means no limit. */
   int call_timeout_ms;
+  /* TLS (docs/PROTOCOL.md, "TLS"): on with tls or a "tls://" address (TCP
+   * only). The server's certificate must chain to a CA in ca_file (PEM;
+   * NULL: the system's CAs) and name the host of addr (or server_name when
+   * given: a DNS name or an IP address), TLS 1.2 or later. insecure skips
+   * both checks (the connection is then encrypted but not authenticated:
+   * warn your user). cert_file and key_file (PEM) present a client
+   * certificate, for daemons started with --tls-client-ca. Paths copied. */
+  bool tls;
+  const char *ca_file;
+  const char *server_name;
+  bool insecure;
+  const char *cert_file, *key_file;
 } tb_client_opts_t;
 
 /* Connects, reads the hello, sends auth and waits for its answer.
@@ -109,8 +122,14 @@ typedef struct tb_client_opts_s {
  * -errno or TB_CLIENT_EADDRESS when the daemon cannot be reached (or,
  * with only a state_dir, its `address` file is missing),
  * TB_CLIENT_ECLOSED/ETIMEOUT/EBAD_REPLY when it does not answer properly,
+ * TB_CLIENT_ETLS when TLS fails (err->msg says why: a certificate not
+ * signed by a trusted CA, made for another name, or expired; a server that
+ * answered in plaintext; a refused client certificate; unreadable TLS files),
+ * TB_PROTO_ETLS_REQUIRED when a plaintext connection reached a TLS port,
  * and TB_PROTO_EUNAUTHORIZED (bad token) or another TB_PROTO_E* when it
- * refuses the auth. err may be NULL. */
+ * refuses the auth. A plaintext connection starts with an empty line, which
+ * every server ignores and a TLS port answers with tls_required at once.
+ * err may be NULL. */
 int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client_err_t *err);
 
 /* Closes the connection and frees everything. NULL-safe. */
@@ -122,8 +141,10 @@ tb_role_t tb_client_role(const tb_client_t *c);
  * reconnect or free. */
 const tb_hello_t *tb_client_hello(const tb_client_t *c);
 /* The socket, for callers that poll several sources (readable means
- * tb_client_next may have something; it may also hold queued events already:
- * see tb_client_pending). -1 while disconnected. */
+ * tb_client_next may have something; it may also hold queued events, and
+ * received bytes not yet framed or, with TLS, not yet decrypted: call
+ * tb_client_next with timeout 0 until it times out before polling). -1 while
+ * disconnected. */
 int tb_client_fd(const tb_client_t *c);
 /* Number of notifications already received and queued (tb_client_next returns
  * them without reading the socket). */
