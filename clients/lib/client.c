@@ -182,13 +182,13 @@ static int call_until(tb_client_t *c, const tb_req_t *r, int64_t deadline, cJSON
     return tb__cerr(err, rc == TB_PROTO_EINTERNAL ? TB_CLIENT_ENOMEM : TB_CLIENT_EINVALID,
                     "cannot encode the %s request", tb_method_name(r->method));
   }
-  rc = tb__send(c, out.data, out.len, deadline, err);
+  tb_client_err_t serr;
+  rc = tb__send(c, out.data, out.len, deadline, &serr);
   tb_buf_free(&out);
   if (rc != 0) {
     if (rc != TB_CLIENT_ETIMEOUT)
       drop(c);
-    return tb__cerr(err, rc, "sending %s: %s", tb_method_name(r->method),
-                    err != NULL ? err->msg : tb_client_strerror(rc));
+    return tb__cerr(err, rc, "sending %s: %s", tb_method_name(r->method), serr.msg);
   }
   for (;;) {
     const char *line;

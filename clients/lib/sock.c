@@ -195,6 +195,6 @@ int tb__send(tb_client_t *c, const char *buf, size_t len, int64_t deadline, tb_c
     return tb__tls_send(c, buf, len, deadline, err);
   int rc = tb__sock_send(c->fd, buf, len, deadline);
   if (rc != 0)
-    return tb__cerr(err, rc, "sending: %s", tb_client_strerror(rc));
+    return tb__cerr(err, rc, "%s", tb_client_strerror(rc));
   return 0;
 }

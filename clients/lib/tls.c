@@ -142,7 +142,7 @@ static int flush_out(tb_client_t *c, int64_t deadline, tb_client_err_t *err) {
   while ((n = BIO_read(c->tls_conn->wbio, buf, sizeof buf)) > 0) {
     int rc = tb__sock_send(c->fd, buf, (size_t)n, deadline);
     if (rc != 0)
-      return tb__cerr(err, rc, "%s: sending: %s", c->addr, tb_client_strerror(rc));
+      return tb__cerr(err, rc, "%s: %s", c->addr, tb_client_strerror(rc));
   }
   return 0;
 }

@@ -19,7 +19,9 @@ static void fail(fake_server_t *fs, int step, const char *what) {
     snprintf(fs->failure, sizeof fs->failure, "step %d: %s", step, what);
 }
 
-/* Reads one line (without '\n') within 5 s; false at EOF or timeout. */
+/* Reads one non-empty line (without '\n') within 5 s; false at EOF or
+ * timeout. Empty lines are skipped, as the protocol says (a plaintext client
+ * starts with one). */
 static bool read_line(int fd, char *out, size_t cap) {
   size_t n = 0;
   for (;;) {
@@ -30,6 +32,8 @@ static bool read_line(int fd, char *out, size_t cap) {
     ssize_t r = read(fd, &ch, 1);
     if (r <= 0)
       return false;
+    if (ch == '\n' && n == 0)
+      continue;
     if (ch == '\n') {
       out[n] = '\0';
       return true;

@@ -44,9 +44,11 @@ class FakeServer:
         self.thread.start()
 
     def _readline(self, f):
-        line = f.readline()
-        if not line:
-            raise EOFError("client closed")
+        line = b"\n"
+        while line.strip() == b"":  # empty lines are ignored (a client starts with one)
+            line = f.readline()
+            if not line:
+                raise EOFError("client closed")
         return json.loads(line)
 
     def _run(self):
