@@ -212,7 +212,8 @@ def _answer(client, run, ev, lr, stop, who, reconnect):
 
 
 def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_timeout_ms=30000,
-                 since_seq=None, every=None, reconnect=60.0, client=None, state_dir=None):
+                 since_seq=None, every=None, reconnect=60.0, client=None, state_dir=None,
+                 **connect):
     """Runs callback cb against run (default: the only active run) of the
     daemon at addr until the run ends; returns its final state.
 
@@ -225,11 +226,13 @@ def run_callback(cb, addr=None, token=None, run=None, lockstep=True, lockstep_ti
     duplicate). client: an existing controller Client to use instead.
     state_dir: the daemon's state directory, where the address and token are
     read (at every reconnect too) when addr and token are not given.
+    connect: more keyword arguments for the Client (TLS: tls, cafile,
+    insecure, certfile, keyfile, server_hostname).
     """
     own = client is None
     if own:
         client = Client(addr, token, role="controller", name=type(cb).__name__,
-                        state_dir=state_dir)
+                        state_dir=state_dir, **connect)
     try:
         run = run or _pick_run(client)
         info = client.status(run)

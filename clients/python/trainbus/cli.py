@@ -4,6 +4,7 @@ same).
 
     trainbus-callback mymodule:PlateauLR [--connect ADDR] [--token TOKEN]
                       [--run ID] [--no-lockstep] [--path DIR]
+                      [--tls] [--cacert FILE] [--insecure] [--cert FILE --key FILE]
 
 MODULE:CLASS names a subclass of trainbus.RemoteCallback (a module on the
 Python path, or a .py file's name with --path DIR); it is made with no
@@ -32,6 +33,15 @@ def main(argv=None):
                    help="do not hold the trainer at the callback's hooks")
     p.add_argument("--path", metavar="DIR", action="append", default=[],
                    help="also import modules from DIR (repeatable)")
+    p.add_argument("--tls", action="store_true",
+                   help="connect with TLS (as a tls://HOST:PORT address does)")
+    p.add_argument("--cacert", metavar="FILE",
+                   help="CA certificates (PEM) for the server's (default: $TRAINBUS_CACERT, "
+                   "else the system's)")
+    p.add_argument("--insecure", action="store_true",
+                   help="do not check the server's certificate (warns)")
+    p.add_argument("--cert", metavar="FILE", help="a client certificate (PEM)")
+    p.add_argument("--key", metavar="FILE", help="the client certificate's key (PEM)")
     a = p.parse_args(argv)
     module, _, cls = a.callback.partition(":")
     if not module or not cls:
@@ -45,7 +55,8 @@ def main(argv=None):
         p.error("%s is not a trainbus.RemoteCallback subclass" % a.callback)
     try:
         state = run_callback(klass(), addr=a.connect, token=a.token, run=a.run,
-                             lockstep=not a.no_lockstep)
+                             lockstep=not a.no_lockstep, tls=a.tls, cafile=a.cacert,
+                             insecure=a.insecure, certfile=a.cert, keyfile=a.key)
     except ConnectionLost as e:
         print("trainbus-callback: %s" % e, file=sys.stderr)
         return 3

@@ -14,7 +14,9 @@ import json
 import math
 import os
 import socket
+import ssl
 import time
+import warnings
 
 PROTOCOL_VERSION = 1
 FINAL_STATES = frozenset(("finished", "stopped", "cancelled", "failed"))
@@ -25,8 +27,8 @@ _MAX_LINE = 16 * 1024 * 1024  # longer lines from a server are refused
 class TrainbusError(Exception):
     """Any failure. ``name`` is a stable word (the server's ``data.name``, or
     ``closed``, ``client_timeout``, ``bad_reply``, ``bad_address``,
-    ``connect_failed``, ``invalid_argument``), ``code`` the JSON-RPC code when
-    the server sent one, ``message`` a sentence."""
+    ``connect_failed``, ``tls_error``, ``invalid_argument``), ``code`` the
+    JSON-RPC code when the server sent one, ``message`` a sentence."""
 
     def __init__(self, name, message, code=None):
         super().__init__(message)
@@ -110,6 +112,42 @@ def _fix_numbers(params):
     return params
 
 
+# OpenSSL's reasons for a peer whose bytes are not TLS at all.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+            "UNKNOWN_PROTOCOL", "HTTP_REQUEST")
+# The server's alerts about the client's certificate.
+_CERT_ALERTS = ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_HANDSHAKE_FAILURE",
+                "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE")
+
+
+def _tls_failure(addr, host, e, certfile):
+    """A ConnectionLost('tls_error') saying which check failed and what to do."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        code = getattr(e, "verify_code", 0)
+        msg = getattr(e, "verify_message", "") or str(e)
+        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            text = ("%s: the server's certificate is not for %s (%s): connect with a name it "
+                    "was made for (or insecure=True to skip the check)" % (addr, host, msg))
+        elif code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
+            text = "%s: the server's certificate has expired: the daemon needs a new one" % addr
+        elif code in (2, 18, 19, 20, 21, 7):
+            text = ("%s: the server's certificate is not signed by a CA this client trusts "
+                    "(%s): give the CA that signed it with cafile=" % (addr, msg))
+        else:
+            text = "%s: the server's certificate was refused: %s" % (addr, msg)
+        return ConnectionLost("tls_error", text)
+    reason = getattr(e, "reason", None) or ""
+    if reason in _NOT_TLS:
+        return ConnectionLost("tls_error", (
+            "%s answered in plaintext, not TLS: it is a trainbus port without TLS (connect "
+            "without tls://, or start trainbusd with --tls-cert and --tls-key)" % addr))
+    if reason in _CERT_ALERTS:
+        return ConnectionLost("tls_error", "%s: the server refused the TLS connection (%s): %s" % (
+            addr, reason.lower(), "is the client certificate from the CA it trusts?" if certfile
+            else "it may want a client certificate (certfile=, keyfile=)"))
+    return ConnectionLost("tls_error", "%s: TLS failed: %s" % (addr, e))
+
+
 class Subscription:
     """An iterator over the events of one subscribe call (really of the whole
     connection: the server delivers each event once however many
@@ -159,23 +197,34 @@ class Subscription:
 class Client:
     """A connection to a trainbus daemon.
 
-    addr: "HOST:PORT", "[V6]:PORT", "unix:PATH" or a path with a '/'; token:
-    the daemon's token (None: observers on loopback need none); role:
-    "observer" or "controller". Without addr/token they come from the
-    environment or the state directory (see :func:`resolve_address`).
-    timeout: seconds to wait for each call's answer (set_lr and checkpoint
-    answer once applied); connect_timeout: for connecting and the handshake.
+    addr: "HOST:PORT", "[V6]:PORT", "tls://HOST:PORT", "unix:PATH" or a path
+    with a '/'; token: the daemon's token (None: observers on loopback need
+    none); role: "observer" or "controller". Without addr/token they come
+    from the environment or the state directory (see
+    :func:`resolve_address`). timeout: seconds to wait for each call's answer
+    (set_lr and checkpoint answer once applied); connect_timeout: for
+    connecting and the handshake.
 
     state_dir: the daemon's state directory; what addr and token do not say
     is read from its files, at connect and again at every reconnect (a
     daemon restarted on port 0 has a new port: the client follows it).
 
-    Raises ConnectionLost when the daemon cannot be reached, RemoteError when
-    it refuses the auth (bad token). Usable as a context manager.
+    TLS (docs/PROTOCOL.md, "TLS"; the standard ``ssl`` module): on with
+    tls=True or a "tls://" address. The server's certificate must chain to a
+    CA in cafile (PEM; default $TRAINBUS_CACERT, else the system's CAs) and
+    name the host connected to (or server_hostname). insecure=True skips
+    both checks, with a warning. certfile/keyfile (default $TRAINBUS_CERT,
+    $TRAINBUS_KEY): a client certificate, for daemons with --tls-client-ca.
+
+    Raises ConnectionLost when the daemon cannot be reached (name
+    ``tls_error`` when TLS fails, with what to do), RemoteError when it
+    refuses the auth (bad token) or, over plaintext, says the port speaks
+    TLS (``tls_required``). Usable as a context manager.
     """
 
     def __init__(self, addr=None, token=None, role="observer", name="trainbus-py",
-                 timeout=60.0, connect_timeout=5.0, state_dir=None):
+                 timeout=60.0, connect_timeout=5.0, state_dir=None, tls=False, cafile=None,
+                 insecure=False, certfile=None, keyfile=None, server_hostname=None):
         if role not in ("observer", "controller"):
             raise TrainbusError("invalid_argument", "role must be observer or controller")
         # What was given stays; the rest is looked up again at every connect.
@@ -183,6 +232,17 @@ class Client:
                        token if token is not None else (os.environ.get("TRAINBUS_TOKEN") or None),
                        state_dir)
         self.addr, self.token = resolve_address(*self._given)
+        self.tls = tls
+        self.cafile = cafile or os.environ.get("TRAINBUS_CACERT") or None
+        self.certfile = certfile or os.environ.get("TRAINBUS_CERT") or None
+        self.keyfile = keyfile or os.environ.get("TRAINBUS_KEY") or None
+        self.insecure = insecure
+        self.server_hostname = server_hostname
+        self._ssl_ctx = None
+        if insecure:
+            warnings.warn("trainbus: insecure=True: the server's certificate is not checked, so "
+                          "whoever is between you and it can read and change the connection",
+                          RuntimeWarning, stacklevel=2)
         self.want_role = role
         self.name = name
         self.timeout = timeout
@@ -219,9 +279,51 @@ class Client:
         self._buf = b""
         self._eof = False
 
+    def _tls_context(self):
+        if self._ssl_ctx is None:
+            try:
+                ctx = ssl.create_default_context(cafile=self.cafile)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+                if self.insecure:
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                if self.certfile or self.keyfile:
+                    ctx.load_cert_chain(self.certfile, self.keyfile)
+            except (OSError, ssl.SSLError, TypeError) as e:
+                raise ConnectionLost("tls_error", "TLS files (cafile %s, certfile %s, keyfile %s): "
+                                     "%s" % (self.cafile, self.certfile, self.keyfile, e)) from None
+            self._ssl_ctx = ctx
+        return self._ssl_ctx
+
+    def _wrap_tls(self, s, host):
+        name = self.server_hostname or host
+        try:
+            t = self._tls_context().wrap_socket(s, server_hostname=name,
+                                                do_handshake_on_connect=False)
+            t.settimeout(self.connect_timeout)
+            t.do_handshake()
+            return t
+        except ssl.SSLError as e:
+            s.close()
+            raise _tls_failure(self.addr, name, e, self.certfile) from None
+        except socket.timeout:
+            s.close()
+            raise ConnectionLost("tls_error", "%s: no TLS handshake from the server in time" %
+                                 self.addr) from None
+        except OSError as e:
+            s.close()
+            raise ConnectionLost("tls_error", "%s: the server closed the connection during the "
+                                 "TLS handshake (%s)" % (self.addr, e.strerror or e)) from None
+
     def _connect_socket(self):
         a = self.addr
+        tls = self.tls or a.startswith("tls://")
+        if a.startswith("tls://"):
+            a = a[6:]
         try:
+            if tls and (a.startswith("unix:") or "/" in a):
+                raise ConnectionLost("bad_address", "%s: TLS is for TCP addresses (HOST:PORT)"
+                                     % self.addr)
             if a.startswith("unix:") or "/" in a:
                 path = a[5:] if a.startswith("unix:") else a
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -237,6 +339,11 @@ class Client:
                                      "address %r: expected HOST:PORT, unix:PATH or a path" % a)
             s = socket.create_connection((host, int(port)), timeout=self.connect_timeout)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls:
+                return self._wrap_tls(s, host)
+            # An empty line, ignored by a plaintext server: a TLS port answers
+            # it with tls_required at once rather than wait for a handshake.
+            s.sendall(b"\n")
             return s
         except ConnectionLost:
             raise
@@ -256,6 +363,8 @@ class Client:
         msg = self._decode(line)
         if msg.get("method") != "hello":
             self.close()
+            if "error" in msg:  # tls_required: a plaintext client on a TLS port
+                raise self._error(msg["error"])
             if msg.get("method") == "bye":
                 p = msg.get("params") or {}
                 raise ConnectionLost("closed", "%s: the server said bye (%s: %s)" % (
@@ -305,6 +414,11 @@ class Client:
                 data = self._sock.recv(65536)
             except socket.timeout:
                 raise TrainbusError("client_timeout", "no answer from the server in time") from None
+            except ssl.SSLError as e:
+                # TLS 1.3 tells of a refused client certificate after the handshake.
+                self.close()
+                raise _tls_failure(self.addr, self.server_hostname or self.addr, e,
+                                   self.certfile) from None
             except OSError as e:
                 self.close()
                 raise ConnectionLost("closed", "reading from the server: %s" % e) from None
