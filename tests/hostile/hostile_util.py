@@ -11,6 +11,9 @@ Environment (set by ctest from tests/hostile/CMakeLists.txt):
                    --leak-check=full --error-exitcode=99" (scripts/soak.sh)
   TB_HOSTILE_REPORT  a file to which each test appends one JSON line with its
                    measurements (scripts/soak.sh collects them)
+  TB_HOSTILE_TLS=1 the same suite over TLS: every daemon gets a certificate
+                   of a throwaway CA (tests/tls/make_certs.sh) and every
+                   client of the suite connects through it (connect_raw)
 """
 import json
 import os
@@ -18,7 +21,9 @@ import re
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -27,11 +32,17 @@ import time
 os.environ["HOME"] = tempfile.mkdtemp(prefix="tb-hostile-home-")
 os.environ.pop("TRAINBUS_STATE_DIR", None)
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tls"))
+import tls_util  # noqa: E402
+
 TRAINBUSD = os.environ.get("TRAINBUSD", "")
 SOAK = os.environ.get("SOAK", "0") not in ("", "0")
 WRAP = shlex.split(os.environ.get("TB_HOSTILE_WRAP", ""))
 REPORT = os.environ.get("TB_HOSTILE_REPORT", "")
-LISTEN_RE = re.compile(r"^trainbusd: listening on (\S+)$")
+LISTEN_RE = re.compile(r"^trainbusd: listening on (?:tls://)?(\S+)$")
+TLS = os.environ.get("TB_HOSTILE_TLS", "0") not in ("", "0")
+# A peer that closed: what a plain socket and an ssl one say.
+PEER_GONE = (BrokenPipeError, ConnectionResetError, ssl.SSLError)
 TOKEN = "hostile-token-0123456789"
 
 # What a sanitizer or valgrind prints when it finds something.
@@ -41,6 +52,20 @@ SANITIZER_RE = re.compile(r"ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime
 
 # Slower under valgrind or ASan: deadlines scale with this.
 SLOW = 20.0 if WRAP else (3.0 if os.environ.get("TB_SANITIZED") == "1" else 1.0)
+
+
+def connect_raw(host, port, timeout=None, rcvbuf=None):
+    """A connected stream to the daemon: a plain TCP socket, or under
+    TB_HOSTILE_TLS an ssl socket whose handshake is done (verifying the
+    daemon's certificate). rcvbuf: SO_RCVBUF, set before connecting."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((host, port))
+    if not TLS:
+        return s
+    return tls_util.client_context().wrap_socket(s, server_hostname=host)
 
 
 def report(name, **values):
@@ -91,7 +116,7 @@ class Daemon:
         self.log = []
         cmd = list(WRAP if wrap is None else wrap) + [
             TRAINBUSD, "--listen", "127.0.0.1:0", "--state-dir", self.state_dir,
-            "--token", token]
+            "--token", token] + (tls_util.daemon_args() if TLS else [])
         if resume:
             cmd.append("--resume")
         elif job is None:
@@ -184,7 +209,7 @@ class Client:
     kept in self.notes (events also in self.events)."""
 
     def __init__(self, addr, timeout=10.0, hello=True):
-        self.sock = socket.create_connection(addr, timeout=timeout * SLOW)
+        self.sock = connect_raw(addr[0], addr[1], timeout=timeout * SLOW)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.notes = []
@@ -210,7 +235,7 @@ class Client:
         while b"\n" not in self.buf:
             try:
                 chunk = self.sock.recv(65536)
-            except ConnectionResetError:
+            except PEER_GONE:
                 chunk = b""
             if not chunk:
                 self.eof = True
@@ -277,6 +302,16 @@ class Client:
                 return False
             except ValueError:
                 continue
+
+
+def wait_until(pred, timeout):
+    """Polls pred until it is true or timeout seconds passed; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
 
 
 def controller(d):

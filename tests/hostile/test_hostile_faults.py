@@ -40,7 +40,7 @@ def doomed_child(host, port, mode, run, pad, wfd):
     sleep until killed. Forked rather than exec'd: a new interpreter per
     child would cost the trainer CPU on a 2-core machine."""
     try:
-        s = socket.create_connection((host, port))
+        s = H.connect_raw(host, port)
         f = s.makefile("rb")
         f.readline()
         s.sendall((json.dumps({"jsonrpc": "2.0", "id": 1, "method": "auth",
@@ -140,7 +140,7 @@ class Faults(unittest.TestCase):
         self.wait_training(run)
         t0 = time.monotonic()
         for i in range(CYCLES):
-            s = socket.create_connection((self.d.host, self.d.port))
+            s = H.connect_raw(self.d.host, self.d.port)
             if i % 10 == 0:
                 # Authenticate and subscribe, then vanish with a reset.
                 f = s.makefile("rb")
@@ -220,9 +220,7 @@ class Faults(unittest.TestCase):
         """A client subscribed to everything never reads: the trainer is not
         slowed, and the client is told what it lost (dropped, with ranges) or
         disconnected; lifecycle events are never dropped."""
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect((self.d.host, self.d.port))
+        s = H.connect_raw(self.d.host, self.d.port, rcvbuf=4096)
         s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"auth","params":{"role":"observer"}}\n'
                   b'{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{"events":["*"]}}\n')
         time.sleep(0.2)

@@ -65,7 +65,7 @@ def open_subscribers(d, n):
     msg = (b'{"jsonrpc":"2.0","id":1,"method":"auth","params":{"role":"observer"}}\n'
            b'{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{"runs":["r1"],"events":["epoch_end"]}}\n')
     for _ in range(n):
-        s = socket.create_connection((d.host, d.port), timeout=30)
+        s = H.connect_raw(d.host, d.port, timeout=30)
         s.sendall(msg)
         socks.append(s)
     for s in socks:
@@ -128,9 +128,7 @@ class Resources(unittest.TestCase):
         s = None
         try:
             if never_reader:
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                s.connect((d.host, d.port))
+                s = H.connect_raw(d.host, d.port, rcvbuf=4096)
                 s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"auth","params":{"role":"observer"}}\n'
                           b'{"jsonrpc":"2.0","id":2,"method":"subscribe","params":{"events":["*"]}}\n')
             smp = Sampler(d)
@@ -164,9 +162,7 @@ class Resources(unittest.TestCase):
             H.LogWatch(d.state_dir).wait("final", alive=d.alive)
             time.sleep(0.2)
             base = d.rss_kb()
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.connect((d.host, d.port))
+            s = H.connect_raw(d.host, d.port, rcvbuf=4096)
             s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"auth","params":{"role":"observer"}}\n' + b"".join(
                 b'{"jsonrpc":"2.0","id":%d,"method":"history","params":{"run":"r1","limit":10000}}\n' % (i + 2)
                 for i in range(100)))
