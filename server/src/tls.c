@@ -139,12 +139,13 @@ int tb__tls_setup(tb_server_t *s, tb_err_t *err) {
     goto fail;
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-    r = tb_errf(err, TB_EINVAL, "--tls-key %s: cannot use it: %s", key,
-                ssl_reason(why, sizeof(why), "not a PEM private key"));
+    r = tb_errf(err, TB_EINVAL, "--tls-key %s: cannot use it with the certificate in %s: %s", key,
+                cert, ssl_reason(why, sizeof(why), "not a PEM private key"));
     goto fail;
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
-    r = tb_errf(err, TB_EINVAL, "--tls-key %s is not the key of the certificate in %s", key, cert);
+    r = tb_errf(err, TB_EINVAL,
+                "--tls-key %s: cannot use it with the certificate in %s: not its key", key, cert);
     ERR_clear_error();
     goto fail;
   }
