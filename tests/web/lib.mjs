@@ -10,14 +10,16 @@ export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 /**
  * Headless Chromium with a fresh profile (--user-data-dir, which playwright
  * passes for a persistent context) and no background network of its own.
+ * `args`: more command-line switches (the TLS test pins its server's key
+ * with --ignore-certificate-errors-spki-list).
  */
-export async function launch() {
+export async function launch({ args = [] } = {}) {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync', ...args],
     viewport: { width: 1400, height: 1000 },
   });
   const close = async () => { await context.close(); fs.rmSync(profile, { recursive: true, force: true }); };
