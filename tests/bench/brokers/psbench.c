@@ -37,6 +37,13 @@
  * publishes. With -p PORT instead, it connects to a running trainbusd (idle
  * mode only).
  *
+ * -S DIR (added, trainbus only): TLS. tb_pub's server gets DIR/server.pem and
+ * DIR/server.key (tests/tls/make_certs.sh makes them), and every subscriber
+ * connects with OpenSSL, verifying the server against DIR/ca.pem, and reads
+ * through SSL_read: what TLS costs per delivery (the server's record
+ * encryption, the subscriber's decryption) against the same run in
+ * plaintext (run_tls.sh).
+ *
  * -m idle (added): connect K subscribers, wait, and report the broker's
  * VmRSS (from /proc/BROKER_PID/status) before and after: memory per idle
  * subscriber.
@@ -75,12 +82,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 enum { P_REDIS, P_MQTT, P_NATS, P_DIRECT, P_TRAINBUS };
 enum { FR_NONE, FR_MSG, FR_SUBACK, FR_CONNACK, FR_PING, FR_PONG, FR_INFO, FR_OK, FR_ERR, FR_INT, FR_OTHER };
 
 static int proto = -1, port = 0, K = 1, lat_mode = 0, idle_mode = 0, psize = 200, broker_pid = 0;
 static size_t sub_bufcap = 1u << 20;
 static const char *tb_pub_path = "./tb_pub";
+static const char *tls_dir;     /* -S: TLS with the certificates in this folder */
+static SSL_CTX *tls_ctx;
+static SSL *wf_ssl;             /* the connection wait_frame reads, when TLS */
 static pid_t tb_child = -1;
 static FILE *tb_to, *tb_from;   /* tb_pub's stdin and stdout */
 static uint64_t tb_dropped;     /* "dropped" notifications seen */
@@ -100,6 +113,7 @@ static const char *chan;
 
 struct sub {
     int fd;
+    SSL *ssl;               /* -S: the TLS session over fd */
     char *buf;
     size_t len;
     uint64_t next_seq;      /* highest seq seen + 1 */
@@ -341,7 +355,8 @@ static void wait_frame(int fd, char *buf, size_t *len, int want, const char *wha
         memmove(buf, buf + off, *len - off);
         *len -= off;
         if (now_ns() > t_end) { errno = 0; die(what); }
-        ssize_t r = read(fd, buf + *len, (buf == pub_rbuf ? SUB_BUFCAP : sub_bufcap) - *len);
+        size_t room = (buf == pub_rbuf ? SUB_BUFCAP : sub_bufcap) - *len;
+        ssize_t r = wf_ssl ? SSL_read(wf_ssl, buf + *len, (int)room) : read(fd, buf + *len, room);
         if (r <= 0) die(what);
         *len += (size_t)r;
     }
@@ -447,10 +462,25 @@ static void sub_handshake(struct sub *s, int idx)
         static const char req[] =
             "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"auth\",\"params\":{\"role\":\"observer\",\"client\":\"psbench\"}}\n"
             "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"subscribe\",\"params\":{\"runs\":[\"r1\"],\"events\":[\"train_batch_end\"]}}\n";
+        if (tls_ctx) {
+            s->ssl = SSL_new(tls_ctx);
+            if (!s->ssl || !SSL_set_fd(s->ssl, s->fd) || !SSL_set1_host(s->ssl, "127.0.0.1") ||
+                SSL_connect(s->ssl) != 1) {
+                ERR_print_errors_fp(stderr);
+                errno = 0;
+                die("TLS handshake");
+            }
+            wf_ssl = s->ssl;
+        }
         wait_frame(s->fd, s->buf, &s->len, FR_INFO, "trainbus hello");
-        write_all_blocking(s->fd, req, sizeof req - 1);
+        if (s->ssl) {
+            if (SSL_write(s->ssl, req, (int)(sizeof req - 1)) != (int)(sizeof req - 1)) die("SSL_write");
+        } else {
+            write_all_blocking(s->fd, req, sizeof req - 1);
+        }
         wait_frame(s->fd, s->buf, &s->len, FR_OK, "trainbus auth");
         wait_frame(s->fd, s->buf, &s->len, FR_OK, "trainbus subscribe");
+        wf_ssl = NULL;
         break;
     }
     case P_NATS:
@@ -608,7 +638,20 @@ static void *sub_thread(void *arg)
         for (int e = 0; e < ne; e++) {
             struct sub *s = &subs[evs[e].data.u32];
             if (s->done) continue;
-            ssize_t r = read(s->fd, s->buf + s->len, sub_bufcap - s->len);
+          again:;
+            ssize_t r;
+            if (s->ssl) {
+                /* Records are decrypted one at a time: read until OpenSSL has
+                 * nothing left (epoll cannot see what it holds). */
+                r = SSL_read(s->ssl, s->buf + s->len, (int)(sub_bufcap - s->len));
+                if (r <= 0) {
+                    int se = SSL_get_error(s->ssl, (int)r);
+                    if (se == SSL_ERROR_WANT_READ) { r = -1; errno = EAGAIN; }
+                    else { r = se == SSL_ERROR_ZERO_RETURN ? 0 : -1; errno = se == SSL_ERROR_ZERO_RETURN ? 0 : EPROTO; }
+                }
+            } else {
+                r = read(s->fd, s->buf + s->len, sub_bufcap - s->len);
+            }
             if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
                 s->disc = 1;
                 s->done = 1;
@@ -633,6 +676,7 @@ static void *sub_thread(void *arg)
             memmove(s->buf, s->buf + off, s->len - off);
             s->len -= off;
             if (s->next_seq >= nsent && nsent) s->done = 1;
+            if (s->ssl && !s->done && s->len < sub_bufcap) goto again;
         }
         if (tb_shm) atomic_store(tb_shm, min_rcvd());
     }
@@ -749,6 +793,13 @@ static void spawn_tb_pub(void)
         dup2(in[0], 0);
         dup2(out[1], 1);
         close(in[0]); close(in[1]); close(out[0]); close(out[1]);
+        if (tls_dir) {
+            char cert[4096], key[4096];
+            snprintf(cert, sizeof cert, "%s/server.pem", tls_dir);
+            snprintf(key, sizeof key, "%s/server.key", tls_dir);
+            execl(tb_pub_path, "tb_pub", "-n", nbuf, "-r", rbuf, "-w", wbuf, "-f", fbuf, "-c", cert,
+                  "-k", key, (char *)NULL);
+        }
         execl(tb_pub_path, "tb_pub", "-n", nbuf, "-r", rbuf, "-w", wbuf, "-f", fbuf, (char *)NULL);
         _exit(127);
     }
@@ -893,14 +944,15 @@ static double pct(double q)
 static void usage(void)
 {
     fprintf(stderr, "usage: psbench -P redis|mqtt|nats|direct|trainbus [-p PORT] [-k K] [-n N] [-w W] [-m tput|lat|idle]\n"
-                    "               [-r RATE] [-d SECS] [-s PAYLOAD] [-b BROKER_PID] [-T DEADLINE_S] [-t TAG] [-x TB_PUB]\n");
+                    "               [-r RATE] [-d SECS] [-s PAYLOAD] [-b BROKER_PID] [-T DEADLINE_S] [-t TAG] [-x TB_PUB]\n"
+                    "               [-S TLS_DIR]\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     int c;
-    while ((c = getopt(argc, argv, "P:p:k:n:w:m:r:d:s:b:T:t:x:")) != -1) {
+    while ((c = getopt(argc, argv, "P:p:k:n:w:m:r:d:s:b:T:t:x:S:")) != -1) {
         switch (c) {
         case 'P':
             if (!strcmp(optarg, "redis")) proto = P_REDIS;
@@ -916,6 +968,7 @@ int main(int argc, char **argv)
         case 'w': window = strtoull(optarg, NULL, 10); break;
         case 'm': lat_mode = !strcmp(optarg, "lat"); idle_mode = !strcmp(optarg, "idle"); break;
         case 'x': tb_pub_path = optarg; break;
+        case 'S': tls_dir = optarg; break;
         case 'r': rate = atof(optarg); break;
         case 'd': dur = atof(optarg); break;
         case 's': psize = atoi(optarg); break;
@@ -926,6 +979,14 @@ int main(int argc, char **argv)
         }
     }
     if (proto < 0 || (port <= 0 && proto != P_DIRECT && proto != P_TRAINBUS) || K < 1 || K > (idle_mode ? 20000 : 1000) || psize < 190 || psize > 60000 || rate <= 0) usage();
+    if (tls_dir && proto != P_TRAINBUS) usage();
+    if (tls_dir) {
+        char ca[4096];
+        snprintf(ca, sizeof ca, "%s/ca.pem", tls_dir);
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx || SSL_CTX_load_verify_locations(tls_ctx, ca, NULL) != 1) { errno = 0; die("TLS CA"); }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    }
     if (deadline_s > 600) deadline_s = 600;
     alarm((unsigned)deadline_s + 15);          /* backstop: SIGALRM terminates */
     signal(SIGPIPE, SIG_IGN);
@@ -1007,6 +1068,7 @@ int main(int argc, char **argv)
     double bcpu = (bcpu0 >= 0 && bcpu1 >= 0) ? bcpu1 - bcpu0 : -1;
     const char *pn = proto == P_REDIS ? "redis" : proto == P_MQTT ? "mqtt" : proto == P_NATS ? "nats" : proto == P_TRAINBUS ? "trainbus" : "direct";
 
+    for (int i = 0; i < K; i++) SSL_free(subs[i].ssl);
     printf("tag=%s proto=%s mode=%s k=%d payload=%d sent=%" PRIu64 " expected=%" PRIu64
            " delivered=%" PRIu64 " lost=%" PRIu64 " dup=%" PRIu64 " disc=%d",
            tag[0] ? tag : "-", pn, lat_mode ? "lat" : "tput", K, psize, nsent, nsent * (uint64_t)K,

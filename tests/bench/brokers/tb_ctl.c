@@ -1,7 +1,7 @@
 /* tb_ctl: the benchmarks of trainbusd that need a real training job, driven
  * through the C client library (clients/include/trainbus/client.h).
  *
- *   tb_ctl setlr -a ADDR -t TOKEN [-n N]
+ *   tb_ctl setlr -a ADDR -t TOKEN [-n N] [-C CAFILE]
  *     Round trip of set_lr on the running run: N calls, each after a random
  *     0..2 ms pause so that they land at random points of a batch. The reply
  *     comes once the trainer has applied the rate at its next batch boundary,
@@ -26,6 +26,8 @@
  *     every 20 ms, then reads what the stalled client was sent (events,
  *     dropped notices, a bye).
  *
+ * -C CAFILE: the CA to verify a TLS daemon with (ADDR tls://HOST:PORT).
+ *
  * Output: key=value lines on stdout (run_brokers.sh parses them). */
 #define _GNU_SOURCE
 #include "trainbus/client.h"
@@ -48,7 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static const char *addr = "127.0.0.1:7787", *token = NULL, *job_path = NULL;
+static const char *addr = "127.0.0.1:7787", *token = NULL, *job_path = NULL, *ca_file = NULL;
 static int n_calls = 300, K = 8, rounds = 3, daemon_pid = 0;
 
 static uint64_t now_ns(void) {
@@ -63,7 +65,8 @@ static void die(const char *what, const tb_client_err_t *e) {
 }
 
 static tb_client_t *open_client(tb_role_t role, const char *name) {
-  tb_client_opts_t o = {.addr = addr, .token = token, .role = role, .name = name};
+  tb_client_opts_t o = {
+      .addr = addr, .token = token, .role = role, .name = name, .ca_file = ca_file};
   tb_client_t *c;
   tb_client_err_t e;
   if (tb_client_connect(&o, &c, &e) != 0)
@@ -540,8 +543,11 @@ int main(int argc, char **argv) {
   const char *mode = argv[1];
   int c;
   optind = 2;
-  while ((c = getopt(argc, argv, "a:t:j:k:R:n:b:")) != -1) {
+  while ((c = getopt(argc, argv, "a:t:j:k:R:n:b:C:")) != -1) {
     switch (c) {
+    case 'C':
+      ca_file = optarg;
+      break;
     case 'a':
       addr = optarg;
       break;

@@ -24,7 +24,9 @@
  * CPU of both and of the loop thread alone (the part a broker's server
  * process does).
  *
- * usage: tb_pub -n N [-r RATE] [-w W -f FD]
+ * usage: tb_pub -n N [-r RATE] [-w W -f FD] [-c CERT -k KEY]
+ *   -c/-k: the embedded server listens with TLS (its certificate and key,
+ *   PEM): psbench -S measures what TLS costs per delivery.
  *   RATE 0 or absent: blast. With -w, FD is a memfd holding psbench's
  *   slowest-subscriber progress (a uint64_t): the trainer stays at most W
  *   events ahead of it, as psbench's own publisher does with -w (a closed
@@ -80,7 +82,8 @@ int main(int argc, char **argv) {
   uint64_t n = 200000, window = 0;
   double rate = 0;
   int c, shm_fd = -1;
-  while ((c = getopt(argc, argv, "n:r:w:f:")) != -1) {
+  const char *cert = NULL, *key = NULL;
+  while ((c = getopt(argc, argv, "n:r:w:f:c:k:")) != -1) {
     if (c == 'n')
       n = strtoull(optarg, NULL, 10);
     else if (c == 'r')
@@ -89,6 +92,10 @@ int main(int argc, char **argv) {
       window = strtoull(optarg, NULL, 10);
     else if (c == 'f')
       shm_fd = atoi(optarg);
+    else if (c == 'c')
+      cert = optarg;
+    else if (c == 'k')
+      key = optarg;
     else {
       fprintf(stderr, "usage: tb_pub -n N [-r RATE]\n");
       return 2;
@@ -111,6 +118,8 @@ int main(int argc, char **argv) {
   tb_server_opts_defaults(&o);
   o.listen[0] = "127.0.0.1:0";
   o.n_listen = 1;
+  o.tls_cert = cert;
+  o.tls_key = key;
   o.log_level = getenv("TB_LOG_LEVEL") ? atoi(getenv("TB_LOG_LEVEL")) : 0;
   /* TB_FLUSH_INTERVAL_MS: the daemon's --flush-interval-ms (0: lowest
    * latency, every event written at once). */
