@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs missing Debian packages (as root; otherwise prints the apt-get line),
-# then configures and builds trainbus. The build needs libcsv-dev besides the
-# libraries; the tests need python3-numpy (test_npy writes its files with
+# then configures and builds trainbus. The build needs libcsv-dev and
+# libssl-dev (OpenSSL 3: TLS) besides the libraries; the tests need openssl
+# (the command makes their throwaway CA and certificates), python3-numpy (test_npy writes its files with
 # numpy), python3-venv, python3-setuptools and python3-wheel (the offline pip
 # install into a virtual environment) and systemd (systemd-analyze verify of
 # the unit; nothing is started).
@@ -14,7 +15,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 
 pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenblas-dev
       libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
-      libcsv-dev dataset-fashion-mnist
+      libcsv-dev libssl-dev openssl dataset-fashion-mnist
       python3-numpy python3-venv python3-setuptools python3-wheel systemd
       ${EXTRA_PKGS:-}"
 missing=""

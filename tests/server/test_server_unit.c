@@ -320,6 +320,33 @@ static void test_non_loopback_needs_token(void **state) {
   assert_non_null(strstr(err.msg, "token"));
 }
 
+/* Protected mode: a non-loopback listener without TLS is refused even with
+ * a token, and the message says how to fix it; allow_plaintext lets it. */
+static void test_non_loopback_needs_tls(void **state) {
+  (void)state;
+  tb_server_opts_t o;
+  tb_server_opts_defaults(&o);
+  o.listen[0] = "0.0.0.0:0";
+  o.n_listen = 1;
+  o.token = SU_TOKEN;
+  o.token_given = true;
+  o.log_level = 0;
+  tb_server_t *s = (tb_server_t *)1;
+  tb_err_t err = {{0}};
+  assert_int_not_equal(tb_server_new(&o, &s, &err), 0);
+  assert_null(s);
+  assert_non_null(strstr(err.msg, "without TLS"));
+  assert_non_null(strstr(err.msg, "--tls-cert FILE --tls-key FILE"));
+  assert_non_null(strstr(err.msg, "--allow-plaintext"));
+  o.allow_plaintext = true;
+  assert_int_equal(tb_server_new(&o, &s, &err), 0);
+  assert_non_null(s);
+  assert_non_null(strstr(tb_server_address(s, 0), "0.0.0.0:"));
+  tb_server_stop(s);
+  assert_int_equal(tb_server_run(s), 0);
+  assert_int_equal(tb_server_free(s), 0);
+}
+
 /* An attached run: the caller fires the hooks; a subscriber that joined
  * with since_seq 1 sees each exactly once, in order, seq 1, 2, 3, ... */
 static void test_attached_run_events(void **state) {
@@ -606,6 +633,7 @@ int main(void) {
       cmocka_unit_test(test_auth_timeout),
       cmocka_unit_test(test_idle_timeout),
       cmocka_unit_test(test_non_loopback_needs_token),
+      cmocka_unit_test(test_non_loopback_needs_tls),
       cmocka_unit_test(test_attached_run_events),
       cmocka_unit_test(test_queue_bound_drops_batch_events_only),
       cmocka_unit_test(test_output_gathers_while_a_write_is_in_flight),
