@@ -271,14 +271,18 @@ static int decode_auth(const cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "role");
   if (v == NULL)
     return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
-                    "params.role: missing (expected \"observer\" or \"controller\")");
+                    "params.role: missing (expected \"observer\", \"controller\" or \"trainer\")");
   if (!cJSON_IsString(v) || strlen(v->valuestring) >= sizeof role ||
-      (strcmp(v->valuestring, "observer") != 0 && strcmp(v->valuestring, "controller") != 0)) {
+      (strcmp(v->valuestring, "observer") != 0 && strcmp(v->valuestring, "controller") != 0 &&
+       strcmp(v->valuestring, "trainer") != 0)) {
     tb__describe(v, got, sizeof got);
     return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
-                    "params.role: expected \"observer\" or \"controller\", got %s", got);
+                    "params.role: expected \"observer\", \"controller\" or \"trainer\", got %s",
+                    got);
   }
-  r->auth.role = v->valuestring[0] == 'o' ? TB_ROLE_OBSERVER : TB_ROLE_CONTROLLER;
+  r->auth.role = v->valuestring[0] == 'o'   ? TB_ROLE_OBSERVER
+                 : v->valuestring[0] == 'c' ? TB_ROLE_CONTROLLER
+                                            : TB_ROLE_TRAINER;
   if ((rc = get_int(p, "params", "protocol", 1, TB_PROTO_INT_MAX, false, &r->auth.protocol, &has,
                     err)))
     return rc;
@@ -579,7 +583,7 @@ int tb_req_authorize(const tb_req_t *r, tb_role_t role, tb_proto_err_t *err) {
   tb_role_t need = tb_method_role(r->method);
   if (r->method == TB_METHOD_SUBSCRIBE && r->subscribe.n_lockstep > 0)
     need = TB_ROLE_CONTROLLER;
-  if (need <= role)
+  if (tb_role_may(role, need))
     return 0;
   if (role == TB_ROLE_NONE)
     return tb__errf(err, TB_PROTO_EUNAUTHORIZED,

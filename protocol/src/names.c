@@ -66,8 +66,23 @@ const char *tb_role_name(tb_role_t r) {
     return "observer";
   case TB_ROLE_CONTROLLER:
     return "controller";
+  case TB_ROLE_TRAINER:
+    return "trainer";
   default:
     return "none";
+  }
+}
+
+bool tb_role_may(tb_role_t role, tb_role_t need) {
+  switch (need) {
+  case TB_ROLE_NONE:
+    return true;
+  case TB_ROLE_OBSERVER:
+    return role == TB_ROLE_OBSERVER || role == TB_ROLE_CONTROLLER;
+  case TB_ROLE_TRAINER:
+    return role == TB_ROLE_TRAINER || role == TB_ROLE_CONTROLLER;
+  default:
+    return role == TB_ROLE_CONTROLLER;
   }
 }
 

@@ -53,6 +53,12 @@ static void test_methods(void **state) {
   assert_int_equal(r.auth.role, TB_ROLE_CONTROLLER);
   assert_string_equal(r.auth.client, "cli");
   tb_req_free(&r);
+  assert_int_equal(decode(REQ("auth", "{\"token\":\"t\",\"role\":\"trainer\"}"), &r, &err), 0);
+  assert_int_equal(r.auth.role, TB_ROLE_TRAINER);
+  tb_req_free(&r);
+  assert_int_equal(decode(REQ("auth", "{\"role\":\"observer\"}"), &r, &err), 0);
+  assert_int_equal(r.auth.role, TB_ROLE_OBSERVER);
+  tb_req_free(&r);
 
   assert_int_equal(
       decode(REQ("subscribe", "{\"runs\":[\"r1\"],\"events\":[\"*_end\",\"train_batch_*\"],"
@@ -204,7 +210,7 @@ static const bad_t bad[] = {
     {REQ("ping", "[]"), TB_PROTO_EINVALID_PARAMS, "params: expected an object"},
     {REQ("ping", "{\"x\":1}"), TB_PROTO_EINVALID_PARAMS, "ping takes no parameters"},
     {REQ("auth", "{\"role\":\"admin\"}"), TB_PROTO_EINVALID_PARAMS,
-     "params.role: expected \"observer\" or \"controller\", got \"admin\""},
+     "params.role: expected \"observer\", \"controller\" or \"trainer\", got \"admin\""},
     {REQ("auth", "{\"token\":5,\"role\":\"observer\"}"), TB_PROTO_EINVALID_PARAMS,
      "params.token: expected a string, got 5"},
     {REQ("auth", "{\"role\":\"observer\",\"protocol\":2}"), TB_PROTO_EINVALID_PARAMS,
@@ -357,7 +363,33 @@ static void test_authorize(void **state) {
   tb_req_free(&r);
   assert_int_equal(decode(REQ("ping", "{}"), &r, &err), 0);
   assert_int_equal(tb_req_authorize(&r, TB_ROLE_NONE, &err), 0);
+  assert_int_equal(tb_req_authorize(&r, TB_ROLE_TRAINER, &err), 0);
   tb_req_free(&r);
+  /* Every control method is forbidden to an observer and to a trainer, and
+   * every read method to a trainer (issue 14's trainer publishes its own run
+   * only); a controller may call them all. */
+  static const char *const control[] = {"set_lr",     "stop",   "pause",  "resume",
+                                        "checkpoint", "submit", "cancel", "continue"};
+  for (size_t i = 0; i < sizeof control / sizeof control[0]; i++) {
+    memset(&r, 0, sizeof r);
+    r.method = tb_method_from_name(control[i]);
+    assert_int_not_equal(r.method, TB_METHOD_INVALID);
+    assert_int_equal(tb_req_authorize(&r, TB_ROLE_OBSERVER, &err), TB_PROTO_EFORBIDDEN);
+    assert_int_equal(tb_req_authorize(&r, TB_ROLE_TRAINER, &err), TB_PROTO_EFORBIDDEN);
+    assert_int_equal(tb_req_authorize(&r, TB_ROLE_CONTROLLER, &err), 0);
+  }
+  assert_int_equal(decode(REQ("status", "{}"), &r, &err), 0);
+  assert_int_equal(tb_req_authorize(&r, TB_ROLE_OBSERVER, &err), 0);
+  assert_int_equal(tb_req_authorize(&r, TB_ROLE_CONTROLLER, &err), 0);
+  assert_int_equal(tb_req_authorize(&r, TB_ROLE_TRAINER, &err), TB_PROTO_EFORBIDDEN);
+  assert_string_equal(err.msg, "status: needs the observer role, this connection is trainer");
+  tb_req_free(&r);
+  assert_true(tb_role_may(TB_ROLE_TRAINER, TB_ROLE_TRAINER));
+  assert_true(tb_role_may(TB_ROLE_CONTROLLER, TB_ROLE_TRAINER));
+  assert_false(tb_role_may(TB_ROLE_OBSERVER, TB_ROLE_TRAINER));
+  assert_false(tb_role_may(TB_ROLE_NONE, TB_ROLE_OBSERVER));
+  assert_true(tb_role_may(TB_ROLE_NONE, TB_ROLE_NONE));
+  assert_string_equal(tb_role_name(TB_ROLE_TRAINER), "trainer");
 }
 
 static void test_match(void **state) {

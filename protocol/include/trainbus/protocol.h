@@ -106,7 +106,7 @@ int tb_frame_next(const char *buf, size_t len, size_t *scan_from, size_t max_lin
 
 /* ------------------------------------------------------------ vocabulary -- */
 
-/* Request methods: X(name, wire name, least role needed). */
+/* Request methods: X(name, wire name, the role needed: see tb_role_may). */
 #define TB_METHOD_MAP(X)                                                                           \
   X(AUTH, "auth", TB_ROLE_NONE)                                                                    \
   X(PING, "ping", TB_ROLE_NONE)                                                                    \
@@ -124,8 +124,23 @@ int tb_frame_next(const char *buf, size_t len, size_t *scan_from, size_t max_lin
   X(CANCEL, "cancel", TB_ROLE_CONTROLLER)                                                          \
   X(CONTINUE, "continue", TB_ROLE_CONTROLLER)
 
-/* Roles, ordered: a controller may do everything an observer may. */
-typedef enum { TB_ROLE_NONE = 0, TB_ROLE_OBSERVER = 1, TB_ROLE_CONTROLLER = 2 } tb_role_t;
+/* Roles (docs/PROTOCOL.md section 3). An observer reads; a controller may
+ * do everything an observer may, and control; a trainer (issue 14: a
+ * training loop in another process that publishes its own run) may call
+ * only the trainer's methods, which a controller may call too. Which role a
+ * connection gets is decided by the token it authenticates with (server
+ * configuration), not by the order of this enum: use tb_role_may. */
+typedef enum {
+  TB_ROLE_NONE = 0,
+  TB_ROLE_OBSERVER = 1,
+  TB_ROLE_CONTROLLER = 2,
+  TB_ROLE_TRAINER = 3
+} tb_role_t;
+
+/* Whether a connection holding `role` may call a method that needs `need`:
+ * NONE needs nothing; OBSERVER: an observer or a controller; CONTROLLER: a
+ * controller; TRAINER: a trainer or a controller. Pure. */
+bool tb_role_may(tb_role_t role, tb_role_t need);
 
 typedef enum {
   TB_METHOD_INVALID = 0,
@@ -138,10 +153,11 @@ typedef enum {
 const char *tb_method_name(tb_method_t m);
 /* The method for a wire name, TB_METHOD_INVALID if unknown. */
 tb_method_t tb_method_from_name(const char *name);
-/* The least role a connection needs to call m (TB_ROLE_NONE: also before auth).
- * subscribe with lockstep events additionally needs TB_ROLE_CONTROLLER. */
+/* The role a connection needs to call m (TB_ROLE_NONE: also before auth),
+ * as tb_role_may reads it. subscribe with lockstep events needs
+ * TB_ROLE_CONTROLLER. */
 tb_role_t tb_method_role(tb_method_t m);
-/* "observer", "controller"; "none" for TB_ROLE_NONE. */
+/* "observer", "controller", "trainer"; "none" for TB_ROLE_NONE. */
 const char *tb_role_name(tb_role_t r);
 
 /* Event names: the Keras hooks without "on_", then "state" (a run changed
@@ -232,7 +248,7 @@ typedef struct tb_req_s {
 
   struct {
     char token[TB_PROTO_TOKEN_MAX]; /* "" when none was given */
-    tb_role_t role;                 /* OBSERVER or CONTROLLER */
+    tb_role_t role;                 /* OBSERVER, CONTROLLER or TRAINER */
     char client[TB_PROTO_TEXT_MAX]; /* free-form client name, may be "" */
     int64_t protocol;               /* version the client speaks; 0 = not given */
   } auth;
