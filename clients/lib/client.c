@@ -380,6 +380,7 @@ static int open_and_auth(tb_client_t *c, tb_client_err_t *err) {
   const char *rn = cJSON_IsString(role) ? role->valuestring : "";
   c->role = strcmp(rn, "controller") == 0 ? TB_ROLE_CONTROLLER
             : strcmp(rn, "observer") == 0 ? TB_ROLE_OBSERVER
+            : strcmp(rn, "trainer") == 0  ? TB_ROLE_TRAINER
                                           : TB_ROLE_NONE;
   cJSON_Delete(res);
   if (c->role == TB_ROLE_NONE) {
@@ -405,8 +406,8 @@ int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client
   if (opts->token != NULL && strlen(opts->token) >= TB_PROTO_TOKEN_MAX)
     return tb__cerr(err, TB_CLIENT_EINVALID, "token longer than %d bytes", TB_PROTO_TOKEN_MAX - 1);
   if (opts->role != TB_ROLE_NONE && opts->role != TB_ROLE_OBSERVER &&
-      opts->role != TB_ROLE_CONTROLLER)
-    return tb__cerr(err, TB_CLIENT_EINVALID, "role must be observer or controller");
+      opts->role != TB_ROLE_CONTROLLER && opts->role != TB_ROLE_TRAINER)
+    return tb__cerr(err, TB_CLIENT_EINVALID, "role must be observer, controller or trainer");
   tb_client_t *c = calloc(1, sizeof *c);
   if (c == NULL)
     return tb__cerr(err, TB_CLIENT_ENOMEM, "out of memory");
@@ -417,7 +418,7 @@ int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client
   c->addr_given = has_addr;
   c->token_given = opts->token != NULL && opts->token[0] != '\0';
   snprintf(c->name, sizeof c->name, "%s", opts->name ? opts->name : "libtrainbus");
-  c->want_role = opts->role == TB_ROLE_CONTROLLER ? TB_ROLE_CONTROLLER : TB_ROLE_OBSERVER;
+  c->want_role = opts->role == TB_ROLE_NONE ? TB_ROLE_OBSERVER : opts->role;
   c->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
   c->tls = opts->tls;
   c->insecure = opts->insecure;

@@ -118,7 +118,9 @@ static int on_event(struct lws *wsi, enum lws_callback_reasons reason, void *use
     if (c == NULL || s == NULL)
       return -1;
     c->wsi = wsi;
-    tb__conn_register(s, c, true); /* the HTTP front listens on loopback unless given a token */
+    /* Local (observers need no token) only when the front listens on
+     * loopback, as for a TCP listener. */
+    tb__conn_register(s, c, s->http_local);
     snprintf(c->label, sizeof(c->label), "web client %llu", (unsigned long long)c->id);
     ss->conn = c;
     tb__conn_greet(c);
@@ -205,6 +207,7 @@ int tb__http_start(tb_server_t *s, const char *spec, tb_err_t *err) {
   bool loopback =
       strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
   bool tls = s->tls_ctx != NULL;
+  s->http_local = loopback;
   if (!loopback && !s->o.token_given)
     return tb_errf(err, TB_EINVAL,
                    "--http %s: refusing a non-loopback address without a token: give --token "

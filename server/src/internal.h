@@ -239,6 +239,7 @@ struct conn_s {
   tb_tls_t *tls;   /* a client of a TLS listener (tls.c); NULL for plaintext */
   bool local;      /* accepted on a loopback or Unix listener */
   tb_role_t role;
+  tb_role_t token_role; /* what the token it authenticated with grants (NONE: no token) */
   char client[TB_PROTO_TEXT_MAX];
   char label[200]; /* "client 7 (lr-tuner)" */
   uint64_t t_open_ms;
@@ -285,6 +286,7 @@ typedef struct listener_s {
 struct tb_server_s {
   tb_server_opts_t o;
   char token[256];
+  char observer_token[256], trainer_token[256]; /* roles by token (methods.c, do_auth) */
   char state_dir[1024];
   bool address_file; /* this daemon wrote state_dir/address */
   uv_loop_t loop;
@@ -324,6 +326,7 @@ struct tb_server_s {
 
   struct lws_context *lws; /* the HTTP/WebSocket front (http.c), or NULL */
   bool lws_stopping;
+  bool http_local; /* the HTTP front listens on loopback */
   char http_address[300];
 
   tb_buf_t enc; /* the drain's encoding scratch */

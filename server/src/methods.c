@@ -58,6 +58,29 @@ static bool token_equal(const char *a, const char *b) {
   return d == 0 && la > 0;
 }
 
+/* The role a token grants: the control token every role (CONTROLLER stands
+ * for it), the observer token OBSERVER, the trainer token TRAINER; NONE for
+ * any other. Each is compared in constant time, and all three always are,
+ * so the time taken says nothing of which (if any) matched. */
+static tb_role_t token_grants(const tb_server_t *s, const char *t) {
+  bool ctl = token_equal(t, s->token);
+  bool obs = token_equal(t, s->observer_token);
+  bool tr = token_equal(t, s->trainer_token);
+  return ctl ? TB_ROLE_CONTROLLER : obs ? TB_ROLE_OBSERVER : tr ? TB_ROLE_TRAINER : TB_ROLE_NONE;
+}
+
+static void auth_failed(conn_t *c, const tb_req_t *q, const char *why) {
+  error(c, &q->id, TB_PROTO_EUNAUTHORIZED, "auth: %s", why);
+  tb__log(c->srv, 1, "%s: failed auth as %s", c->label, tb_role_name(q->auth.role));
+  tb__conn_close(c, "auth_failed", "invalid or missing token");
+}
+
+/* Roles by token (docs/PROTOCOL.md section 3). The role granted is the one
+ * asked for when the token allows it; a client that asks for controller
+ * with a token of a lesser role gets that role (its control calls then
+ * answer forbidden, saying why), and one that asks for a role its token does
+ * not give otherwise is refused (forbidden) and may try again. Without a
+ * token, only an observer on a loopback or Unix listener is let in. */
 static void do_auth(conn_t *c, const tb_req_t *q) {
   tb_server_t *s = c->srv;
   if (c->role != TB_ROLE_NONE) {
@@ -73,18 +96,35 @@ static void do_auth(conn_t *c, const tb_req_t *q) {
           TB_PROTO_VERSION, (long long)q->auth.protocol);
     return;
   }
-  bool need = q->auth.role == TB_ROLE_CONTROLLER || !c->local || q->auth.token[0] != '\0';
-  if (need && !token_equal(q->auth.token, s->token)) {
-    error(c, &q->id, TB_PROTO_EUNAUTHORIZED, "auth: %s",
-          q->auth.token[0]
-              ? "invalid token"
-              : (q->auth.role == TB_ROLE_CONTROLLER ? "the controller role needs the token"
-                                                    : "a token is needed on this listener"));
-    tb__log(s, 1, "%s: failed auth as %s", c->label, tb_role_name(q->auth.role));
-    tb__conn_close(c, "auth_failed", "invalid or missing token");
+  tb_role_t want = q->auth.role, granted;
+  bool has_token = q->auth.token[0] != '\0';
+  tb_role_t grants = has_token ? token_grants(s, q->auth.token) : TB_ROLE_NONE;
+  if (has_token && grants == TB_ROLE_NONE) {
+    auth_failed(c, q, "invalid token");
     return;
   }
-  c->role = q->auth.role;
+  if (!has_token) {
+    if (want != TB_ROLE_OBSERVER || !c->local) {
+      auth_failed(c, q,
+                  want == TB_ROLE_CONTROLLER ? "the controller role needs the control token"
+                  : want == TB_ROLE_TRAINER
+                      ? "the trainer role needs the trainer token (or the control token)"
+                      : "a token is needed on this listener");
+      return;
+    }
+    granted = TB_ROLE_OBSERVER;
+  } else if (grants == TB_ROLE_CONTROLLER || grants == want) {
+    granted = want;
+  } else if (want == TB_ROLE_CONTROLLER) {
+    granted = grants; /* the token's own, lesser role */
+  } else {
+    error(c, &q->id, TB_PROTO_EFORBIDDEN,
+          "auth: the %s token grants the %s role, not %s (the control token grants every role)",
+          tb_role_name(grants), tb_role_name(grants), tb_role_name(want));
+    return;
+  }
+  c->role = granted;
+  c->token_role = grants;
   snprintf(c->client, sizeof(c->client), "%s", q->auth.client);
   if (c->client[0])
     snprintf(c->label, sizeof(c->label), "client %llu (%s)", (unsigned long long)c->id, c->client);
@@ -93,7 +133,11 @@ static void do_auth(conn_t *c, const tb_req_t *q) {
   tb_msg_result_auth(&b, &q->id, c->role);
   reply(c, &b);
   tb_buf_free(&b);
-  tb__log(s, 2, "%s: authenticated as %s", c->label, tb_role_name(c->role));
+  tb__log(s, 2, "%s: authenticated as %s (%s)", c->label, tb_role_name(c->role),
+          grants == TB_ROLE_NONE         ? "no token"
+          : grants == TB_ROLE_CONTROLLER ? "the control token"
+          : grants == TB_ROLE_OBSERVER   ? "the observer token"
+                                         : "the trainer token");
 }
 
 static tb_run_t *run_or_error(conn_t *c, const tb_req_t *q) {
@@ -613,7 +657,14 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
     return;
   }
   if (q.method != TB_METHOD_AUTH && (r = tb_req_authorize(&q, c->role, &err)) != 0) {
-    error_from(c, &q.id, &err);
+    if (r == TB_PROTO_EFORBIDDEN && c->token_role != TB_ROLE_NONE &&
+        c->token_role != TB_ROLE_CONTROLLER)
+      /* Say why the role is what it is: the token's. */
+      error(c, &q.id, r, "%s (it authenticated with the %s token%s)", err.msg,
+            tb_role_name(c->token_role),
+            c->token_role == TB_ROLE_OBSERVER ? ", which is read-only" : "");
+    else
+      error_from(c, &q.id, &err);
     tb_req_free(&q);
     return;
   }

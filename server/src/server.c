@@ -350,6 +350,43 @@ int tb__write_private(const char *path, const char *text) {
   return r;
 }
 
+/* A role's token (observer_token, trainer_token): the one given, else the
+ * one an earlier start kept in state_dir/NAME, else a new one; kept there
+ * (0600) so that it stays valid across restarts. */
+static int role_token(tb_server_t *s, const char *given, const char *name, char *out, size_t cap,
+                      tb_err_t *err) {
+  char path[1200], line[TB_PROTO_TOKEN_MAX + 2] = "";
+  int r;
+  snprintf(path, sizeof(path), "%s/%s", s->state_dir, name);
+  if (given != NULL && given[0] != '\0') {
+    if (strlen(given) >= TB_PROTO_TOKEN_MAX)
+      return tb_errf(err, TB_EINVAL, "the %s is longer than %d bytes", name,
+                     TB_PROTO_TOKEN_MAX - 1);
+    snprintf(out, cap, "%s", given);
+  } else {
+    FILE *f = s->state_dir[0] != '\0' ? fopen(path, "r") : NULL;
+    bool kept = f != NULL && fgets(line, sizeof(line), f) != NULL;
+    if (f != NULL)
+      fclose(f);
+    size_t n = strcspn(line, "\n");
+    for (size_t i = 0; kept && i < n; i++)
+      kept = line[i] > ' ' && line[i] <= '~';
+    if (kept && n > 0 && n < TB_PROTO_TOKEN_MAX) {
+      line[n] = '\0';
+      snprintf(out, cap, "%s", line);
+    } else if ((r = make_token(out, cap)) != 0) {
+      return tb_errf(err, r, "cannot generate the %s: %s", name, tb_strerror(r));
+    }
+  }
+  if (s->state_dir[0] != '\0') {
+    char text[300];
+    snprintf(text, sizeof(text), "%s\n", out);
+    if ((r = write_private(path, text)) != 0)
+      return tb_errf(err, r, "cannot write %s: %s", path, tb_strerror(r));
+  }
+  return 0;
+}
+
 /* ---- jobs' policies ------------------------------------------------------------- */
 
 /* A number from a one-line file; 0 if absent or unreadable. */
@@ -507,6 +544,18 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       goto fail;
     }
   }
+  if ((r = role_token(s, s->o.observer_token, "observer_token", s->observer_token,
+                      sizeof(s->observer_token), err)) != 0 ||
+      (r = role_token(s, s->o.trainer_token, "trainer_token", s->trainer_token,
+                      sizeof(s->trainer_token), err)) != 0)
+    goto fail;
+  if (strcmp(s->token, s->observer_token) == 0 || strcmp(s->token, s->trainer_token) == 0 ||
+      strcmp(s->observer_token, s->trainer_token) == 0) {
+    /* One token for two roles would grant the larger one to both. */
+    r = tb_errf(err, TB_EINVAL,
+                "the control, observer and trainer tokens must differ (each decides a role)");
+    goto fail;
+  }
   const char *def = "127.0.0.1:7787";
   int n = s->o.n_listen > 0 ? s->o.n_listen : 1;
   for (int i = 0; i < n && i < TB_SERVER_MAX_LISTEN; i++)
@@ -613,6 +662,14 @@ const char *tb_server_http_address(const tb_server_t *s) {
 
 const char *tb_server_token(const tb_server_t *s) {
   return s->token;
+}
+
+const char *tb_server_observer_token(const tb_server_t *s) {
+  return s->observer_token;
+}
+
+const char *tb_server_trainer_token(const tb_server_t *s) {
+  return s->trainer_token;
 }
 
 /* ---- runs from outside the loop ----------------------------------------------------- */

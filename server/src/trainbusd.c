@@ -50,15 +50,24 @@ static void usage(FILE *f) {
           "                       at its peak is over SIZE (bytes, or with K, M, G, T: powers\n"
           "                       of 1024; default: half of this machine's memory)\n"
           "  --epochs N           override the first job's epochs\n"
-          "  --state-dir DIR      keep event logs, checkpoints, the token and the address\n"
+          "  --state-dir DIR      keep event logs, checkpoints, the tokens and the address\n"
           "                       here (default $TRAINBUS_STATE_DIR, else $HOME/.trainbus)\n"
           "  --no-state           keep nothing on disk (no checkpoints, no replay after restart)\n"
           "  --resume             continue the runs found in the state directory that had not\n"
           "                       ended, from their latest checkpoints: clients see no gap, no\n"
-          "                       repeated event, and the same status, history and token\n"
-          "  --token TOKEN        the token clients need to control (default $TRAINBUS_TOKEN,\n"
-          "                       else the one in STATE_DIR/token, generated there (mode 0600)\n"
-          "                       on the first start and kept across restarts)\n"
+          "                       repeated event, and the same status, history and tokens\n"
+          "  --token TOKEN        the control token: every role, control included (default\n"
+          "                       $TRAINBUS_TOKEN, else the one in STATE_DIR/token, generated\n"
+          "                       there (mode 0600) on the first start and kept across\n"
+          "                       restarts)\n"
+          "  --observer-token TOKEN  the read-only token: watch, status, runs, history; every\n"
+          "                       control method answers forbidden (default\n"
+          "                       $TRAINBUS_OBSERVER_TOKEN, else STATE_DIR/observer_token, made\n"
+          "                       and kept as the control token)\n"
+          "  --trainer-token TOKEN  the token of the trainer role: training loops in other\n"
+          "                       processes that publish their own runs (the control token\n"
+          "                       serves too) (default $TRAINBUS_TRAINER_TOKEN, else\n"
+          "                       STATE_DIR/trainer_token, made and kept as the others)\n"
           "  --max-clients N      connections at once (default 16384)\n"
           "  --max-line BYTES     longest request line (default 65536)\n"
           "  --auth-timeout-ms N  time a client has to authenticate (default 5000)\n"
@@ -70,10 +79,11 @@ static void usage(FILE *f) {
           "  -h, --help           this help\n"
           "  --version            the version\n"
           "\n"
-          "Observers may connect without a token on loopback and Unix listeners; controlling\n"
+          "Roles by token: observers may connect without a token on loopback and Unix\n"
+          "listeners, elsewhere with the observer (or the control) token; controlling\n"
           "(set_lr, stop, pause, resume, checkpoint, submit, cancel, lockstep) always needs\n"
-          "the token. SIGINT/SIGTERM: runs stop at a batch boundary and checkpoint, logs are\n"
-          "flushed, clients get bye, exit 0.\n"
+          "the control token. SIGINT/SIGTERM: runs stop at a batch boundary and checkpoint,\n"
+          "logs are flushed, clients get bye, exit 0.\n"
           "\n"
           "exit codes: 0 stopped by SIGINT or SIGTERM (or --help, --version),\n"
           "            1 cannot start (an address in use, an unusable state directory) or the\n"
@@ -158,6 +168,8 @@ int main(int argc, char **argv) {
   tb_server_opts_defaults(&o);
   const char *job_path = NULL, *state_dir = getenv("TRAINBUS_STATE_DIR");
   const char *token = getenv("TRAINBUS_TOKEN");
+  o.observer_token = getenv("TRAINBUS_OBSERVER_TOKEN");
+  o.trainer_token = getenv("TRAINBUS_TRAINER_TOKEN");
   bool no_job = false, no_state = false;
   long epochs = 0;
   char default_state[1024];
@@ -219,6 +231,10 @@ int main(int argc, char **argv) {
       o.resume = true;
     } else if (strcmp(a, "--token") == 0 && v) {
       token = argv[++i];
+    } else if (strcmp(a, "--observer-token") == 0 && v) {
+      o.observer_token = argv[++i];
+    } else if (strcmp(a, "--trainer-token") == 0 && v) {
+      o.trainer_token = argv[++i];
     } else if (strcmp(a, "--quiet") == 0) {
       o.log_level = 0;
     } else if (strcmp(a, "--verbose") == 0) {
@@ -366,6 +382,11 @@ int main(int argc, char **argv) {
     }
     fprintf(stderr, "trainbusd: run %s queued (%s)\n", id, origin);
   }
+  if (o.state_dir != NULL)
+    fprintf(stderr,
+            "trainbusd: tokens in %s: token (control), observer_token (read-only), "
+            "trainer_token\n",
+            o.state_dir);
   if (o.state_dir != NULL && !o.token_given)
     fprintf(stderr, "trainbusd: token in %s/token; watch with: trainbus watch\n", o.state_dir);
   else if (o.state_dir != NULL)

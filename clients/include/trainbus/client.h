@@ -91,7 +91,10 @@ typedef struct tb_client_opts_s {
    * written): a client never presents one daemon's token to another, so an
    * explicit addr of another daemon gets no token from here. Copied. */
   const char *state_dir;
-  /* TB_ROLE_OBSERVER or TB_ROLE_CONTROLLER; TB_ROLE_NONE means observer. */
+  /* The role asked for: TB_ROLE_OBSERVER, TB_ROLE_CONTROLLER or
+   * TB_ROLE_TRAINER; TB_ROLE_NONE means observer. The token decides what is
+   * granted (tb_client_role): asking for controller with the observer token
+   * gives observer, whose control calls then fail with TB_PROTO_EFORBIDDEN. */
   tb_role_t role;
   /* Name shown in the daemon's logs and in "by" of control events; NULL for
    * "libtrainbus". Copied, truncated to TB_PROTO_TEXT_MAX - 1 bytes. */
@@ -135,7 +138,7 @@ int tb_client_connect(const tb_client_opts_t *opts, tb_client_t **out, tb_client
 /* Closes the connection and frees everything. NULL-safe. */
 void tb_client_free(tb_client_t *c);
 
-/* The role the server granted. */
+/* The role the server granted (docs/PROTOCOL.md section 3). */
 tb_role_t tb_client_role(const tb_client_t *c);
 /* The server's hello of the current connection; valid until the next
  * reconnect or free. */

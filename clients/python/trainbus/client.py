@@ -198,8 +198,11 @@ class Client:
     """A connection to a trainbus daemon.
 
     addr: "HOST:PORT", "[V6]:PORT", "tls://HOST:PORT", "unix:PATH" or a path
-    with a '/'; token: the daemon's token (None: observers on loopback need
-    none); role: "observer" or "controller". Without addr/token they come
+    with a '/'; token: the daemon's control, observer or trainer token (None:
+    observers on loopback need none); role: "observer", "controller" or
+    "trainer", the role asked for: the token decides what is granted
+    (``self.role``; asking for controller with the observer token gives
+    observer, whose control calls raise RemoteError "forbidden"). Without addr/token they come
     from the environment or the state directory (see
     :func:`resolve_address`). timeout: seconds to wait for each call's answer
     (set_lr and checkpoint answer once applied); connect_timeout: for
@@ -225,8 +228,9 @@ class Client:
     def __init__(self, addr=None, token=None, role="observer", name="trainbus-py",
                  timeout=60.0, connect_timeout=5.0, state_dir=None, tls=False, cafile=None,
                  insecure=False, certfile=None, keyfile=None, server_hostname=None):
-        if role not in ("observer", "controller"):
-            raise TrainbusError("invalid_argument", "role must be observer or controller")
+        if role not in ("observer", "controller", "trainer"):
+            raise TrainbusError("invalid_argument",
+                                "role must be observer, controller or trainer")
         # What was given stays; the rest is looked up again at every connect.
         self._given = (addr or os.environ.get("TRAINBUS_ADDR") or None,
                        token if token is not None else (os.environ.get("TRAINBUS_TOKEN") or None),

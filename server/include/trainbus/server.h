@@ -33,9 +33,18 @@ enum { TB_SERVER_MAX_LISTEN = 8, TB_SERVER_MAX_DATA_DIRS = 16 };
 typedef struct tb_server_opts_s {
   /* "HOST:PORT" (port 0: any free port) or a Unix socket path (contains '/'). */
   const char *listen[TB_SERVER_MAX_LISTEN];
-  int n_listen;          /* default: one listener on 127.0.0.1:7787 */
-  const char *token;     /* NULL: generated (and written to state_dir/token) */
-  bool token_given;      /* the token came from the user (flag or environment) */
+  int n_listen;      /* default: one listener on 127.0.0.1:7787 */
+  const char *token; /* NULL: generated (and written to state_dir/token) */
+  bool token_given;  /* the token came from the user (flag or environment) */
+  /* Roles by token (docs/PROTOCOL.md section 3): the control token grants
+   * every role; the observer token grants the observer role only (read:
+   * subscribe, status, runs, history; every control method answers
+   * forbidden); the trainer token the trainer role only (issue 14's methods,
+   * by which a training loop in another process publishes its run). NULL or
+   * "": the one kept in state_dir/observer_token (trainer_token), mode 0600,
+   * made once and kept across restarts; without a state directory, made for
+   * this process (tb_server_observer_token). The three must differ. */
+  const char *observer_token, *trainer_token;
   const char *state_dir; /* NULL: no persistence (no event logs, no checkpoints) */
   bool resume;           /* resume the runs found in state_dir */
   size_t max_line;       /* default TB_PROTO_MAX_LINE */
@@ -114,6 +123,9 @@ const char *tb_server_address(const tb_server_t *s, int i);
 const char *tb_server_http_address(const tb_server_t *s);
 /* The token in force (given or generated). */
 const char *tb_server_token(const tb_server_t *s);
+/* The observer (read-only) and trainer tokens in force. */
+const char *tb_server_observer_token(const tb_server_t *s);
+const char *tb_server_trainer_token(const tb_server_t *s);
 
 /* Queues a job of the operator (JSON text as a job file; relative paths
  * resolve against base_dir) to run; *run_id receives its id. The job may
