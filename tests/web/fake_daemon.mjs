@@ -117,8 +117,8 @@ class Run {
 
 /** The simulated daemon: runs one after another, publishes to subscribed connections. */
 export class Sim {
-  constructor({ token = 'T', batchMs = 15, runs = [{ epochs: 8, steps: 60, lr: 0.001 }] } = {}) {
-    this.token = token; this.batchMs = batchMs;
+  constructor({ token = 'T', observerToken = 'O', batchMs = 15, runs = [{ epochs: 8, steps: 60, lr: 0.001 }] } = {}) {
+    this.token = token; this.observerToken = observerToken; this.batchMs = batchMs;
     this.runs = runs.map((r, i) => new Run(this, `r${i + 1}`, r));
     this.clients = new Set();
     this.received = [];       // every request any client sent: {client, msg}
@@ -200,6 +200,13 @@ class Client {
   }
   m_ping(id) { this.reply(id, { pong: true, time: now() }); }
   m_auth(id, p) {
+    // Roles by token, as trainbusd: the observer token grants observer only,
+    // also to a client that asks for controller.
+    if (p.token !== undefined && p.token === this.sim.observerToken) {
+      this.role = 'observer';
+      this.reply(id, { role: 'observer', protocol: 1 });
+      return;
+    }
     const needToken = p.role === 'controller' || !this.loopback;
     if (needToken && p.token !== this.sim.token) {
       this.error(id, -32001, 'unauthorized', 'auth: invalid token');

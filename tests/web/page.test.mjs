@@ -62,6 +62,15 @@ await check('controls stay locked without the right token', async () => {
   assert(!(await hook(page, 'tb.controlReady()')), 'control ready after a bad token');
 });
 
+await check('a read-only (observer) token keeps the controls locked and says why', async () => {
+  await page.fill('#token', 'O');
+  await page.click('#unlock');
+  await until('read-only shown', async () => /This token is read-only \(observer\): you can watch, not control/.test(await text(page, '#ctlmsg')));
+  assert(await page.locator('#setlr').isDisabled(), 'set enabled with the observer token');
+  assert(!(await hook(page, 'tb.controlReady()')), 'control ready with the observer token');
+  assert(await hook(page, 'tb.connected()'), 'the observer connection went down');
+});
+
 await check('the token unlocks the controls on a second (controller) connection', async () => {
   await page.fill('#token', 'T');
   await page.click('#unlock');
@@ -71,6 +80,7 @@ await check('the token unlocks the controls on a second (controller) connection'
   const ctl = sim.received.filter((r) => r.msg.method === 'auth' && r.msg.params.role === 'controller' && r.msg.params.token === 'T');
   const obs = sim.received.find((r) => r.msg.method === 'auth' && r.msg.params.role === 'observer');
   assert(ctl.length === 1 && ctl[0].client !== obs.client, 'controller auth not on its own connection');
+  assert(await hook(page, 'tb.controlReady()'), 'not controller');
   assert(await page.locator('#resume').isDisabled(), 'resume enabled while running');
   // The token is not kept anywhere but in memory.
   const stored = await page.evaluate(() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie);
@@ -176,9 +186,16 @@ await check('a daemon that wants a token from observers: the page asks for it', 
   try {
     const { page: p, problems: probs } = await openPage(context, f.url);
     await until('needs token', async () => /needs token/.test(await text(p, '#conn')));
-    await p.fill('#token', 'T');
+    // The observer token is enough to watch: the page connects, the
+    // controls stay locked.
+    await p.fill('#token', 'O');
     await p.click('#unlock');
     await until('connected', () => hook(p, 'tb.connected()'));
+    await until('observer', async () => (await hook(p, 'tb.observerRole()')) === 'observer');
+    await until('read-only shown', async () => /read-only/.test(await text(p, '#ctlmsg')));
+    assert(!(await hook(p, 'tb.controlReady()')), 'controls with the observer token');
+    await p.fill('#token', 'T');
+    await p.click('#unlock');
     await until('controller', () => hook(p, 'tb.controlReady()'));
     // 12007 batches: all counted, at most MAX_BATCH_POINTS (4000) kept for drawing.
     await until('history replayed', async () => (await hook(p, 'tb.batchPoints()')) >= 12007, 20000);

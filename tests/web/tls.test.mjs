@@ -9,6 +9,12 @@
 // points; set_lr typed in the page is applied (checked with `trainbus status`
 // over TLS); stop ends the run; nothing was requested elsewhere.
 //
+// Then roles by token (issue 12) on a daemon whose dashboard listens beyond
+// loopback (0.0.0.0, so observers need a token): the page asks for one, the
+// observer (read-only) token lets it watch live while its controls stay
+// locked, and every control method sent from the page's origin with that
+// token answers forbidden; the run goes on untouched.
+//
 //   TRAINBUSD, TRAINBUS_CLI   the programs (default: build/trainbusd, build/trainbus)
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -30,11 +36,13 @@ execFileSync('sh', [path.join(top, 'tests/tls/make_certs.sh'), pki], { stdio: 'i
 const CA = path.join(pki, 'ca.pem');
 const SPKI = fs.readFileSync(path.join(pki, 'spki.txt'), 'utf8').trim();
 
+const OBSERVER_TOKEN = 'read-only-O';
+
 /** Starts trainbusd with TLS; resolves once it has printed both of its addresses. */
-function startDaemon(stateDir) {
-  const args = ['--http', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--state-dir', stateDir,
-    '--token', TOKEN, '--tls-cert', path.join(pki, 'server.pem'), '--tls-key', path.join(pki, 'server.key'),
-    '--job', path.join(here, 'job_dashboard.json')];
+function startDaemon(stateDir, httpHost = '127.0.0.1') {
+  const args = ['--http', `${httpHost}:0`, '--listen', '127.0.0.1:0', '--state-dir', stateDir,
+    '--token', TOKEN, '--observer-token', OBSERVER_TOKEN, '--tls-cert', path.join(pki, 'server.pem'),
+    '--tls-key', path.join(pki, 'server.key'), '--job', path.join(here, 'job_dashboard.json')];
   const proc = spawn(TRAINBUSD, args, { stdio: ['ignore', 'inherit', 'pipe'] });
   let err = '';
   return new Promise((resolve, reject) => {
@@ -136,11 +144,72 @@ try {
     assert(problems.length === 0, problems.join('\n'));
   });
 } finally {
-  await close();
   daemon.proc.kill('SIGTERM');
   const code = await new Promise((resolve) => daemon.proc.on('exit', (c) => resolve(c)));
   if (code !== 0) { console.log(`FAIL trainbusd exited with ${code} after SIGTERM`); process.exitCode = 1; }
   fs.rmSync(stateDir, { recursive: true, force: true });
+}
+
+// --- roles by token, the dashboard beyond loopback ----------------------------------
+const stateDir2 = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-web-tls-state-'));
+const wide = await startDaemon(stateDir2, '0.0.0.0');
+const port = wide.http.slice(wide.http.lastIndexOf(':') + 1);
+const url2 = `https://127.0.0.1:${port}/`;
+try {
+  let p2;
+  await check('beyond loopback the page needs a token; the observer token lets it watch, read-only', async () => {
+    ({ page: p2 } = await openPage(context, url2));
+    await until('needs token', async () => /needs token/.test(await text(p2, '#conn')));
+    await p2.fill('#token', OBSERVER_TOKEN);
+    await p2.click('#unlock');
+    await until('connected', () => hook(p2, 'tb.connected()'));
+    assert((await hook(p2, 'tb.observerRole()')) === 'observer', 'not observer');
+    await until('read-only shown', async () => /This token is read-only \(observer\)/.test(await text(p2, '#ctlmsg')));
+    const n = await until('batch points', async () => { const k = await hook(p2, 'tb.batchPoints()'); return k > 0 && k; });
+    await until('more batch points', async () => (await hook(p2, 'tb.batchPoints()')) > n);
+    assert(!(await hook(p2, 'tb.controlReady()')), 'controls unlocked with the observer token');
+    for (const id of ['setlr', 'stop', 'pause', 'checkpoint']) assert(await p2.locator(`#${id}`).isDisabled(), `#${id} enabled`);
+  });
+
+  await check('every control method sent with the observer token answers forbidden; the run is untouched', async () => {
+    const before = cliStatus(wide.tcp);
+    const answers = await p2.evaluate(async (obs) => {
+      const ws = new WebSocket(`wss://${location.host}/ws`);
+      const out = {};
+      let next = 1;
+      const pending = new Map();
+      ws.onmessage = (e) => {
+        const m = JSON.parse(e.data);
+        if (m.method === 'hello') ws.dispatchEvent(new Event('hello'));
+        else if (pending.has(m.id)) { pending.get(m.id)(m); pending.delete(m.id); }
+      };
+      const call = (method, params) => new Promise((resolve) => { const id = next++; pending.set(id, resolve); ws.send(JSON.stringify({ jsonrpc: '2.0', id, method, params })); });
+      await new Promise((resolve) => ws.addEventListener('hello', resolve, { once: true }));
+      out.auth = await call('auth', { role: 'controller', token: obs, client: 'tls.test' });
+      for (const [m, p] of [['set_lr', { run: 'r1', lr: 0.5 }], ['stop', { run: 'r1' }], ['pause', { run: 'r1' }],
+        ['resume', { run: 'r1' }], ['checkpoint', { run: 'r1' }], ['cancel', { run: 'r1' }],
+        ['continue', { run: 'r1', seq: 1 }], ['submit', { job: {} }], ['subscribe', { runs: ['r1'], lockstep: ['epoch_end'] }]]) {
+        out[m] = await call(m, p);
+      }
+      out.status = await call('status', { run: 'r1' });
+      ws.close();
+      return out;
+    }, OBSERVER_TOKEN);
+    assert(answers.auth.result && answers.auth.result.role === 'observer', `auth: ${JSON.stringify(answers.auth)}`);
+    for (const m of ['set_lr', 'stop', 'pause', 'resume', 'checkpoint', 'cancel', 'continue', 'submit', 'subscribe']) {
+      const e = answers[m].error;
+      assert(e && e.data.name === 'forbidden' && /read-only/.test(e.message), `${m}: ${JSON.stringify(answers[m])}`);
+    }
+    assert(answers.status.result && answers.status.result.run === 'r1', 'status refused');
+    const after = cliStatus(wide.tcp);
+    assert(after.state === 'running' && after.lr === before.lr, `run changed: ${JSON.stringify(after)}`);
+  });
+} finally {
+  await close();
+  wide.proc.kill('SIGTERM');
+  const code = await new Promise((resolve) => wide.proc.on('exit', (c) => resolve(c)));
+  if (code !== 0) { console.log(`FAIL trainbusd (0.0.0.0) exited with ${code} after SIGTERM`); process.exitCode = 1; }
+  fs.rmSync(stateDir2, { recursive: true, force: true });
   fs.rmSync(pki, { recursive: true, force: true });
 }
 console.log(failed() ? `${failed()} check(s) failed` : 'all checks passed');
