@@ -350,43 +350,6 @@ int tb__write_private(const char *path, const char *text) {
   return r;
 }
 
-/* A role's token (observer_token, trainer_token): the one given, else the
- * one an earlier start kept in state_dir/NAME, else a new one; kept there
- * (0600) so that it stays valid across restarts. */
-static int role_token(tb_server_t *s, const char *given, const char *name, char *out, size_t cap,
-                      tb_err_t *err) {
-  char path[1200], line[TB_PROTO_TOKEN_MAX + 2] = "";
-  int r;
-  snprintf(path, sizeof(path), "%s/%s", s->state_dir, name);
-  if (given != NULL && given[0] != '\0') {
-    if (strlen(given) >= TB_PROTO_TOKEN_MAX)
-      return tb_errf(err, TB_EINVAL, "the %s is longer than %d bytes", name,
-                     TB_PROTO_TOKEN_MAX - 1);
-    snprintf(out, cap, "%s", given);
-  } else {
-    FILE *f = s->state_dir[0] != '\0' ? fopen(path, "r") : NULL;
-    bool kept = f != NULL && fgets(line, sizeof(line), f) != NULL;
-    if (f != NULL)
-      fclose(f);
-    size_t n = strcspn(line, "\n");
-    for (size_t i = 0; kept && i < n; i++)
-      kept = line[i] > ' ' && line[i] <= '~';
-    if (kept && n > 0 && n < TB_PROTO_TOKEN_MAX) {
-      line[n] = '\0';
-      snprintf(out, cap, "%s", line);
-    } else if ((r = make_token(out, cap)) != 0) {
-      return tb_errf(err, r, "cannot generate the %s: %s", name, tb_strerror(r));
-    }
-  }
-  if (s->state_dir[0] != '\0') {
-    char text[300];
-    snprintf(text, sizeof(text), "%s\n", out);
-    if ((r = write_private(path, text)) != 0)
-      return tb_errf(err, r, "cannot write %s: %s", path, tb_strerror(r));
-  }
-  return 0;
-}
-
 /* ---- jobs' policies ------------------------------------------------------------- */
 
 /* A number from a one-line file; 0 if absent or unreadable. */
@@ -462,9 +425,9 @@ static int setup_policies(tb_server_t *s, tb_err_t *err) {
 /* The token an earlier start kept in dir/token, if the file holds one (1 to
  * TB_PROTO_TOKEN_MAX - 1 printable characters without blanks, then a newline);
  * anything else is ignored and a new token is generated. */
-static bool read_token(const char *dir, char *out, size_t cap) {
+static bool read_token(const char *dir, const char *name, char *out, size_t cap) {
   char path[1200], line[TB_PROTO_TOKEN_MAX + 2];
-  snprintf(path, sizeof(path), "%s/token", dir);
+  snprintf(path, sizeof(path), "%s/%s", dir, name);
   FILE *f = fopen(path, "r");
   if (f == NULL)
     return false;
@@ -481,6 +444,32 @@ static bool read_token(const char *dir, char *out, size_t cap) {
   memcpy(out, line, n);
   out[n] = '\0';
   return true;
+}
+
+/* A role's token (observer_token, trainer_token), kept as the control token
+ * is: the one given, else the one an earlier start kept in state_dir/NAME,
+ * else a new one; written there (0600) so that it stays valid across
+ * restarts. */
+static int role_token(tb_server_t *s, const char *given, const char *name, char *out, size_t cap,
+                      tb_err_t *err) {
+  int r;
+  if (given != NULL && given[0] != '\0') {
+    if (strlen(given) >= TB_PROTO_TOKEN_MAX)
+      return tb_errf(err, TB_EINVAL, "the %s is longer than %d bytes", name,
+                     TB_PROTO_TOKEN_MAX - 1);
+    snprintf(out, cap, "%s", given);
+  } else if (s->state_dir[0] == '\0' || !read_token(s->state_dir, name, out, cap)) {
+    if ((r = make_token(out, cap)) != 0)
+      return tb_errf(err, r, "cannot generate the %s: %s", name, tb_strerror(r));
+  }
+  if (s->state_dir[0] != '\0') {
+    char path[1200], text[300];
+    snprintf(path, sizeof(path), "%s/%s", s->state_dir, name);
+    snprintf(text, sizeof(text), "%s\n", out);
+    if ((r = tb__write_private(path, text)) != 0)
+      return tb_errf(err, r, "cannot write %s: %s", path, tb_strerror(r));
+  }
+  return 0;
 }
 
 int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
@@ -528,7 +517,8 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
       goto fail;
     }
     snprintf(s->token, sizeof(s->token), "%s", s->o.token);
-  } else if (s->state_dir[0] != '\0' && read_token(s->state_dir, s->token, sizeof(s->token))) {
+  } else if (s->state_dir[0] != '\0' &&
+             read_token(s->state_dir, "token", s->token, sizeof(s->token))) {
     /* Generated once and kept: a restarted daemon is the same daemon to its
      * clients, whose token stays valid. */
   } else if ((r = make_token(s->token, sizeof(s->token))) != 0) {
