@@ -422,7 +422,8 @@ static int setup_policies(tb_server_t *s, tb_err_t *err) {
   return 0;
 }
 
-/* The token an earlier start kept in dir/token, if the file holds one (1 to
+/* The token an earlier start kept in dir/name (token, observer_token,
+ * trainer_token), if the file holds one (1 to
  * TB_PROTO_TOKEN_MAX - 1 printable characters without blanks, then a newline);
  * anything else is ignored and a new token is generated. */
 static bool read_token(const char *dir, const char *name, char *out, size_t cap) {
