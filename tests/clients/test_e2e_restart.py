@@ -633,7 +633,7 @@ class Restart(unittest.TestCase):
         r = subprocess.run([CLI, "pause", "--run", "r1"], env=env, capture_output=True,
                            text=True, timeout=30)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("the controller role needs the token", r.stderr)
+        self.assertIn("the controller role needs the control token", r.stderr)
         # When the directory is this daemon's, its token goes with its address.
         own = d.state_dir
         env["TRAINBUS_STATE_DIR"] = own
