@@ -385,12 +385,8 @@ int main(int argc, char **argv) {
   if (o.state_dir != NULL)
     fprintf(stderr,
             "trainbusd: tokens in %s: token (control), observer_token (read-only), "
-            "trainer_token\n",
+            "trainer_token; watch with: trainbus watch\n",
             o.state_dir);
-  if (o.state_dir != NULL && !o.token_given)
-    fprintf(stderr, "trainbusd: token in %s/token; watch with: trainbus watch\n", o.state_dir);
-  else if (o.state_dir != NULL)
-    fprintf(stderr, "trainbusd: watch with: trainbus watch\n");
   else
     fprintf(stderr, "trainbusd: watch with: trainbus watch --connect %s --token %s\n",
             tb_server_address(s, 0), o.token_given ? "<your token>" : tb_server_token(s));
