@@ -13,21 +13,26 @@ import os
 import ssl
 import subprocess
 import tempfile
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _dir = None
+# Tests start daemons from several threads (a reference run in the
+# background): one PKI per process, made once.
+_lock = threading.Lock()
 
 
 def certs():
     global _dir
-    if _dir is None:
-        d = tempfile.mkdtemp(prefix="tb-tls-")
-        r = subprocess.run(["sh", os.path.join(HERE, "make_certs.sh"), d], capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            raise AssertionError("make_certs.sh failed:\n" + r.stderr)
-        _dir = d
-    return _dir
+    with _lock:
+        if _dir is None:
+            d = tempfile.mkdtemp(prefix="tb-tls-")
+            r = subprocess.run(["sh", os.path.join(HERE, "make_certs.sh"), d],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise AssertionError("make_certs.sh failed:\n" + r.stderr)
+            _dir = d
+        return _dir
 
 
 def path(name):
