@@ -26,7 +26,8 @@
   X(NOTFOUND, -1012, "not found")                                                                  \
   X(CALLBACK, -1013, "a callback failed")                                                          \
   X(NONFINITE, -1014, "non-finite value")                                                          \
-  X(INTERRUPTED, -1015, "interrupted for shutdown")
+  X(INTERRUPTED, -1015, "interrupted for shutdown")                                                \
+  X(DIVERGED, -1016, "participants diverged")
 
 typedef enum {
 #define X(name, code, text) TB_E##name = code,
