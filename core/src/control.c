@@ -222,3 +222,20 @@ int tb_control_apply(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out) {
     *out = a;
   return 0;
 }
+
+void tb_control_take(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out) {
+  tb_applied_t a;
+  memset(&a, 0, sizeof(a));
+  pthread_mutex_lock(&c->mu);
+  apply_now(c, ctx, &a);
+  a.paused = c->pause && !c->shutdown && !ctx->stop_training;
+  if (c->checkpoint) {
+    a.checkpoint = true;
+    a.checkpoint_ticket = c->checkpoint_ticket;
+    memcpy(a.checkpoint_by, c->checkpoint_by, sizeof(a.checkpoint_by));
+    c->checkpoint = false;
+  }
+  a.shutdown = c->shutdown;
+  pthread_mutex_unlock(&c->mu);
+  *out = a;
+}

@@ -2,7 +2,8 @@
  * before anything is allocated, and held to a policy (tb_job_check).
  *
  * The estimate mirrors what core allocates for a run, buffer by buffer
- * (model.c compile, optim.c slots, layers.c tb__ensure_rows, fit.c's row
+ * (model.c compile, optim.c slots, layers.c tb__lane_reserve and
+ * tb__draw_masks for every thread's lane, step.c's partial gradients, fit.c's row
  * order and validation split, data.c and loaders.c for the data, state.c
  * and checkpoint.c for a checkpoint write); the field list is in job.h.
  * Sizes are computed in double, which is exact far beyond any real job and
@@ -15,6 +16,8 @@
  * the load, and it estimates again from the data as loaded before building
  * the model, when a CSV's exact shape is known. */
 #include "jobint.h"
+
+#include "internal.h"
 
 #include "confine.h"
 #include "loaders.h"
@@ -131,18 +134,21 @@ static void estimate(const tb_job_t *job, const shape_t sh[3], tb_job_estimate_t
   for (int i = 0; i < job->n_layers; i++)
     if (job->layers[i].type == TB_JOB_DENSE)
       k = job->layers[i].units;
+  double masks = 0.0; /* dropout's, over the whole batch */
   for (int i = 0; i < job->n_layers; i++) {
     const struct tb_job_layer_s *l = &job->layers[i];
     double n_out = l->type == TB_JOB_DENSE ? l->units : n_in;
     if (l->type == TB_JOB_DENSE)
       P += n_in * n_out + n_out;
-    /* z, a and g per layer, and dropout's mask */
-    acts += (l->type == TB_JOB_DROPOUT ? 4.0 : 3.0) * n_out;
+    /* z, a and g per layer and lane */
+    acts += 3.0 * n_out;
+    if (l->type == TB_JOB_DROPOUT)
+      masks += n_out;
     n_in = n_out;
   }
   bool cce = job->compile.loss == TB_LOSS_CATEGORICAL_CROSSENTROPY;
   double y_width = job->compile.loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY ? 1.0 : k;
-  /* dout, the batch's x and y (fit's gather buffers) */
+  /* dout, the lane's x and y (its gather buffers) */
   acts += k + F + (y_width > k ? y_width : k);
 
   double data = 0.0, made = 0.0, scratch = 0.0, yw[3];
@@ -172,9 +178,15 @@ static void estimate(const tb_job_t *job, const shape_t sh[3], tb_job_estimate_t
   int slots = n_slots(&job->compile.optim);
   bool checkpoints = (job->policy != NULL && job->policy->checkpoints) ||
                      job->checkpoint_dir[0] != '\0' || job->n_outputs > 0;
-  est->params = sat(8.0 * P);
+  /* The lanes a step splits its rows over (step.c), each holding its
+   * share rounded up, and a partial gradient for every lane but the first. */
+  int threads = job->threads > 0 ? job->threads : tb_get_num_threads();
+  double lanes = tb__lanes_for(threads, rows > 2e9 ? 2000000000 : (int)rows);
+  double per = ceil(rows / lanes);
+  est->threads = threads;
+  est->params = sat(8.0 * P + 4.0 * (lanes - 1.0) * P);
   est->optimizer = sat(4.0 * P * slots);
-  est->activations = sat(4.0 * rows * acts);
+  est->activations = sat(4.0 * (lanes * per * acts + rows * masks));
   est->data = sat(data + 4.0 * n_fit);
   est->validation = sat(vs > 0.0 ? train_bytes : 0.0);
   est->callbacks = sat(4.0 * P * job->n_weight_copies);
@@ -186,8 +198,8 @@ static void estimate(const tb_job_t *job, const shape_t sh[3], tb_job_estimate_t
   est->n_params = (int64_t)(P < 9.2e18 ? P : 9.2e18);
   est->rows = (int64_t)rows;
   double loading_peak = (data > made ? data : made) + scratch + (double)est->other;
-  double training_peak = data + 4.0 * n_fit + (double)est->validation + 8.0 * P + 4.0 * P * slots +
-                         (double)est->activations + (double)est->callbacks +
+  double training_peak = data + 4.0 * n_fit + (double)est->validation + (double)est->params +
+                         4.0 * P * slots + (double)est->activations + (double)est->callbacks +
                          (double)est->checkpoint + (double)est->other;
   est->total = sat(loading_peak > training_peak ? loading_peak : training_peak);
 }

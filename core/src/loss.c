@@ -42,13 +42,12 @@ static double logsumexp(const float *z, int k) {
   return (double)mx + log(s);
 }
 
-float tb__loss(tb_model_t *m, const float *out, const float *pre, const float *y, int n,
-               float *dout) {
+float tb__loss_sum(const tb_model_t *m, const float *out, const float *pre, const float *y, int n,
+                   float inv_n, float *dout) {
   int k = tb_model_n_outputs(m);
   tb_loss_kind_t kind = m->opts.loss;
   bool sparse = kind == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY;
-  float total = 0.0f; /* the batch's sum of per-sample losses */
-  float inv_n = 1.0f / (float)n;
+  float total = 0.0f; /* the rows' sum of per-sample losses */
 
   for (int r = 0; r < n; r++) {
     const float *o = out + (long)r * k;
@@ -140,7 +139,7 @@ float tb__loss(tb_model_t *m, const float *out, const float *pre, const float *y
     }
     }
   }
-  return total / (float)n;
+  return total;
 }
 
 /* Keras's accuracy variants, chosen from the loss at compile time: the
@@ -182,15 +181,11 @@ static float accuracy_sum(const tb_model_t *m, const float *out, const float *y,
   return acc;
 }
 
-void tb__metrics_update(tb_model_t *m, const float *out, const float *y, int n, float loss) {
+void tb__metric_sums(const tb_model_t *m, const float *out, const float *y, int n, float *stats) {
   unsigned mt = m->opts.metrics;
   int k = tb_model_n_outputs(m);
-  float rows = (float)n;
-  /* the loss tracker: update_state(loss, sample_weight=rows) */
-  m->m_loss_sum += loss * rows;
-  m->m_count += rows;
   if (mt & TB_METRIC_ACCURACY)
-    m->m_acc_sum += accuracy_sum(m, out, y, n);
+    stats[TB_REDUCE_ACCURACY] += accuracy_sum(m, out, y, n);
   if (mt & (TB_METRIC_MSE | TB_METRIC_MAE)) {
     float se_sum = 0.0f, ae_sum = 0.0f;
     for (int r = 0; r < n; r++) {
@@ -203,9 +198,21 @@ void tb__metrics_update(tb_model_t *m, const float *out, const float *y, int n, 
       se_sum += se / (float)k;
       ae_sum += ae / (float)k;
     }
-    m->m_mse_sum += se_sum;
-    m->m_mae_sum += ae_sum;
+    stats[TB_REDUCE_MSE] += se_sum;
+    stats[TB_REDUCE_MAE] += ae_sum;
   }
+}
+
+void tb__metrics_add(tb_model_t *m, const float *stats) {
+  float rows = stats[TB_REDUCE_ROWS];
+  /* the batch loss, the float32 mean of its per-sample losses; the loss
+   * tracker: update_state(loss, sample_weight=rows) */
+  float loss = stats[TB_REDUCE_LOSS] / rows;
+  m->m_loss_sum += loss * rows;
+  m->m_count += rows;
+  m->m_acc_sum += stats[TB_REDUCE_ACCURACY];
+  m->m_mse_sum += stats[TB_REDUCE_MSE];
+  m->m_mae_sum += stats[TB_REDUCE_MAE];
 }
 
 static const char *const default_names[3] = {"accuracy", "mse", "mae"};

@@ -77,21 +77,14 @@ tb_model_t *tb_model_new(int n_inputs, uint64_t seed) {
 void tb_model_free(tb_model_t *m) {
   if (m == NULL)
     return;
-  for (int i = 0; i < m->n_layers; i++) {
-    tb__layer_t *l = &m->layers[i];
-    free(l->z);
-    free(l->a);
-    free(l->g);
-    free(l->mask);
-  }
+  tb__step_free(m);
+  for (int i = 0; i < m->n_layers; i++)
+    free(m->layers[i].mask);
   free(m->layers);
   free(m->params);
   free(m->grads);
   free(m->slot1);
   free(m->slot2);
-  free(m->dout);
-  free(m->xbuf);
-  free(m->ybuf);
   free(m->pos.idx);
   tb__history_free(m);
   tb_classes_free(m->classes);
@@ -247,7 +240,7 @@ int tb_model_compile(tb_model_t *m, const tb_compile_opts_t *o, tb_err_t *err) {
   m->n_params = tb_model_n_params(m);
   size_t bytes = (size_t)(m->n_params ? m->n_params : 1) * sizeof(float);
   m->params = calloc(1, bytes);
-  m->grads = calloc(1, bytes);
+  m->grads = calloc((size_t)TB_REDUCE_LEN(m->n_params + TB_REDUCE_N_STATS), sizeof(float));
   if (m->params == NULL || m->grads == NULL)
     return tb_errf(err, TB_ENOMEM, "compile: out of memory for %ld parameters", m->n_params);
 
@@ -370,23 +363,14 @@ void tb_model_reset_metrics(tb_model_t *m) {
   m->m_count = 0.0f;
 }
 
-/* The output of the last Dense before its activation, for the fused loss. */
-static const float *last_pre(const tb_model_t *m) {
-  const tb__layer_t *l = &m->layers[m->n_layers - 1];
-  return l->z;
-}
-
 int tb_model_train_step(tb_model_t *m, const float *x, const float *y, int n, tb_logs_t *logs) {
   if (!m->compiled || n <= 0 || x == NULL || y == NULL)
     return TB_EINVAL;
-  int r = tb__ensure_rows(m, n);
+  tb__batch_t b = {.x = x, .y = y};
+  tb__batch_share(&b, n, NULL);
+  int r = tb__train_batch(m, &b, NULL, NULL);
   if (r != 0)
     return r;
-  const float *out = tb__forward(m, x, n, true);
-  float loss = tb__loss(m, out, last_pre(m), y, n, m->dout);
-  tb__backward(m, x, n);
-  tb__optim_step(m);
-  tb__metrics_update(m, out, y, n, loss);
   if (logs != NULL)
     tb__metrics_logs(m, logs);
   return 0;
@@ -395,12 +379,11 @@ int tb_model_train_step(tb_model_t *m, const float *x, const float *y, int n, tb
 int tb_model_test_step(tb_model_t *m, const float *x, const float *y, int n, tb_logs_t *logs) {
   if (!m->compiled || n <= 0 || x == NULL || y == NULL)
     return TB_EINVAL;
-  int r = tb__ensure_rows(m, n);
+  tb__batch_t b = {.x = x, .y = y};
+  tb__batch_share(&b, n, NULL);
+  int r = tb__test_batch(m, &b, NULL, NULL);
   if (r != 0)
     return r;
-  const float *out = tb__forward(m, x, n, false);
-  float loss = tb__loss(m, out, last_pre(m), y, n, NULL);
-  tb__metrics_update(m, out, y, n, loss);
   if (logs != NULL)
     tb__metrics_logs(m, logs);
   return 0;
@@ -409,10 +392,5 @@ int tb_model_test_step(tb_model_t *m, const float *x, const float *y, int n, tb_
 int tb_model_forward(tb_model_t *m, const float *x, int n, float *out) {
   if (!m->compiled || n <= 0 || x == NULL || out == NULL)
     return TB_EINVAL;
-  int r = tb__ensure_rows(m, n);
-  if (r != 0)
-    return r;
-  const float *o = tb__forward(m, x, n, false);
-  memcpy(out, o, (size_t)n * (size_t)tb_model_n_outputs(m) * sizeof(float));
-  return 0;
+  return tb__predict_batch(m, x, n, out);
 }

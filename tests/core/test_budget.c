@@ -163,6 +163,31 @@ static void test_estimate_by_hand(void **state) {
   tb_job_free(job);
 }
 
+/* With threads, every lane holds its share of the rows rounded up, and
+ * every lane but the first a partial gradient. */
+static void test_estimate_threads(void **state) {
+  char named[1024];
+  snprintf(named, sizeof(named), "{\"threads\":3,%s", SMALL_JOB + 1);
+  /* the job's count, then the process's when the job names none */
+  const char *jobs[] = {named, SMALL_JOB};
+  for (int i = 0; i < 2; i++) {
+    if (i == 1)
+      tb_set_num_threads(3);
+    tb_job_t *job = parse(jobs[i], NULL);
+    tb_job_estimate_t e;
+    tb_err_t err = {{0}};
+    assert_int_equal(tb_job_estimate(job, &e, &err), 0);
+    assert_int_equal(e.threads, 3);
+    /* 32 rows over 3 lanes of 11 rows; 82 weights, their gradients, and 2
+     * lanes' partial gradients. */
+    assert_int_equal(e.rows, 32);
+    assert_int_equal(e.activations, 4 * 3 * 11 * 60);
+    assert_int_equal(e.params, 4 * 82 * 4);
+    tb_job_free(job);
+  }
+  tb_set_num_threads(1);
+}
+
 /* Bytes the allocator has handed out and not taken back. */
 static size_t in_use(void) {
 #ifdef __SANITIZE_ADDRESS__
@@ -173,18 +198,20 @@ static size_t in_use(void) {
 #endif
 }
 
-static void test_estimate_against_allocator(void **state) {
-  /* A job of some 20 MB: what prepare and fit leave allocated (everything
-   * but the validation copies, which fit frees) is the estimate's training
-   * peak without those copies, to within 5 %. */
-  tb_job_t *job = parse("{\"seed\":3,\"data\":{\"source\":\"blobs\",\"n\":20000,\"classes\":4,"
-                        "\"features\":64},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":"
-                        "512,\"activation\":\"relu\"},{\"type\":\"dropout\",\"rate\":0.1},"
-                        "{\"type\":\"dense\",\"units\":512,\"activation\":\"relu\"},{\"type\":"
-                        "\"dense\",\"units\":4,\"activation\":\"softmax\"}]},"
-                        "\"loss\":\"categorical_crossentropy\",\"optimizer\":\"adam\","
-                        "\"batch_size\":256,\"epochs\":1,\"verbose\":0}",
-                        NULL);
+/* A job of some 20 MB: what prepare and fit leave allocated (everything but
+ * the validation copies, which fit frees) is the estimate's training peak
+ * without those copies, to within 5 %, on one thread and on three. */
+static void against_allocator(int threads) {
+  char json[1024];
+  snprintf(json, sizeof(json), "{\"threads\":%d,%s", threads,
+           "\"seed\":3,\"data\":{\"source\":\"blobs\",\"n\":20000,\"classes\":4,"
+           "\"features\":64},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":"
+           "512,\"activation\":\"relu\"},{\"type\":\"dropout\",\"rate\":0.1},"
+           "{\"type\":\"dense\",\"units\":512,\"activation\":\"relu\"},{\"type\":"
+           "\"dense\",\"units\":4,\"activation\":\"softmax\"}]},"
+           "\"loss\":\"categorical_crossentropy\",\"optimizer\":\"adam\","
+           "\"batch_size\":256,\"epochs\":1,\"verbose\":0}");
+  tb_job_t *job = parse(json, NULL);
   tb_job_estimate_t e;
   tb_err_t err = {{0}};
   assert_int_equal(tb_job_estimate(job, &e, &err), 0);
@@ -205,6 +232,12 @@ static void test_estimate_against_allocator(void **state) {
   /* A released job prepares and trains again. */
   assert_int_equal(tb_job_prepare(job, &err), 0);
   tb_job_free(job);
+  tb_set_num_threads(1);
+}
+
+static void test_estimate_against_allocator(void **state) {
+  against_allocator(1);
+  against_allocator(3);
 }
 
 /* ---- budgets ----------------------------------------------------------- */
@@ -489,10 +522,16 @@ static void test_prepare_within_check(void **state) {
 }
 
 int main(void) {
+  /* The estimates below are for one thread unless a job names more. */
+  tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_estimate_by_hand), cmocka_unit_test(test_estimate_against_allocator),
-      cmocka_unit_test(test_budget_refusals),  cmocka_unit_test(test_budget_files),
-      cmocka_unit_test(test_confinement),      cmocka_unit_test(test_prepare_within_check),
+      cmocka_unit_test(test_estimate_by_hand),
+      cmocka_unit_test(test_estimate_threads),
+      cmocka_unit_test(test_estimate_against_allocator),
+      cmocka_unit_test(test_budget_refusals),
+      cmocka_unit_test(test_budget_files),
+      cmocka_unit_test(test_confinement),
+      cmocka_unit_test(test_prepare_within_check),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

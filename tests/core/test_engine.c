@@ -15,22 +15,42 @@
 
 /* ---- finite-difference gradient checks ---------------------------------- */
 
+/* The batch's mean loss through lane 0, with the masks drawn from *rng (the
+ * same every time). */
 static double batch_loss(tb_model_t *m, const float *x, const float *y, int n, tb_rng_t *rng) {
-  m->rng = *rng; /* the same dropout mask every time */
-  const float *out = tb__forward(m, x, n, true);
-  return tb__loss(m, out, m->layers[m->n_layers - 1].z, y, n, NULL);
+  m->rng = *rng;
+  assert_int_equal(tb__draw_masks(m, n), 0);
+  tb__lane_t *ln = &m->lanes[0];
+  const float *out = tb__forward(m, ln, x, n, 0, true);
+  return tb__loss_sum(m, out, ln->z[m->n_layers - 1], y, n, 1.0f / (float)n, NULL) / (float)n;
+}
+
+/* An SGD model with rate 0 keeps its weights through a step, whose gradient
+ * sums are left in m->grads: the step as fit() runs it, on the threads. */
+static void step_gradients(tb_model_t *m, const float *x, const float *y, int n) {
+  tb__batch_t b = {.x = x, .y = y};
+  tb__batch_share(&b, n, NULL);
+  m->lr = 0.0;
+  assert_int_equal(tb__train_batch(m, &b, NULL, NULL), 0);
 }
 
 /* Builds in -> hidden(act) [-> extra] -> out(out_act), compiles with loss and
- * checks every parameter's analytic gradient against central differences. */
-static void gradcheck(tb_act_t hidden, tb_act_t out_act, int k, tb_loss_kind_t loss,
-                      bool from_logits, int extra /* 0 none, 1 dropout, 2 activation layer */) {
-  enum { N = 5, IN = 3, H = 4 };
+ * checks every parameter's analytic gradient, from a step split over
+ * `threads` threads (9 rows each, so that every thread has rows), against
+ * central differences of the loss. */
+static void gradcheck_threads(tb_act_t hidden, tb_act_t out_act, int k, tb_loss_kind_t loss,
+                              bool from_logits,
+                              int extra /* 0 none, 1 dropout, 2 activation layer, 3 dropout 0 */,
+                              int threads) {
+  enum { IN = 3, H = 4, MAX_N = 36 };
+  int N = threads > 1 ? 9 * threads : 5;
+  assert_true(N <= MAX_N);
+  tb_set_num_threads(threads);
   tb_model_t *m = tb_model_new(IN, 7);
   assert_non_null(m);
   assert_int_equal(tb_model_add_dense(m, H, hidden), 0);
-  if (extra == 1)
-    assert_int_equal(tb_model_add_dropout(m, 0.3f), 0);
+  if (extra == 1 || extra == 3)
+    assert_int_equal(tb_model_add_dropout(m, extra == 1 ? 0.3f : 0.0f), 0);
   if (extra == 2) {
     assert_int_equal(tb_model_add_dense(m, k, TB_ACT_LINEAR), 0);
     assert_int_equal(tb_model_add_activation(m, out_act), 0);
@@ -43,7 +63,7 @@ static void gradcheck(tb_act_t hidden, tb_act_t out_act, int k, tb_loss_kind_t l
 
   tb_rng_t r;
   tb_rng_seed(&r, 99);
-  float x[N * IN], y[N * 4];
+  float x[MAX_N * IN], y[MAX_N * 4];
   for (int i = 0; i < N * IN; i++)
     x[i] = (float)(tb_rng_uniform_d(&r) * 2 - 1);
   bool sparse = loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY;
@@ -67,12 +87,12 @@ static void gradcheck(tb_act_t hidden, tb_act_t out_act, int k, tb_loss_kind_t l
   for (long i = 0; i < m->n_params; i++)
     m->params[i] += 0.05f * (float)(tb_rng_uniform_d(&r) - 0.5);
 
-  assert_int_equal(tb__ensure_rows(m, N), 0);
   tb_rng_t drop = m->rng;
-  m->rng = drop;
-  const float *out = tb__forward(m, x, N, true);
-  tb__loss(m, out, m->layers[m->n_layers - 1].z, y, N, m->dout);
-  tb__backward(m, x, N);
+  step_gradients(m, x, y, N);
+  assert_int_equal(tb__step_lanes(m, N), threads);
+  /* lane 0 for the losses below */
+  assert_non_null(m->lanes);
+  assert_int_equal(tb__lane_reserve(m, &m->lanes[0], N), 0);
 
   int checked = 0;
   for (long i = 0; i < m->n_params; i++) {
@@ -96,6 +116,12 @@ static void gradcheck(tb_act_t hidden, tb_act_t out_act, int k, tb_loss_kind_t l
   }
   assert_int_equal(checked, m->n_params);
   tb_model_free(m);
+  tb_set_num_threads(1);
+}
+
+static void gradcheck(tb_act_t hidden, tb_act_t out_act, int k, tb_loss_kind_t loss,
+                      bool from_logits, int extra) {
+  gradcheck_threads(hidden, out_act, k, loss, from_logits, extra, 1);
 }
 
 static void test_grad_activations(void **state) {
@@ -132,6 +158,23 @@ static void test_grad_layers(void **state) {
   gradcheck(TB_ACT_TANH, TB_ACT_SOFTMAX, 3, TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY, /* act */
             false, 2);
   gradcheck(TB_ACT_TANH, TB_ACT_SIGMOID, 2, TB_LOSS_MSE, false, 2);
+  gradcheck(TB_ACT_RELU, TB_ACT_LINEAR, 2, TB_LOSS_MSE, false, 3); /* dropout at rate 0 */
+}
+
+/* The same checks with the batch split over 2 and 3 threads: the threads'
+ * partial gradients (each its rows' share of the batch mean) must add up to
+ * the batch's gradient, dropout masks included. */
+static void test_grad_threads(void **state) {
+  (void)state;
+  for (int t = 2; t <= 3; t++) {
+    gradcheck_threads(TB_ACT_TANH, TB_ACT_SOFTMAX, 4, TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY,
+                      false, 0, t);
+    gradcheck_threads(TB_ACT_TANH, TB_ACT_SIGMOID, 3, TB_LOSS_CATEGORICAL_CROSSENTROPY, false, 0,
+                      t);
+    gradcheck_threads(TB_ACT_RELU, TB_ACT_LINEAR, 2, TB_LOSS_MSE, false, 1, t); /* dropout */
+    gradcheck_threads(TB_ACT_SIGMOID, TB_ACT_LINEAR, 3, TB_LOSS_MAE, false, 2, t);
+    gradcheck_threads(TB_ACT_TANH, TB_ACT_LINEAR, 2, TB_LOSS_BINARY_CROSSENTROPY, true, 0, t);
+  }
 }
 
 /* Keras's clipping: a probability of exactly 0 or 1 gives a finite loss. */
@@ -143,7 +186,7 @@ static void test_bce_clipping(void **state) {
   tb_optim_defaults(&o.optim, TB_OPT_SGD);
   assert_int_equal(tb_model_compile(m, &o, NULL), 0);
   float out[2] = {0.0f, 1.0f}, y[2] = {1.0f, 0.0f};
-  double l = tb__loss(m, out, out, y, 2, NULL);
+  double l = tb__loss_sum(m, out, out, y, 2, 0.5f, NULL) / 2.0;
   /* About -log(1e-7) = 16.12 for both rows (1 - 1e-7 rounds in float32). */
   assert_true(l > 15.9 && l < 16.2);
   tb_model_free(m);
@@ -749,6 +792,7 @@ int main(void) {
       cmocka_unit_test(test_grad_activations),
       cmocka_unit_test(test_grad_losses),
       cmocka_unit_test(test_grad_layers),
+      cmocka_unit_test(test_grad_threads),
       cmocka_unit_test(test_bce_clipping),
       cmocka_unit_test(test_sgd),
       cmocka_unit_test(test_adam),

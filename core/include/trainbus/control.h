@@ -115,6 +115,14 @@ int tb_control_apply(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out);
  * waiting: for the middle of a hook, where a remote lockstep client's answer
  * must take effect before training goes on, as a local callback's would. */
 void tb_control_apply_changes(tb_control_t *c, tb_ctx_t *ctx);
+/* Trainer side, where the participants of a reduction meet (fit() with
+ * reduce.h's size > 1, on the coordinator, just before a step's reduction):
+ * applies a pending learning rate and stop as tb_control_apply_changes()
+ * does, and hands over pending checkpoint and shutdown requests in *out,
+ * without ever waiting. out->paused says whether a pause is requested; the
+ * request stays, for tb_control_apply() to wait in at the step's boundary
+ * (once every participant knows of it). */
+void tb_control_take(tb_control_t *c, tb_ctx_t *ctx, tb_applied_t *out);
 /* Sends a note through the notify function, if any (trainer thread). */
 void tb_control_note(tb_control_t *c, const tb_control_note_t *note);
 

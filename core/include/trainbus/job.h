@@ -104,9 +104,11 @@ typedef struct tb_job_policy_s {
  * clients' buffers, OpenBLAS's per-thread buffers). */
 typedef struct tb_job_estimate_s {
   uint64_t total;       /* the peak */
-  uint64_t params;      /* weights and their gradients */
+  uint64_t params;      /* weights and their gradients (one partial gradient per thread
+                           but the first) */
   uint64_t optimizer;   /* optimizer slots */
-  uint64_t activations; /* layer buffers and batch copies at `rows` rows */
+  uint64_t activations; /* layer buffers and batch copies at `rows` rows (split over the
+                           threads, each holding its share rounded up) */
   uint64_t data;        /* the data sets as trained on, and the row order */
   uint64_t validation;  /* validation_split's copies of the training data */
   uint64_t callbacks;   /* EarlyStopping(restore_best_weights)'s copies */
@@ -116,13 +118,15 @@ typedef struct tb_job_estimate_s {
                            history, logs), counted in both peaks */
   int64_t n_params;     /* trainable parameters */
   int64_t rows;         /* rows of the layer buffers: min(batch_size, largest set) */
+  int threads;          /* the thread count assumed: the job's, else the process's
+                           (tb_get_num_threads()) */
 } tb_job_estimate_t;
 
 typedef struct tb_job_s {
   char name[64];
   char origin[256]; /* how messages name the document (tb_job_parse's origin) */
   uint64_t seed;
-  int threads; /* OpenBLAS threads; 0 leaves the process setting alone */
+  int threads; /* cores training uses (tb_set_num_threads); 0 leaves the process setting */
 
   tb_data_spec_t train_spec, val_spec, test_spec; /* val/test: source NONE if absent */
   tb_scale_t scale;

@@ -2,7 +2,8 @@
  * fit / evaluate / predict.
  *
  * float32, row-major; every matrix product goes through one cblas_sgemm
- * wrapper. A model is used by one thread at a time. */
+ * wrapper. A model is used by one thread at a time; its steps run on a pool
+ * of threads of its own (tb_set_num_threads), joined by tb_model_free. */
 #ifndef TRAINBUS_MODEL_H
 #define TRAINBUS_MODEL_H
 
@@ -13,6 +14,7 @@
 #include "trainbus/data.h"
 #include "trainbus/error.h"
 #include "trainbus/logs.h"
+#include "trainbus/reduce.h"
 #include "trainbus/rng.h"
 
 typedef enum {
@@ -101,6 +103,10 @@ typedef struct tb_fit_opts_s {
   int checkpoint_every;       /* with checkpoint_dir: also every N batches (0: epoch ends only) */
   const char *job_id;         /* a fingerprint of the job, stored in checkpoints and checked
                                  on resume so that another job's checkpoint is refused */
+
+  /* Several participants training one model (reduce.h), or NULL (and any
+   * reduction of size 1) for one process. Borrowed for the fit. */
+  tb_reduce_t *reduce;
 } tb_fit_opts_t;
 
 /* Keras's History: every epoch's logs, in order. fit() appends the model's
@@ -115,8 +121,15 @@ typedef struct tb_history_s {
 
 void tb_fit_opts_defaults(tb_fit_opts_t *o);
 
-/* OpenBLAS threads for every matrix product of the process (1 = single
- * threaded). Same job, seed and thread count give bitwise identical runs. */
+/* The cores training uses, for every model of the process (n < 1 counts as
+ * 1; the default is OpenBLAS's own count: OPENBLAS_NUM_THREADS, else the
+ * cores the process may run on). A step splits its batch's rows over that
+ * many threads, each multiplying its rows with single-threaded BLAS, and
+ * adds their gradients and statistics in a fixed order; the optimizer
+ * update is split over the parameters. The same job, seed and thread count
+ * give bitwise identical runs; another count changes the order of float32
+ * sums only, so results agree within rounding (docs/JOB.md). Any thread;
+ * takes effect at the next step. */
 void tb_set_num_threads(int n);
 int tb_get_num_threads(void);
 
@@ -180,7 +193,8 @@ int tb_model_predict(tb_model_t *m, const tb_dataset_t *data, int batch_size, in
  * Metrics are running means since the last tb_model_reset_metrics(), written
  * to *logs as Keras's step functions return them, in float32 as Keras's Mean
  * trackers keep them: a batch's loss is the float32 mean of its per-sample
- * losses, and each tracker adds loss * rows to a float32 total and rows to a
+ * losses (summed per thread, the threads' sums added in thread order, then
+ * divided by the rows), and each tracker adds loss * rows to a float32 total and rows to a
  * float32 count and reports total / count (so a loss of 1e40 is inf). x is
  * n * n_inputs, y is n * (width of the dataset's y). */
 void tb_model_reset_metrics(tb_model_t *m);
