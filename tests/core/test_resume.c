@@ -212,6 +212,30 @@ static void test_resume_mid_epoch(void **state) {
   rm_rf(dir);
 }
 
+/* Written with 2 threads, resumed with 2 threads: bitwise the uninterrupted
+ * 2-thread run (issue 17), from an epoch end and from mid-epoch. */
+static void test_resume_two_threads(void **state) {
+  (void)state;
+  tb_set_num_threads(2);
+  char dir[] = "/tmp/tb_resumeXXXXXX";
+  assert_non_null(mkdtemp(dir));
+  outcome_t *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b)), *one = malloc(sizeof(*one));
+  baseline(dir, 2, a);
+  crash_and_resume(dir, 2, 2, 4, b);
+  assert_same(a, b);
+  baseline(dir, 0, a);
+  crash_and_resume(dir, 0, 3, 2, b);
+  assert_same(a, b);
+  /* the threads did split the batches: one thread adds in another order */
+  tb_set_num_threads(1);
+  baseline(dir, 0, one);
+  assert_true(memcmp(one->params, a->params, sizeof(a->params)) != 0);
+  free(a);
+  free(b);
+  free(one);
+  rm_rf(dir);
+}
+
 static void test_resume_after_sigkill(void **state) {
   (void)state;
   char dir[] = "/tmp/tb_resumeXXXXXX";
@@ -369,9 +393,9 @@ static void test_backup_and_restore(void **state) {
 int main(void) {
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_resume_from_epoch_end), cmocka_unit_test(test_resume_mid_epoch),
-      cmocka_unit_test(test_resume_after_sigkill),  cmocka_unit_test(test_bad_checkpoints_refused),
-      cmocka_unit_test(test_backup_and_restore),
+      cmocka_unit_test(test_resume_from_epoch_end),   cmocka_unit_test(test_resume_mid_epoch),
+      cmocka_unit_test(test_resume_two_threads),      cmocka_unit_test(test_resume_after_sigkill),
+      cmocka_unit_test(test_bad_checkpoints_refused), cmocka_unit_test(test_backup_and_restore),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
