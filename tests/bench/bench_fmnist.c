@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "trainbus/callback.h"
 #include "trainbus/data.h"
 #include "trainbus/model.h"
@@ -84,7 +86,7 @@ static void usage(FILE *f) {
           "usage: bench_fmnist [--epochs N] [--threads N] [--seed S] [--smoke] [--json]\n"
           "                    [--data DIR]\n"
           "  --epochs N   training epochs (default 10; --smoke: 1)\n"
-          "  --threads N  OpenBLAS threads (default: OpenBLAS's own choice)\n"
+          "  --threads N  training threads, tb_set_num_threads (default: OpenBLAS's count)\n"
           "  --seed S     weight init and shuffle seed (default 42)\n"
           "  --smoke      1 epoch on the first %d rows; exit 1 unless accuracy > %.1f\n"
           "  --json       print one JSON line instead of text\n"
@@ -290,13 +292,14 @@ int main(int argc, char **argv) {
   double cores = timing.train_wall_s > 0 ? timing.train_cpu_s / timing.train_wall_s : 0;
 
   if (o.json) {
-    printf("{\"impl\":\"trainbus\",\"threads_requested\":%d,\"threads_used\":%d,"
+    printf("{\"impl\":\"trainbus\",\"kernel\":\"%s\",\"threads_requested\":%d,\"threads_used\":%d,"
            "\"epochs\":%d,\"batch_size\":%d,\"n_train\":%d,\"n_test\":%d,"
            "\"train_s\":%.4f,\"samples_per_s\":%.1f,\"cpu_per_wall\":%.3f,"
            "\"test_acc\":%.4f,\"test_loss\":%.4f,\"train_loss\":%.4f,\"train_acc\":%.4f,"
            "\"load_s\":%.3f,\"eval_s\":%.3f,\"epoch_s\":[",
-           o.threads, tb_get_num_threads(), o.epochs, BATCH_SIZE, train->n, test->n,
-           timing.train_wall_s, sps, cores, acc, loss, train_loss, train_acc, load_s, eval_s);
+           openblas_get_corename(), o.threads, tb_get_num_threads(), o.epochs, BATCH_SIZE, train->n,
+           test->n, timing.train_wall_s, sps, cores, acc, loss, train_loss, train_acc, load_s,
+           eval_s);
     for (int i = 0; i < timing.n_epochs; i++)
       printf("%s%.4f", i ? "," : "", timing.epoch_wall_s[i]);
     printf("]}\n");

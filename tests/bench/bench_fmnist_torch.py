@@ -163,9 +163,16 @@ def main():
     sps = n * epochs / train_wall if train_wall > 0 else 0.0
     cores = train_cpu / train_wall if train_wall > 0 else 0.0
     blas_threads = blas.openblas_get_num_threads() if blas is not None else -1
+    kernel = "?"
+    if blas is not None:
+        try:
+            blas.openblas_get_corename.restype = ctypes.c_char_p
+            kernel = blas.openblas_get_corename().decode()
+        except AttributeError:
+            pass
     if a.json:
         print(json.dumps({
-            "impl": "torch", "threads_requested": a.threads,
+            "impl": "torch", "kernel": kernel, "threads_requested": a.threads,
             "threads_used": torch.get_num_threads(), "blas_threads": blas_threads,
             "torch_version": torch.__version__, "epochs": epochs, "batch_size": BATCH_SIZE,
             "n_train": n, "n_test": int(xte.shape[0]), "train_s": round(train_wall, 4),

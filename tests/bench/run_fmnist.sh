@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# Fashion-MNIST benchmark (issue 2): trainbus against PyTorch in one run.
+# Fashion-MNIST benchmark (issues 2 and 17): trainbus against PyTorch and
+# against the sgemm bound, on 1 thread and on every core, in one run.
 #
-# Builds bench_fmnist through scripts/setup.sh (which installs python3-torch
-# and dataset-fashion-mnist when missing and run as root), then for threads = 1
-# and threads = $(nproc) runs the C benchmark and the PyTorch script RUNS times
-# each, alternating them (and swapping which goes first on every other run) so
-# that slow drift of a shared, noisy machine hits both alike. It prints a table
-# of medians: samples/s of pure training time, the ratio, test accuracy, the
-# threads each side really had and the CPU seconds per wall second they used.
+# Builds bench_fmnist and bench_sgemm through scripts/setup.sh (which
+# installs python3-torch and dataset-fashion-mnist when missing and run as
+# root). Then, twice: once with the environment as it is, and once with
+# OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for the benchmark commands
+# alone (the processor's own OpenBLAS kernels; tests and CI keep the
+# environment as it is), naming the kernel each used:
+#
+#   1. bench_sgemm: one core's sgemm at the shapes of one training step
+#      (784-256-128-10, batch 128), median of 31 timings of each product, in
+#      wall and CPU time; the bound is batch / the step's summed product time,
+#      i.e. FLOPs per sample x samples/s at one core's measured GFLOP/s;
+#   2. for threads = 1 and threads = $(nproc): bench_fmnist and the PyTorch
+#      script RUNS times each, alternating them (and which goes first) so
+#      that slow drift of a shared machine hits both alike.
+#
+# It prints a table of medians per kernel: samples/s of pure training time
+# for both, their ratio, trainbus's scaling (N threads / 1 thread), trainbus
+# as a fraction of the one-core sgemm bound, test accuracies, and the CPU
+# seconds per wall second each used; samples per CPU second and the bound in
+# CPU time beside them (steadier when other work shares the machine). Load
+# averages are printed at the start and end of each part: rerun when the
+# machine is quiet (see `uptime`).
 #
 #   RUNS=3       runs per implementation and thread count
 #   EPOCHS=10    epochs per run
@@ -15,20 +31,18 @@
 #   BUILD_DIR    build folder (default: build-bench)
 #   PYTHON       interpreter with torch (default /usr/bin/python3: Debian's
 #                python3-torch; a python3 earlier on PATH may lack torch)
+#   KERNELS      "env native" (default), or one of them
 #   OUT          also keep every run's JSON line in this file
 #
-# Threads: trainbus sets OpenBLAS's pool with tb_set_num_threads(). The torch
-# script sets torch.set_num_threads() (its OpenMP pool) and, because Debian's
-# torch multiplies matrices in the same pthread OpenBLAS, openblas_set_num_threads()
-# too. Both report what they then had (tb_get_num_threads(); torch.get_num_threads()
-# and openblas_get_num_threads()). OPENBLAS_* variables in the environment are
-# reported and passed through unchanged.
-#
-# With both pools at nproc, torch's OpenMP workers spin-wait (libgomp's default)
-# on the same cores as OpenBLAS's threads, and torch's all-cores figure collapses,
-# worst when anything else runs on the machine. OMP_WAIT_POLICY=passive in the
-# environment (it affects only torch: trainbus has no OpenMP) shows torch without
-# that; the script passes it through and reports it.
+# Threads: trainbus takes them with tb_set_num_threads() (its own threads,
+# each with single-threaded OpenBLAS). The torch script sets
+# torch.set_num_threads() (its OpenMP pool) and, because Debian's torch
+# multiplies matrices in the same pthread OpenBLAS, openblas_set_num_threads()
+# too. Both report what they then had. With both of torch's pools at nproc,
+# its OpenMP workers spin-wait (libgomp's default) on the same cores as
+# OpenBLAS's threads; OMP_WAIT_POLICY=passive in the environment (it affects
+# only torch: trainbus has no OpenMP) shows torch without that; the script
+# passes it through and reports it.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 here="$top/tests/bench"
@@ -36,10 +50,11 @@ RUNS=${RUNS:-3}
 EPOCHS=${EPOCHS:-10}
 SEED=${SEED:-42}
 PYTHON=${PYTHON:-/usr/bin/python3}
+KERNELS=${KERNELS:-env native}
 export BUILD_DIR=${BUILD_DIR:-$top/build-bench}
 
 # setup.sh builds the whole tree; if some other part is broken mid-change, the
-# benchmark only needs its own target, so fall back to building just that.
+# benchmark only needs its own targets, so fall back to building just those.
 log=$(mktemp)
 results=$(mktemp)
 trap 'rm -f "$log" "$results"' EXIT
@@ -48,16 +63,16 @@ if build=$(EXTRA_PKGS="python3-torch dataset-fashion-mnist" "$top/scripts/setup.
   :
 else
   tail -n 20 "$log" >&2
-  echo "run_fmnist: full build failed (above); building bench_fmnist alone" >&2
+  echo "run_fmnist: full build failed (above); building the benchmarks alone" >&2
   build=$BUILD_DIR
-  if ! cmake --build "$build" -j"$(nproc)" --target bench_fmnist >&2; then
-    [ -x "$build/tests/bench/bench_fmnist" ] || exit 1
-    echo "run_fmnist: WARNING: build failed; using the existing bench_fmnist built" \
-      "$(date -r "$build/tests/bench/bench_fmnist" '+%F %T')" >&2
-  fi
+  cmake -S "$top" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$build" -j"$(nproc)" --target bench_fmnist bench_sgemm >&2
 fi
 bench="$build/tests/bench/bench_fmnist"
-[ -x "$bench" ] || { echo "run_fmnist: $bench was not built" >&2; exit 1; }
+sgemm="$build/tests/bench/bench_sgemm"
+for b in "$bench" "$sgemm"; do
+  [ -x "$b" ] || { echo "run_fmnist: $b was not built" >&2; exit 1; }
+done
 
 ncpu=$(nproc)
 threads_list="1"
@@ -73,71 +88,58 @@ done
 import ctypes
 try:
     l = ctypes.CDLL("libopenblas.so.0")
-    l.openblas_get_config.restype = l.openblas_get_corename.restype = ctypes.c_char_p
-    print("openblas:", l.openblas_get_config().decode(), "| core", l.openblas_get_corename().decode())
+    l.openblas_get_config.restype = ctypes.c_char_p
+    print("openblas:", l.openblas_get_config().decode())
 except OSError as e:
     print("openblas: not loadable:", e)
 import torch
 print("torch:", torch.__version__)
 EOF
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews timings)"
 echo "command: RUNS=$RUNS EPOCHS=$EPOCHS SEED=$SEED tests/bench/run_fmnist.sh"
 echo
 
+# Runs "$@" with the kernel choice $1 (env: as it is; native: the two
+# OPENBLAS_* variables unset for this command alone), tagging its JSON line.
+run_tagged() {
+  local kind=$1
+  shift
+  local line
+  if [ "$kind" = native ]; then
+    line=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$@")
+  else
+    line=$("$@")
+  fi
+  echo "{\"env\":\"$kind\",${line#\{}" | tee -a "$results"
+}
 run_c() {
-  "$bench" --json --epochs "$EPOCHS" --threads "$1" --seed "$SEED" | tee -a "$results"
+  run_tagged "$1" "$bench" --json --epochs "$EPOCHS" --threads "$2" --seed "$SEED"
 }
 run_torch() {
-  "$PYTHON" "$here/bench_fmnist_torch.py" --json --epochs "$EPOCHS" --threads "$1" \
-    --seed "$SEED" | tee -a "$results"
+  run_tagged "$1" "$PYTHON" "$here/bench_fmnist_torch.py" --json --epochs "$EPOCHS" \
+    --threads "$2" --seed "$SEED"
 }
-echo "== runs (JSON, one per line)"
-for t in $threads_list; do
-  for r in $(seq 1 "$RUNS"); do
-    if [ $((r % 2)) = 1 ]; then
-      run_c "$t"
-      run_torch "$t"
-    else
-      run_torch "$t"
-      run_c "$t"
-    fi
+
+for kind in $KERNELS; do
+  echo "== runs with $([ "$kind" = native ] && echo "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset" ||
+    echo "the environment as it is") (JSON, one per line)"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  for r in 1 2 3; do
+    run_tagged "$kind" "$sgemm" --json
   done
+  for t in $threads_list; do
+    for r in $(seq 1 "$RUNS"); do
+      if [ $((r % 2)) = 1 ]; then
+        run_c "$kind" "$t"
+        run_torch "$kind" "$t"
+      else
+        run_torch "$kind" "$t"
+        run_c "$kind" "$t"
+      fi
+    done
+  done
+  echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
 done
 [ -n "${OUT:-}" ] && cp "$results" "$OUT"
-echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo
 
-"$PYTHON" - "$results" <<'EOF'
-import json, statistics, sys
-
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-med = lambda xs: statistics.median(xs) if xs else float("nan")
-print("== medians")
-hdr = ("threads", "trainbus samples/s", "torch samples/s", "ratio", "trainbus acc",
-       "torch acc", "threads used tb / torch (omp, blas)", "cpu/wall tb / torch")
-print(" | ".join(hdr))
-verdict = []
-for t in sorted({r["threads_requested"] for r in rows}):
-    tb = [r for r in rows if r["impl"] == "trainbus" and r["threads_requested"] == t]
-    th = [r for r in rows if r["impl"] == "torch" and r["threads_requested"] == t]
-    s_tb, s_th = med([r["samples_per_s"] for r in tb]), med([r["samples_per_s"] for r in th])
-    a_tb, a_th = med([r["test_acc"] for r in tb]), med([r["test_acc"] for r in th])
-    ratio = s_tb / s_th
-    used = "%s / (%s, %s)" % (
-        ",".join(sorted({str(r["threads_used"]) for r in tb})),
-        ",".join(sorted({str(r["threads_used"]) for r in th})),
-        ",".join(sorted({str(r["blas_threads"]) for r in th})))
-    cpu = "%.2f / %.2f" % (med([r["cpu_per_wall"] for r in tb]), med([r["cpu_per_wall"] for r in th]))
-    print(" | ".join([str(t), "%.0f" % s_tb, "%.0f" % s_th, "%.2fx" % ratio, "%.4f" % a_tb,
-                      "%.4f" % a_th, used, cpu]))
-    print("   runs: trainbus %s  torch %s" % (
-        " ".join("%.0f" % r["samples_per_s"] for r in tb),
-        " ".join("%.0f" % r["samples_per_s"] for r in th)))
-    if t == 1:
-        verdict.append("single-thread ratio %.2fx (target >= 1.3x): %s"
-                       % (ratio, "met" if ratio >= 1.3 else "NOT met"))
-    verdict.append("threads=%d trainbus test accuracy %.4f (target >= 0.88): %s"
-                   % (t, a_tb, "met" if a_tb >= 0.88 else "NOT met"))
-print()
-print("\n".join(verdict))
-EOF
+"$PYTHON" "$here/summarize_fmnist.py" "$results"
