@@ -25,7 +25,7 @@ static void usage(FILE *f) {
              "  --verbose N          0 quiet, 1 progress bar, 2 one line per epoch\n"
              "                       (default: 1 on a terminal, 2 otherwise)\n"
              "  --epochs N           override the job's epochs\n"
-             "  --threads N          OpenBLAS threads (default: the job's, else 1)\n"
+             "  --threads N          cores to train on (default: the job's, else 1)\n"
              "  --save-weights PATH  write the trained weights to PATH\n"
              "  --resume DIR         continue from DIR/latest.tbck (written by a run with\n"
              "                       checkpoint_dir DIR, or by BackupAndRestore); later\n"
