@@ -181,7 +181,7 @@ static void estimate(const tb_job_t *job, const shape_t sh[3], tb_job_estimate_t
   /* The lanes a step splits its rows over (step.c), each holding its
    * share rounded up, and a partial gradient for every lane but the first. */
   int threads = job->threads > 0 ? job->threads : tb_get_num_threads();
-  double lanes = tb__lanes_for(threads, rows > 2e9 ? 2000000000 : (int)rows);
+  double lanes = tb__lanes_for(threads, rows > 2e9 ? 2000000000 : (int)rows, P);
   double per = ceil(rows / lanes);
   est->threads = threads;
   est->params = sat(8.0 * P + 4.0 * (lanes - 1.0) * P);

@@ -226,10 +226,15 @@ int tb__train_batch(tb_model_t *m, const tb__batch_t *b, tb__sync_t *sync, tb_er
 int tb__test_batch(tb_model_t *m, const tb__batch_t *b, tb__sync_t *sync, tb_err_t *err);
 /* Inference over n rows of x into out (n x n_outputs). */
 int tb__predict_batch(tb_model_t *m, const float *x, int n, float *out);
-/* The lanes a step of n rows uses with the current thread count, and with
- * `threads` when no lane would use BLAS's threads instead. */
+/* The lanes a step of n rows uses with the current thread count; with
+ * `threads` for a model of n_params parameters. */
 int tb__step_lanes(const tb_model_t *m, int n);
-int tb__lanes_for(int threads, int n);
+int tb__lanes_for(int threads, int n, double n_params);
+/* For tests and tests/bench/bench_threads: -1 decides from the measured
+ * rules; 0 splits every batch of at least 2 x 8 rows into lanes, however
+ * little work they get (so that small test models exercise the split); 1
+ * runs one lane with BLAS's threads. Set it before a run, not during one. */
+extern int tb__threading_force;
 /* Joins the pool and frees the lanes. */
 void tb__step_free(tb_model_t *m);
 

@@ -29,13 +29,18 @@
 
 #include "pool.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Fewer rows than this per lane, and a batch is not split further: below it
- * the products are too thin for sgemm's kernels to reach their speed, and the
- * hand-overs cost more than the rows' work. */
+ * the products are too thin for sgemm's kernels to reach their speed. */
 #define TB__MIN_LANE_ROWS 8
+/* Nor is it split into lanes of less work than this (floating-point
+ * operations of a training step's rows, about 6 per parameter per row): a
+ * step's three hand-overs cost a few microseconds, the time such a lane's
+ * work takes (tests/bench/bench_threads). */
+#define TB__MIN_LANE_FLOPS 2e6
 /* Parameters summed and updated together: the chunk's partial sums, weights
  * and Adam slots stay in L1/L2 between the two passes. */
 #define TB__CHUNK 4096
@@ -75,24 +80,33 @@ void tb__batch_share(tb__batch_t *b, int n, const tb_reduce_t *red) {
 }
 
 /* Whether one lane with BLAS's threads beats the lanes for a step of n rows
- * on t threads. Splitting rows needs a partial gradient per lane and a pass
- * to add them, which costs in proportion to the parameters, while the step's
- * products cost in proportion to parameters times rows: for thin batches of
- * very wide layers, BLAS's split of each product (over its output columns,
- * no partial sums) wins. */
-static bool blas_wins(const tb_model_t *m, int n, int t) {
-  (void)m, (void)n, (void)t;
+ * of a model of n_params parameters on t threads. Splitting rows needs a
+ * partial gradient per lane and a pass to add them, which costs in
+ * proportion to the parameters, while the step's products cost in
+ * proportion to parameters times rows: for thin batches of very wide
+ * layers, BLAS's split of each product (over its output columns, no partial
+ * sums) can win. */
+static bool blas_wins(double n_params, int n, int t) {
+  if (tb__threading_force >= 0)
+    return tb__threading_force == 1;
+  (void)n_params, (void)n, (void)t;
   return false;
 }
 
-int tb__lanes_for(int threads, int n) {
-  int by_rows = n / TB__MIN_LANE_ROWS;
-  return threads <= 1 || by_rows < 1 ? 1 : by_rows < threads ? by_rows : threads;
+int tb__threading_force = -1;
+
+int tb__lanes_for(int threads, int n, double n_params) {
+  if (threads <= 1 || blas_wins(n_params, n, threads))
+    return 1;
+  double min_rows = TB__MIN_LANE_ROWS, work = TB__MIN_LANE_FLOPS / (6.0 * n_params + 1.0);
+  if (tb__threading_force != 0 && work > min_rows)
+    min_rows = ceil(work);
+  double by_rows = floor((double)n / min_rows);
+  return by_rows < 1.0 ? 1 : by_rows < threads ? (int)by_rows : threads;
 }
 
 int tb__step_lanes(const tb_model_t *m, int n) {
-  int t = tb_get_num_threads();
-  return t <= 1 || blas_wins(m, n, t) ? 1 : tb__lanes_for(t, n);
+  return tb__lanes_for(tb_get_num_threads(), n, (double)m->n_params);
 }
 
 void tb__step_free(tb_model_t *m) {
@@ -256,7 +270,7 @@ static void rows_task(void *arg, int t) {
 /* Sets up a step of kind over batch b and runs its lanes. */
 static int run(step_t *s, tb_model_t *m, int kind, const tb__batch_t *b, tb_err_t *err) {
   int r, threads = tb_get_num_threads();
-  bool blas = threads > 1 && blas_wins(m, b->n, threads);
+  bool blas = threads > 1 && blas_wins((double)m->n_params, b->n, threads);
   /* How many lanes split the rows is decided from the global batch, so that
    * every participant splits alike. */
   int lanes = tb__step_lanes(m, b->n);
@@ -266,9 +280,9 @@ static int run(step_t *s, tb_model_t *m, int kind, const tb__batch_t *b, tb_err_
   s->err = err;
   s->inv_n = 1.0f / (float)b->n;
   s->n_active = b->rows <= 0 ? 0 : b->rows < lanes ? b->rows : lanes;
-  /* The pool runs a training step even when one lane has all the rows (its
-   * lanes share the update), and a test step when the rows are split. */
-  bool pool = threads > 1 && !blas && (kind == STEP_TRAIN || s->n_active > 1);
+  /* The pool runs when the rows are split (all its lanes share the update,
+   * whether they had rows or not). */
+  bool pool = lanes > 1 && s->n_active > 0 && (kind == STEP_TRAIN || s->n_active > 1);
   s->n_lanes = pool ? threads : 1;
   tb__blas_threads(blas ? threads : 1);
   if ((r = prepare(m, kind, s->n_lanes, s->n_active, b->rows, err)) != 0)

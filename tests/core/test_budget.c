@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "internal.h"
 #include "trainbus/job.h"
 
 #include <errno.h>
@@ -164,8 +165,10 @@ static void test_estimate_by_hand(void **state) {
 }
 
 /* With threads, every lane holds its share of the rows rounded up, and
- * every lane but the first a partial gradient. */
+ * every lane but the first a partial gradient; a model this small stays on
+ * one lane unless forced (step.c: too little work to share). */
 static void test_estimate_threads(void **state) {
+  tb__threading_force = 0;
   char named[1024];
   snprintf(named, sizeof(named), "{\"threads\":3,%s", SMALL_JOB + 1);
   /* the job's count, then the process's when the job names none */
@@ -185,6 +188,15 @@ static void test_estimate_threads(void **state) {
     assert_int_equal(e.params, 4 * 82 * 4);
     tb_job_free(job);
   }
+  tb__threading_force = -1;
+  tb_job_t *job = parse(named, NULL);
+  tb_job_estimate_t e;
+  tb_err_t err = {{0}};
+  assert_int_equal(tb_job_estimate(job, &e, &err), 0);
+  assert_int_equal(e.threads, 3);
+  assert_int_equal(e.activations, 4 * 32 * 60);
+  assert_int_equal(e.params, 656);
+  tb_job_free(job);
   tb_set_num_threads(1);
 }
 

@@ -787,6 +787,9 @@ static void test_summary(void **state) {
 }
 
 int main(void) {
+  /* Split every batch of 16 rows or more, however small the model (by
+   * default a step of little work stays on one thread). */
+  tb__threading_force = 0;
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_grad_activations),

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "internal.h"
 #include "trainbus/callbacks.h"
 #include "trainbus/control.h"
 #include "trainbus/model.h"
@@ -520,6 +521,9 @@ static void test_single_and_words(void **state) {
 }
 
 int main(void) {
+  /* Split every batch of 16 rows or more, however small the model (by
+   * default a step of little work stays on one thread). */
+  tb__threading_force = 0;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_single_and_words), cmocka_unit_test(test_ranks_equal_threads),
       cmocka_unit_test(test_three_ranks),      cmocka_unit_test(test_control_same_step),

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "internal.h"
 #include "trainbus/callbacks.h"
 #include "trainbus/model.h"
 
@@ -391,6 +392,9 @@ static void test_backup_and_restore(void **state) {
 }
 
 int main(void) {
+  /* Split every batch of 16 rows or more, however small the model (by
+   * default a step of little work stays on one thread). */
+  tb__threading_force = 0;
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_resume_from_epoch_end),   cmocka_unit_test(test_resume_mid_epoch),

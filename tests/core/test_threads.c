@@ -319,6 +319,34 @@ static void test_train_step_threads(void **state) {
   tb_dataset_free(d);
 }
 
+/* By default a step splits only when each lane gets enough work: a small
+ * model stays on one thread (no pool at all), a Fashion-MNIST-sized one
+ * splits from 16 rows. */
+static void test_default_split(void **state) {
+  (void)state;
+  tb__threading_force = -1;
+  tb_set_num_threads(2);
+  static const int widths[2][3] = {{4, 8, 3}, {784, 256, 10}};
+  for (int k = 0; k < 2; k++) {
+    int in = widths[k][0], rows = 64;
+    tb_model_t *m = tb_model_new(in, 1);
+    assert_int_equal(tb_model_add_dense(m, widths[k][1], TB_ACT_RELU), 0);
+    assert_int_equal(tb_model_add_dense(m, widths[k][2], TB_ACT_SOFTMAX), 0);
+    tb_compile_opts_t c = {.loss = TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY};
+    tb_optim_defaults(&c.optim, TB_OPT_ADAM);
+    assert_int_equal(tb_model_compile(m, &c, NULL), 0);
+    float *x = calloc((size_t)rows * in, sizeof(float)), y[64] = {0};
+    assert_int_equal(tb_model_train_step(m, x, y, rows, NULL), 0);
+    assert_int_equal(tb__step_lanes(m, rows), k == 0 ? 1 : 2);
+    assert_int_equal(tb__step_lanes(m, 15), 1);
+    assert_true(k == 0 ? m->pool == NULL : m->pool != NULL);
+    free(x);
+    tb_model_free(m);
+  }
+  tb_set_num_threads(1);
+  tb__threading_force = 0;
+}
+
 /* ---- a paused run does not spin ------------------------------------------ */
 
 typedef struct pauser_s {
@@ -394,6 +422,9 @@ static void test_pause_sleeps(void **state) {
 }
 
 int main(void) {
+  /* Split every batch of 16 rows or more, however small the model (by
+   * default a step of little work stays on one thread). */
+  tb__threading_force = 0;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_pool),
       cmocka_unit_test(test_pool_idle_sleeps),
@@ -401,6 +432,7 @@ int main(void) {
       cmocka_unit_test(test_bitwise_per_thread_count),
       cmocka_unit_test(test_thread_counts_agree),
       cmocka_unit_test(test_train_step_threads),
+      cmocka_unit_test(test_default_split),
       cmocka_unit_test(test_pause_sleeps),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
