@@ -14,7 +14,9 @@
  * contributes the sum over its threads, and the reduction adds participants
  * in rank order. The default (tb_reduce_single(), or NULL in
  * tb_fit_opts_t.reduce) is one participant, for which every operation is the
- * identity. dist/ implements it with MPI (issue 15); core links no MPI.
+ * identity (fit() calls none with size 1). dist/ implements it with MPI
+ * (issue 15); core links no MPI. Only fit() reduces: evaluate(), predict()
+ * and the step functions of a hand-written loop are one participant's.
  *
  * What each participant does, so that N participants train as one model
  * (the rules fit() follows when size > 1):
@@ -46,8 +48,21 @@
  *     the reduced sums exactly as one process does (the batch loss is the
  *     float32 loss sum over the float32 row count; see model.h).
  *   - The control words carry what the coordinator's control block decided
- *     for this step (tb_reduce_ctl_t); every participant applies the same
- *     words at the same step. A reduced word is never summed.
+ *     for this step (tb_reduce_ctl_t), read just before the step's reduction
+ *     (tb_control_take): the one point where all participants meet. Every
+ *     participant updates with the words' rate, and applies their stop,
+ *     checkpoint (written by the coordinator alone), shutdown or pause at the
+ *     step's boundary. So a rate set in a batch's hooks takes effect at the
+ *     next update, as in one process; a stop made in a batch's hooks ends
+ *     the run one batch later than in one process (at the next step's
+ *     boundary), at the same batch everywhere. During a pause the
+ *     coordinator waits in its control block and the others in a
+ *     control-only exchange (allreduce with n_sum 0), which then gives them
+ *     what changed meanwhile; one more exchange after every epoch gives all
+ *     the coordinator's stop decision (Lightning reduces such decisions,
+ *     src/lightning/pytorch/strategies/parallel.py reduce_boolean_decision; here
+ *     the coordinator's wins, since remote control reaches it alone). A word
+ *     is copied, never summed.
  *   - After every epoch each participant passes a checksum of its weights
  *     and optimizer state to check(); a mismatch fails the run everywhere
  *     (TB_EDIVERGED) rather than letting ranks drift apart silently.
@@ -86,8 +101,8 @@ enum {
 
 enum {
   TB_REDUCE_STOP = 1u << 0,       /* stop training after this step (stop_training) */
-  TB_REDUCE_PAUSE = 1u << 1,      /* the coordinator pauses after this step; the others
-                                     wait in the next reduction */
+  TB_REDUCE_PAUSE = 1u << 1,      /* the coordinator pauses at this step's boundary; the
+                                     others wait in a control-only exchange */
   TB_REDUCE_CHECKPOINT = 1u << 2, /* the coordinator writes a checkpoint after this step */
   TB_REDUCE_SHUTDOWN = 1u << 3    /* checkpoint and leave fit() with TB_EINTERRUPTED */
 };
