@@ -38,9 +38,9 @@
 #define TB__MIN_LANE_ROWS 8
 /* Nor is it split into lanes of less work than this (floating-point
  * operations of a training step's rows, about 6 per parameter per row): a
- * step's three hand-overs cost a few microseconds, the time such a lane's
- * work takes (tests/bench/bench_threads). */
-#define TB__MIN_LANE_FLOPS 2e6
+ * step's three hand-overs cost a few microseconds with both threads awake,
+ * and a wake-up from sleep tens; 4 MFLOP is 20 to 40 us of sgemm. */
+#define TB__MIN_LANE_FLOPS 4e6
 /* Parameters summed and updated together: the chunk's partial sums, weights
  * and Adam slots stay in L1/L2 between the two passes. */
 #define TB__CHUNK 4096
@@ -80,17 +80,24 @@ void tb__batch_share(tb__batch_t *b, int n, const tb_reduce_t *red) {
 }
 
 /* Whether one lane with BLAS's threads beats the lanes for a step of n rows
- * of a model of n_params parameters on t threads. Splitting rows needs a
- * partial gradient per lane and a pass to add them, which costs in
- * proportion to the parameters, while the step's products cost in
- * proportion to parameters times rows: for thin batches of very wide
- * layers, BLAS's split of each product (over its output columns, no partial
- * sums) can win. */
+ * of a model of n_params parameters on t threads. The lanes each pack every
+ * weight matrix for their own products and write a partial gradient that a
+ * second pass adds: traffic in proportion to the parameters, for every lane.
+ * While the weights fit in the cache that is cheap beside the products; once
+ * they do not, it goes to memory, and BLAS's split of each product (over its
+ * output columns: each weight read once, no partial sums) wins, at any batch.
+ * Measured with tests/bench/bench_threads on 2 threads (samples/s of BLAS's
+ * threads over the lanes'): MLP 784-256-128-10 at batch 128 0.56, at 512
+ * 0.70; 1024-1024-10 (1.06 M parameters, 4 MB) at batch 32 0.73-0.86, 128
+ * 0.80, 1024 0.72; 1448-1448-10 (2.1 M, 8.4 MB) at 64 1.00, 256 0.84;
+ * 2048-2048-10 (4.2 M, 17 MB) at 32 1.12-1.29, 128 1.17, 512 1.23;
+ * 4096-4096-10 (16.8 M, 67 MB) at 32 1.19, 128 1.06, 512 1.16-1.22. Hence
+ * BLAS's threads from 3 M parameters (12 MB) on. */
 static bool blas_wins(double n_params, int n, int t) {
   if (tb__threading_force >= 0)
     return tb__threading_force == 1;
-  (void)n_params, (void)n, (void)t;
-  return false;
+  (void)n, (void)t;
+  return n_params >= 3e6;
 }
 
 int tb__threading_force = -1;

@@ -279,6 +279,26 @@ static void test_thread_counts_agree(void **state) {
   free(one.params);
 }
 
+/* One lane with BLAS's threads (what large models get): also bitwise
+ * reproducible, and within rounding of one thread. */
+static void test_blas_threads_mode(void **state) {
+  (void)state;
+  tb__threading_force = 1;
+  outcome_t a, b, one;
+  train(2, &a);
+  train(2, &b);
+  train(1, &one);
+  assert_int_equal(a.lanes, 1);
+  assert_memory_equal(a.params, b.params, (size_t)a.n_params * sizeof(float));
+  assert_memory_equal(a.history, b.history, sizeof(a.history));
+  for (long i = 0; i < a.n_params; i++)
+    assert_true(fabs((double)a.params[i] - one.params[i]) <= 1e-4);
+  free(a.params);
+  free(b.params);
+  free(one.params);
+  tb__threading_force = 0;
+}
+
 /* A hand-written loop's steps (tb_model_train_step) split too, and give the
  * same bits as fit()'s for the same rows. */
 static void test_train_step_threads(void **state) {
@@ -431,6 +451,7 @@ int main(void) {
       cmocka_unit_test(test_blas_concurrent),
       cmocka_unit_test(test_bitwise_per_thread_count),
       cmocka_unit_test(test_thread_counts_agree),
+      cmocka_unit_test(test_blas_threads_mode),
       cmocka_unit_test(test_train_step_threads),
       cmocka_unit_test(test_default_split),
       cmocka_unit_test(test_pause_sleeps),
