@@ -52,6 +52,7 @@ typedef struct lane_s {
 
 struct tb__pool_s {
   int n;
+  uint64_t spin_ns; /* TB__POOL_SPIN_NS, or 0 with more lanes than cores */
   pthread_t *threads;
   lane_t *lanes;
   int n_started;
@@ -78,18 +79,19 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* Returns the word's value once it differs from old. */
-static uint32_t wait_change(word_t *w, uint32_t old) {
+/* Returns the word's value once it differs from old, polling for at most
+ * spin_ns first. */
+static uint32_t wait_change(word_t *w, uint32_t old, uint64_t spin_ns) {
   uint32_t v;
   uint64_t deadline = 0;
-  for (unsigned i = 1;; i++) {
+  for (unsigned i = 1; spin_ns > 0; i++) {
     if ((v = atomic_load(&w->v)) != old)
       return v;
     cpu_relax();
     if ((i & 63) == 0) {
       uint64_t t = now_ns();
       if (deadline == 0)
-        deadline = t + TB__POOL_SPIN_NS;
+        deadline = t + spin_ns;
       else if (t >= deadline)
         break;
     }
@@ -115,7 +117,7 @@ static void *worker(void *arg) {
   struct tb__pool_s *p = ln->pool;
   uint32_t seen = 0;
   for (;;) {
-    seen = wait_change(&p->start, seen);
+    seen = wait_change(&p->start, seen, p->spin_ns);
     if (atomic_load(&p->quit))
       return NULL;
     p->fn(p->arg, ln->lane);
@@ -132,6 +134,10 @@ int tb__pool_new(int n_lanes, tb__pool_t **out) {
   if (p == NULL)
     return TB_ENOMEM;
   p->n = n_lanes;
+  /* More lanes than cores: a spinning lane would only keep the one it waits
+   * for off a core, so waiters sleep at once. */
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  p->spin_ns = cores > 0 && n_lanes > cores ? 0 : TB__POOL_SPIN_NS;
   p->threads = calloc((size_t)n_lanes, sizeof(*p->threads));
   p->lanes = calloc((size_t)n_lanes, sizeof(*p->lanes));
   if (p->threads == NULL || p->lanes == NULL) {
@@ -191,7 +197,7 @@ void tb__pool_run(tb__pool_t *p, tb__pool_fn fn, void *arg) {
   fn(arg, 0);
   uint32_t d = atomic_load(&p->done.v);
   while (d != (uint32_t)(p->n - 1))
-    d = wait_change(&p->done, d);
+    d = wait_change(&p->done, d, p->spin_ns);
 }
 
 void tb__pool_barrier(tb__pool_t *p) {
@@ -203,6 +209,6 @@ void tb__pool_barrier(tb__pool_t *p) {
     atomic_fetch_add(&p->bar_gen.v, 1);
     wake_all(&p->bar_gen);
   } else {
-    wait_change(&p->bar_gen, gen);
+    wait_change(&p->bar_gen, gen, p->spin_ns);
   }
 }

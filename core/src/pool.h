@@ -3,8 +3,9 @@
  * the task. Used by step.c to split a batch's rows over the cores.
  *
  * Waiting never spins a core for long: a waiter polls for at most
- * TB__POOL_SPIN_NS (the time a step's stragglers usually need), then sleeps
- * on a futex until woken. A pool is driven by one thread at a time. */
+ * TB__POOL_SPIN_NS (the time a step's stragglers usually need), not at all
+ * when the pool has more lanes than the machine has cores, then sleeps on a
+ * futex until woken. A pool is driven by one thread at a time. */
 #ifndef TB_CORE_POOL_H
 #define TB_CORE_POOL_H
 
