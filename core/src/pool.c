@@ -5,7 +5,8 @@
  * bumped once per run), `done` (workers finished in this run) and `bar_gen`
  * (a barrier generation, with `bar_count` lanes arrived). Waiting for a word
  * to change is a bounded spin, for the few microseconds a step's lanes
- * usually are apart, followed by a futex sleep: a worker between batches, or
+ * usually are apart (yielding the core after the first 5 us, in case the
+ * lane waited for is off it), followed by a futex sleep: a worker between batches, or
  * during a long hook, a pause or a checkpoint, sleeps in the kernel and costs
  * nothing. Each word has a count of sleepers, so a writer makes the wake-up
  * system call only when someone sleeps. (Linux futexes: Debian is the only
@@ -23,6 +24,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -39,6 +41,8 @@
  * at each of the three hand-overs of a step) and bounds what a waiter burns
  * on a machine where the other lane was descheduled. */
 #define TB__POOL_SPIN_NS 50000
+/* The first part of it polls without giving the core up. */
+#define TB__POOL_PURE_SPIN_NS 5000
 
 typedef struct word_s {
   _Atomic uint32_t v;
@@ -83,18 +87,24 @@ static inline void cpu_relax(void) {
  * spin_ns first. */
 static uint32_t wait_change(word_t *w, uint32_t old, uint64_t spin_ns) {
   uint32_t v;
-  uint64_t deadline = 0;
+  uint64_t start = 0;
   for (unsigned i = 1; spin_ns > 0; i++) {
     if ((v = atomic_load(&w->v)) != old)
       return v;
-    cpu_relax();
-    if ((i & 63) == 0) {
-      uint64_t t = now_ns();
-      if (deadline == 0)
-        deadline = t + spin_ns;
-      else if (t >= deadline)
-        break;
+    if (start == 0 || (i & 63) != 0) {
+      cpu_relax();
+      if (start == 0 && i >= 64)
+        start = now_ns();
+      continue;
     }
+    /* Past the first few microseconds the lane we wait for may be off the
+     * core (another process has it): yield between polls, so that it can
+     * run here if it is waiting for a core. */
+    uint64_t t = now_ns();
+    if (t - start >= spin_ns)
+      break;
+    if (t - start >= TB__POOL_PURE_SPIN_NS)
+      sched_yield();
   }
   for (;;) {
     atomic_fetch_add(&w->sleepers, 1);
