@@ -13,9 +13,10 @@
 #      (784-256-128-10, batch 128), median of 31 timings of each product, in
 #      wall and CPU time; the bound is batch / the step's summed product time,
 #      i.e. FLOPs per sample x samples/s at one core's measured GFLOP/s;
-#   2. for threads = 1 and threads = $(nproc): bench_fmnist and the PyTorch
-#      script RUNS times each, alternating them (and which goes first) so
-#      that slow drift of a shared machine hits both alike.
+#   2. RUNS rounds of: for threads = 1 and threads = $(nproc), bench_fmnist
+#      and the PyTorch script, alternating them (and which goes first) so
+#      that slow drift of a shared machine hits both, and both thread
+#      counts, alike.
 #
 # It prints a table of medians per kernel: samples/s of pure training time
 # for both, their ratio, trainbus's scaling (N threads / 1 thread), trainbus
@@ -129,8 +130,10 @@ for kind in $KERNELS; do
   for r in 1 2 3; do
     run_tagged "$kind" "$sgemm" --json
   done
-  for t in $threads_list; do
-    for r in $(seq 1 "$RUNS"); do
+  # Rounds of every thread count, so that a change of load between rounds
+  # hits 1 thread and N threads alike (the scaling is their ratio).
+  for r in $(seq 1 "$RUNS"); do
+    for t in $threads_list; do
       if [ $((r % 2)) = 1 ]; then
         run_c "$kind" "$t"
         run_torch "$kind" "$t"

@@ -67,9 +67,12 @@ def main():
                 verdict.append("%s: 1 thread %.2fx PyTorch (target >= %.1fx): %s"
                                % (kernel, s_tb / s_th, TARGET_RATIO,
                                   "met" if s_tb / s_th >= TARGET_RATIO else "NOT met"))
-                verdict.append("%s: 1 thread at %.0f %% of the sgemm bound (target >= %.0f %%): %s"
-                               % (kernel, 100 * s_tb / bound, 100 * TARGET_BOUND,
-                                  "met" if s_tb / bound >= TARGET_BOUND else "NOT met"))
+                frac, frac_cpu = s_tb / bound, per_cpu / bound_cpu
+                verdict.append("%s: 1 thread at %.0f %% of the sgemm bound in wall time, %.0f %% in "
+                               "CPU time (target >= %.0f %%): %s"
+                               % (kernel, 100 * frac, 100 * frac_cpu, 100 * TARGET_BOUND,
+                                  "met" if frac >= TARGET_BOUND else
+                                  "met in CPU time only" if frac_cpu >= TARGET_BOUND else "NOT met"))
             else:
                 verdict.append("%s: %d threads %.2fx 1 thread (target >= %.1fx): %s"
                                % (kernel, t, scaling, TARGET_SCALING,
