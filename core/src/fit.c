@@ -180,10 +180,11 @@ static int boundary(tb_model_t *m, tb_ctx_t *ctx, tb_callbacks_t *cbs, const tb_
  * stop, checkpoint (the coordinator writes it), shutdown or pause. A pause is
  * the coordinator waiting in its control block while the others wait in a
  * control-only exchange (allreduce of no sums), which then hands them what
- * changed during the pause. After every epoch one more exchange gives every
- * participant the coordinator's stop decision (a lockstep client may have
- * made it on the coordinator alone), and the weights' checksums are
- * compared. Only the coordinator writes the fit's own checkpoints. */
+ * changed during the pause. The boundaries after epoch_begin's and
+ * epoch_end's hooks are the coordinator's in the same way, so every
+ * participant gets its stop decision there (a lockstep client may have made
+ * it on the coordinator alone); after epoch_end the weights' checksums are
+ * compared too. Only the coordinator writes the fit's own checkpoints. */
 
 typedef struct fit_sync_s {
   tb_model_t *m;

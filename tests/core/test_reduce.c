@@ -134,8 +134,9 @@ struct job_s {
   int stop_epoch, stop_batch;
   int pause_epoch, pause_batch;
   int ckpt_epoch, ckpt_batch;
-  int crash_epoch, crash_batch; /* every rank fails there */
-  int drift_rank;               /* that rank moves a weight at epoch 1's end */
+  int shutdown_epoch, shutdown_batch; /* rank 0's control block asks for a shutdown */
+  int crash_epoch, crash_batch;       /* every rank fails there */
+  int drift_rank;                     /* that rank moves a weight at epoch 1's end */
 };
 
 static int on_batch_end(tb_callback_t *cb, tb_ctx_t *ctx, int batch, tb_logs_t *logs) {
@@ -157,6 +158,8 @@ static int on_batch_end(tb_callback_t *cb, tb_ctx_t *ctx, int batch, tb_logs_t *
     tb_control_pause(p->control, "test");
   if (ctx->epoch == j->ckpt_epoch && batch == j->ckpt_batch)
     tb_control_checkpoint(p->control, "test");
+  if (ctx->epoch == j->shutdown_epoch && batch == j->shutdown_batch)
+    tb_control_shutdown(p->control);
   return 0;
 }
 
@@ -237,6 +240,7 @@ static void job_init(job_t *j, int size) {
   memset(j, 0, sizeof(*j));
   j->size = size;
   j->lr_epoch = j->stop_epoch = j->pause_epoch = j->ckpt_epoch = j->crash_epoch = -1;
+  j->shutdown_epoch = -1;
   j->drift_rank = -1;
 }
 
@@ -315,9 +319,10 @@ static void test_ranks_equal_threads(void **state) {
   tb_set_num_threads(1);
   assert_same_run(&two->parts[0], &one->parts[0]);
   assert_same_run(&two->parts[1], &one->parts[0]);
-  /* one reduction per step and per validation batch, a control exchange
-   * per epoch: 3 x (5 + 2 + 1) */
-  assert_int_equal(two->g.calls[0], EPOCHS * (5 + 2 + 1));
+  /* one reduction per step and per validation batch, and two control
+   * exchanges per epoch (after epoch_begin's and epoch_end's hooks):
+   * 3 x (5 + 2 + 2) */
+  assert_int_equal(two->g.calls[0], EPOCHS * (5 + 2 + 2));
   job_free(two);
   job_free(one);
   free(two);
@@ -492,6 +497,48 @@ static void test_checkpoint_resume(void **state) {
   rm_rf(dir);
 }
 
+/* A shutdown asked of the coordinator ends every participant at the same
+ * step with TB_EINTERRUPTED, the coordinator having written latest.tbck;
+ * every participant resumed from it ends with the uninterrupted run's
+ * weights. */
+static void test_shutdown_resume(void **state) {
+  (void)state;
+  char dir[] = "/tmp/tb_reduceXXXXXX";
+  assert_non_null(mkdtemp(dir));
+  job_t *full = malloc(sizeof(*full)), *part = malloc(sizeof(*part));
+  tb_set_num_threads(1);
+  job_init(full, 2);
+  job_run(full);
+  assert_ok(&full->parts[0]);
+  job_init(part, 2);
+  part->ckpt_dir = dir;
+  part->shutdown_epoch = 1, part->shutdown_batch = 2;
+  job_run(part);
+  for (int r = 0; r < 2; r++) {
+    assert_int_equal(part->parts[r].rc, TB_EINTERRUPTED);
+    /* asked in batch 2's hooks: taken at batch 3's reduction */
+    assert_int_equal(part->parts[r].iterations, 5 + 4);
+  }
+  assert_non_null(strstr(part->parts[0].err.msg, "resume from"));
+  assert_non_null(strstr(part->parts[1].err.msg, "by the coordinator"));
+  job_free(part);
+  char latest[300];
+  snprintf(latest, sizeof(latest), "%s/%s", dir, TB_CHECKPOINT_LATEST);
+  job_init(part, 2);
+  part->resume = latest;
+  job_run(part);
+  for (int r = 0; r < 2; r++) {
+    assert_ok(&part->parts[r]);
+    assert_memory_equal(part->parts[r].params, full->parts[0].params,
+                        (size_t)n_params() * sizeof(float));
+  }
+  job_free(full);
+  job_free(part);
+  free(full);
+  free(part);
+  rm_rf(dir);
+}
+
 /* The single implementation is the identity; the control words survive a
  * round trip bit for bit, whatever they hold. */
 static void test_single_and_words(void **state) {
@@ -528,6 +575,7 @@ int main(void) {
       cmocka_unit_test(test_single_and_words), cmocka_unit_test(test_ranks_equal_threads),
       cmocka_unit_test(test_three_ranks),      cmocka_unit_test(test_control_same_step),
       cmocka_unit_test(test_divergence_fails), cmocka_unit_test(test_checkpoint_resume),
+      cmocka_unit_test(test_shutdown_resume),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

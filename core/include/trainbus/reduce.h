@@ -58,8 +58,10 @@
  *     boundary), at the same batch everywhere. During a pause the
  *     coordinator waits in its control block and the others in a
  *     control-only exchange (allreduce with n_sum 0), which then gives them
- *     what changed meanwhile; one more exchange after every epoch gives all
- *     the coordinator's stop decision (Lightning reduces such decisions,
+ *     what changed meanwhile. The boundaries after epoch_begin's and
+ *     epoch_end's hooks are the coordinator's alone too (boundary() in
+ *     fit.c), each followed by such an exchange (two per epoch), which gives
+ *     all the coordinator's stop decision (Lightning reduces such decisions,
  *     src/lightning/pytorch/strategies/parallel.py reduce_boolean_decision; here
  *     the coordinator's wins, since remote control reaches it alone). A word
  *     is copied, never summed.
