@@ -120,20 +120,31 @@ try {
     // the reply echoes the value asked for.
     assert(reply.lr === 0.0005 && reply.old === Math.fround(0.0001) && reply.applied_at, JSON.stringify(reply));
     const shown = await text(page, '#replies li:first-child');
-    assert(/set_lr r1: lr 1e-4 → 5e-4, applied at epoch \d+, after batch \d+ \(seq \d+\)/.test(shown), `reply shown: ${shown}`);
-    // The daemon's log: the batch named by applied_at ends, the control event
-    // follows at once, then the next batch begins (with the new rate), and the
-    // epoch ends with it.
+    // A request that arrives between epochs (during validation, say) is
+    // applied at the epoch boundary: applied_at.batch is then -1
+    // (PROTOCOL.md, where each control method takes effect).
     const at = reply.applied_at;
+    const atBoundary = at.batch === -1 || at.batch === undefined;
+    const want = atBoundary ? /set_lr r1: lr 1e-4 → 5e-4, applied at epoch \d+ \(seq \d+\)/
+      : /set_lr r1: lr 1e-4 → 5e-4, applied at epoch \d+, after batch \d+ \(seq \d+\)/;
+    assert(want.test(shown), `reply shown: ${shown}`);
+    // The daemon's log: the batch named by applied_at ends (or the epoch's
+    // hook), the control event follows at once, then the next batch begins
+    // (with the new rate), and the epoch ends with it.
     const h = await rpc(daemon.tcp, 'history', { run: 'r1', since_seq: at.seq - 1, limit: 3 });
     const [prev, ctl, next] = h.events;
     assert(ctl.seq === at.seq && ctl.event === 'control' && ctl.action === 'set_lr' && ctl.value === 0.0005 && ctl.old === Math.fround(0.0001),
       `control event ${JSON.stringify(ctl)}`);
-    assert(ctl.epoch === at.epoch && ctl.batch === at.batch, `control at ${ctl.epoch}/${ctl.batch}, reply ${JSON.stringify(at)}`);
+    assert(ctl.epoch === at.epoch && (ctl.batch === at.batch || (atBoundary && ctl.batch === undefined)), `control at ${ctl.epoch}/${ctl.batch}, reply ${JSON.stringify(at)}`);
     assert(ctl.time >= clickedAt - 1, 'control event older than the click');
-    assert(prev.event === 'train_batch_end' && prev.epoch === at.epoch && prev.batch === at.batch, `before: ${JSON.stringify(prev)}`);
-    assert((next.event === 'train_batch_begin' && next.epoch === at.epoch && next.batch === at.batch + 1) ||
-      next.event === 'epoch_end' || next.event === 'test_begin', `after: ${JSON.stringify(next)}`);
+    if (atBoundary) {
+      assert((prev.event === 'epoch_begin' || prev.event === 'epoch_end') && prev.epoch === at.epoch, `before: ${JSON.stringify(prev)}`);
+      assert(next.event === 'train_batch_begin' || next.event === 'epoch_begin' || next.event === 'epoch_end', `after: ${JSON.stringify(next)}`);
+    } else {
+      assert(prev.event === 'train_batch_end' && prev.epoch === at.epoch && prev.batch === at.batch, `before: ${JSON.stringify(prev)}`);
+      assert((next.event === 'train_batch_begin' && next.epoch === at.epoch && next.batch === at.batch + 1) ||
+        next.event === 'epoch_end' || next.event === 'test_begin', `after: ${JSON.stringify(next)}`);
+    }
     const st = cliStatus(daemon.tcp);
     assert(st.lr === Math.fround(0.0005), `trainbus status: lr ${st.lr}`);
     await until('epoch_end with the new rate', async () => {
