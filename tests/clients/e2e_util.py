@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import unittest
 
 # No test depends on or touches the user's own state (~/.trainbus, what
 # scripts/run.sh uses): every client these tests start, and the in-process
@@ -56,6 +57,27 @@ def need_binaries(test):
         test.fail("TRAINBUSD=%r is not an executable daemon" % TRAINBUSD)
     if not CLI or not os.access(CLI, os.X_OK):
         test.fail("TRAINBUS_CLI=%r is not an executable" % CLI)
+
+
+class DaemonCase(unittest.TestCase):
+    """A test case whose daemons (made with self.daemon(...)) are stopped after
+    each test; with check_exit, each must then exit 0."""
+    check_exit = True
+
+    def setUp(self):
+        need_binaries(self)
+        self.daemons = []
+
+    def tearDown(self):
+        for d in self.daemons:
+            rc = d.stop()
+            if self.check_exit:
+                self.assertEqual(rc, 0, "\n".join(d.log[-30:]))
+
+    def daemon(self, *args, **kw):
+        d = Daemon(args, **kw)
+        self.daemons.append(d)
+        return d
 
 
 class Daemon:

@@ -13,22 +13,11 @@ import threading
 import time
 import unittest
 
-from e2e_util import CLI, Daemon, need_binaries, run_state, spirals_job, wait_for
+from e2e_util import CLI, DaemonCase, run_state, spirals_job, wait_for
 
 
-class CliE2E(unittest.TestCase):
-    def setUp(self):
-        need_binaries(self)
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            d.stop()
-
-    def daemon(self, *args, **kw):
-        d = Daemon(args, **kw)
-        self.daemons.append(d)
-        return d
+class CliE2E(DaemonCase):
+    check_exit = False  # some tests end their daemons on purpose
 
     def ok(self, r):
         self.assertEqual(r.returncode, 0, "stdout: %s\nstderr: %s" % (r.stdout, r.stderr))

@@ -22,7 +22,7 @@ import subprocess
 import time
 import unittest
 
-from e2e_util import CLI, TRAINBUSD, Daemon, need_binaries, run_state, spirals_job, wait_for
+from e2e_util import CLI, TRAINBUSD, DaemonCase, run_state, spirals_job, wait_for
 import trainbus
 
 CTL, OBS, TRN = "ctl-token-1", "obs-token-2", "trn-token-3"
@@ -74,19 +74,7 @@ CONTROL = [("set_lr", {"run": "r1", "lr": 0.5}), ("stop", {"run": "r1"}), ("paus
            ("subscribe", {"runs": ["r1"], "lockstep": ["epoch_end"]})]
 
 
-class RolesE2E(unittest.TestCase):
-    def setUp(self):
-        need_binaries(self)
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            self.assertEqual(d.stop(), 0, "\n".join(d.log[-30:]))
-
-    def daemon(self, *args, **kw):
-        d = Daemon(args, **kw)
-        self.daemons.append(d)
-        return d
+class RolesE2E(DaemonCase):
 
     def test_observer_token_reads_and_may_not_control(self):
         d = self.daemon(*spirals_job(), "--epochs", "2000", "--observer-token", OBS, token=CTL)

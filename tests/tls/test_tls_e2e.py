@@ -26,7 +26,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "clients"))
 sys.path.insert(0, HERE)
-from e2e_util import CLI, TRAINBUSD, Daemon, need_binaries, spirals_job, wait_for  # noqa: E402
+from e2e_util import CLI, TRAINBUSD, DaemonCase, spirals_job, wait_for  # noqa: E402
 import tls_util as T  # noqa: E402
 import trainbus  # noqa: E402
 
@@ -34,19 +34,7 @@ import trainbus  # noqa: E402
 PROMPT = 1.0 * (3 if os.environ.get("TB_SANITIZED") == "1" else 1)
 
 
-class TlsE2E(unittest.TestCase):
-    def setUp(self):
-        need_binaries(self)
-        self.daemons = []
-
-    def tearDown(self):
-        for d in self.daemons:
-            self.assertEqual(d.stop(), 0, "\n".join(d.log[-30:]))
-
-    def daemon(self, *args, **kw):
-        d = Daemon(args, **kw)
-        self.daemons.append(d)
-        return d
+class TlsE2E(DaemonCase):
 
     def cli(self, d, *args, timeout=60):
         """The CLI against d over TLS, trusting the test CA, with the token."""
