@@ -22,7 +22,9 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const top = path.resolve(here, '../..');
 const TRAINBUSD = process.env.TRAINBUSD || path.join(top, 'build/trainbusd');
 const TOKEN = 'T';
-const EPOCHS = 12;
+// Enough epochs that the run outlasts a restart and the page's reconnection on a
+// loaded machine (with two training threads an epoch of this job is ~0.1 s).
+const EPOCHS = 24;
 
 let help = '';
 try { help = execFileSync(TRAINBUSD, ['--help'], { encoding: 'utf8' }); } catch (e) { help = String(e.stdout || ''); }
@@ -143,7 +145,7 @@ try {
     assert(code === 'SIGKILL', `trainbusd ended with ${code}`);
     daemon = await startDaemon(stateDir, httpPort, ['--resume']);
     await until('reconnected', () => hook(page, 'tb.connected()'), 20000);
-    await until('finished', async () => (await rpc(daemon.tcp, 'status', { run: 'r1' })).state === 'finished', 120000);
+    await until('finished', async () => (await rpc(daemon.tcp, 'status', { run: 'r1' })).state === 'finished', 240000);
   });
 
   const expectShown = async (p, what) => {
