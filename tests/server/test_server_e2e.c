@@ -379,7 +379,8 @@ static void test_set_lr_next_batch(void **state) {
    * that arrives during validation, as on a busy machine it may */
   bool between = ap.batch == -1;
   assert_true(ap.batch >= -1 && ap.batch < LONG_STEPS);
-  assert_true(ap.epoch > seen.epoch || (ap.epoch == seen.epoch && (between || ap.batch >= seen.batch)));
+  assert_true(ap.epoch > seen.epoch ||
+              (ap.epoch == seen.epoch && (between || ap.batch >= seen.batch)));
   tb_run_info_t info;
   assert_int_equal(tb_client_status(f.ctl, run, &info, NULL), 0);
   assert_true(info.has_lr && info.lr == (double)(float)new_lr);
