@@ -13,6 +13,7 @@
  * what they send, and clients ignore what they do not know. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -333,6 +334,303 @@ static int decode_continue(const cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
   return 0;
 }
 
+/* ---- trainers (docs/PROTOCOL.md section 13) ---- */
+
+/* A string member at path.key of at most cap - 1 bytes into dst ("" when
+ * absent and not required). */
+static int get_text(const cJSON *obj, const char *path, const char *key, bool required, char *dst,
+                    size_t cap, tb_proto_err_t *err) {
+  char got[64];
+  dst[0] = '\0';
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+  if (v == NULL) {
+    if (required)
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s.%s: missing", path, key);
+    return 0;
+  }
+  if (!cJSON_IsString(v)) {
+    tb__describe(v, got, sizeof got);
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s.%s: expected a string, got %s", path, key,
+                    got);
+  }
+  size_t n = strlen(v->valuestring);
+  if (n >= cap)
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s.%s: longer than %zu bytes (got %zu bytes)",
+                    path, key, cap - 1, n);
+  memcpy(dst, v->valuestring, n + 1);
+  return 0;
+}
+
+/* A finite number member; *has false when absent. positive: > 0 too. */
+static int get_finite(const cJSON *obj, const char *path, const char *key, bool positive,
+                      double *out, bool *has, tb_proto_err_t *err) {
+  char got[64];
+  *has = false;
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+  if (v == NULL)
+    return 0;
+  if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || (positive && !(v->valuedouble > 0))) {
+    tb__describe(v, got, sizeof got);
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s.%s: expected a finite %snumber, got %s",
+                    path, key, positive ? "positive " : "", got);
+  }
+  *out = v->valuedouble;
+  *has = true;
+  return 0;
+}
+
+/* A log value: a number, or one of the strings standing for non-finite values. */
+static bool log_value(const cJSON *v, double *out) {
+  if (cJSON_IsNumber(v)) {
+    *out = v->valuedouble;
+    return true;
+  }
+  if (!cJSON_IsString(v))
+    return false;
+  if (strcmp(v->valuestring, "NaN") == 0)
+    *out = NAN;
+  else if (strcmp(v->valuestring, "Infinity") == 0)
+    *out = INFINITY;
+  else if (strcmp(v->valuestring, "-Infinity") == 0)
+    *out = -INFINITY;
+  else
+    return false;
+  return true;
+}
+
+/* Positions are ints on the trainer's side (core's ctx). */
+#define POS_MAX 2147483647LL
+
+int tb_pub_event_read(const cJSON *item, int index, tb_pub_event_t *out, tb_proto_err_t *err) {
+  static const char *const keys[] = {"seq", "event",    "epoch",   "batch",   "time", "logs",
+                                     "lr",  "lockstep", "dropped", "classes", NULL};
+  char path[48], got[64];
+  int rc;
+  bool has;
+  out->seq = 0;
+  out->kind = TB_EVENT_INVALID;
+  out->epoch = out->batch = -1;
+  out->has_time = out->has_lr = out->lockstep = false;
+  out->time_us = 0;
+  out->n_logs = 0;
+  out->lr = 0;
+  out->dropped = 0;
+  out->n_classes = 0;
+  out->classes = NULL;
+  snprintf(path, sizeof path, "params.events[%d]", index);
+  if (!cJSON_IsObject(item)) {
+    tb__describe(item, got, sizeof got);
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s: expected an event object, got %s", path,
+                    got);
+  }
+  if ((rc = check_keys(item, path, keys, "an event", err)))
+    return rc;
+  if ((rc = get_int(item, path, "seq", 1, TB_PROTO_INT_MAX, true, &out->seq, NULL, err)))
+    return rc;
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(item, "event");
+  tb_event_kind_t k = cJSON_IsString(v) ? tb_event_from_name(v->valuestring) : TB_EVENT_INVALID;
+  if (k == TB_EVENT_INVALID || k == TB_EVENT_STATE || k == TB_EVENT_CONTROL) {
+    if (v != NULL)
+      tb__describe(v, got, sizeof got);
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                    "%s.event: expected a hook event name such as \"train_batch_end\" (state and "
+                    "control events are the daemon's), got %s",
+                    path, v != NULL ? got : "nothing");
+  }
+  out->kind = k;
+  if ((rc = get_int(item, path, "epoch", -1, POS_MAX, false, &out->epoch, &has, err)))
+    return rc;
+  if (!has)
+    out->epoch = -1;
+  if ((rc = get_int(item, path, "batch", -1, POS_MAX, false, &out->batch, &has, err)))
+    return rc;
+  if (!has)
+    out->batch = -1;
+  double t;
+  if ((rc = get_finite(item, path, "time", false, &t, &out->has_time, err)))
+    return rc;
+  if (out->has_time) {
+    /* The same bound as a client's decoder: about 292,000 years. */
+    if (!(t >= 0 && t < 9.2e12))
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                      "%s.time: expected Unix seconds (0 to 9.2e12), got %.17g", path, t);
+    out->time_us = (int64_t)llround(t * 1e6);
+  }
+  if ((rc = get_finite(item, path, "lr", true, &out->lr, &out->has_lr, err)))
+    return rc;
+  if ((rc = get_bool(item, path, "lockstep", &out->lockstep, err)))
+    return rc;
+  if ((rc = get_int(item, path, "dropped", 0, TB_PROTO_INT_MAX, false, &out->dropped, NULL, err)))
+    return rc;
+  const cJSON *logs = cJSON_GetObjectItemCaseSensitive(item, "logs");
+  if (logs != NULL) {
+    if (!cJSON_IsObject(logs)) {
+      tb__describe(logs, got, sizeof got);
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s.logs: expected an object, got %s", path,
+                      got);
+    }
+    int n = cJSON_GetArraySize(logs);
+    if (n > TB_PROTO_LOGS_MAX)
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                      "%s.logs: %d entries, at most %d (the trainer's logs table)", path, n,
+                      TB_PROTO_LOGS_MAX);
+    int i = 0;
+    for (const cJSON *c = logs->child; c; c = c->next, i++) {
+      size_t len = strlen(c->string);
+      if (len == 0 || len >= TB_PROTO_LOG_NAME_MAX)
+        return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                        "%s.logs: a name of %zu bytes (names have 1 to %d bytes)", path, len,
+                        TB_PROTO_LOG_NAME_MAX - 1);
+      memcpy(out->log_names[i], c->string, len + 1);
+      if (!log_value(c, &out->log_values[i])) {
+        tb__describe(c, got, sizeof got);
+        return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                        "%s.logs.%s: expected a number, \"NaN\", \"Infinity\" or \"-Infinity\", "
+                        "got %s",
+                        path, out->log_names[i], got);
+      }
+    }
+    out->n_logs = i;
+  }
+  const cJSON *cl = cJSON_GetObjectItemCaseSensitive(item, "classes");
+  if (cl != NULL) {
+    if (k != TB_EVENT_TRAIN_BEGIN)
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                      "%s.classes: only train_begin carries the class names", path);
+    int n = cJSON_IsArray(cl) ? cJSON_GetArraySize(cl) : -1;
+    if (n < 1 || n > TB_PROTO_CLASSES_MAX) {
+      tb__describe(cl, got, sizeof got);
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                      "%s.classes: expected an array of 1 to %d class names, got %s", path,
+                      TB_PROTO_CLASSES_MAX, got);
+    }
+    int i = 0;
+    for (const cJSON *c = cl->child; c; c = c->next, i++) {
+      size_t len = cJSON_IsString(c) ? strlen(c->valuestring) : 0;
+      if (len == 0 || len >= TB_PROTO_CLASS_NAME_MAX) {
+        tb__describe(c, got, sizeof got);
+        return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                        "%s.classes[%d]: expected a name of 1 to %d bytes, got %s", path, i,
+                        TB_PROTO_CLASS_NAME_MAX - 1, got);
+      }
+    }
+    out->n_classes = n;
+    out->classes = cl;
+  }
+  return 0;
+}
+
+static int decode_attach(const cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
+  int rc;
+  if ((rc = get_run(p, false, r->run, "attach", err)) ||
+      (rc = get_text(p, "params", "name", false, r->attach.name, sizeof r->attach.name, err)) ||
+      (rc = get_int(p, "params", "epochs", 0, POS_MAX, false, &r->attach.epochs, NULL, err)) ||
+      (rc = get_int(p, "params", "steps", 0, POS_MAX, false, &r->attach.steps, NULL, err)) ||
+      (rc = get_int(p, "params", "last_seq", 0, TB_PROTO_INT_MAX, false, &r->attach.last_seq,
+                    &r->attach.has_last_seq, err)) ||
+      (rc = get_lr(p, "params", false, &r->attach.lr, &r->attach.has_lr, err)) ||
+      (rc = get_bool(p, "params", "checkpoints", &r->attach.checkpoints, err)))
+    return rc;
+  if (r->attach.has_last_seq && r->run[0] == '\0')
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                    "params.last_seq: needs params.run (the run to continue)");
+  const cJSON *m = cJSON_GetObjectItemCaseSensitive(p, "model");
+  if (m != NULL) {
+    char got[64];
+    if (!cJSON_IsString(m)) {
+      tb__describe(m, got, sizeof got);
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.model: expected a string, got %s",
+                      got);
+    }
+    size_t n = strlen(m->valuestring);
+    if (n >= TB_PROTO_MODEL_MAX)
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                      "params.model: longer than %d bytes (got %zu bytes)", TB_PROTO_MODEL_MAX - 1,
+                      n);
+    if ((r->attach.model = malloc(n + 1)) == NULL)
+      return tb__errf(err, TB_PROTO_EINTERNAL, "params.model: out of memory");
+    memcpy(r->attach.model, m->valuestring, n + 1);
+  }
+  return 0;
+}
+
+/* The events themselves are read one by one by the server
+ * (tb_pub_event_read), which takes those before a bad one and says which it
+ * refused: a trainer's stream has no answer per event to put an error in. */
+static int decode_publish(cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
+  char got[64];
+  int rc;
+  if ((rc = get_run(p, true, r->run, "publish", err)))
+    return rc;
+  cJSON *evs = cJSON_GetObjectItemCaseSensitive(p, "events");
+  int n = cJSON_IsArray(evs) ? cJSON_GetArraySize(evs) : -1;
+  if (evs == NULL)
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.events: missing (an array of events)");
+  if (n < 1 || n > TB_PROTO_PUBLISH_MAX) {
+    if (n > TB_PROTO_PUBLISH_MAX)
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                      "params.events: %d events, at most %d in one message", n,
+                      TB_PROTO_PUBLISH_MAX);
+    tb__describe(evs, got, sizeof got);
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                    "params.events: expected an array of 1 to %d events, got %s",
+                    TB_PROTO_PUBLISH_MAX, got);
+  }
+  r->publish.events = cJSON_DetachItemViaPointer(p, evs);
+  r->publish.n_events = n;
+  return 0;
+}
+
+static int decode_finish(const cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
+  int rc;
+  char state[16];
+  if ((rc = get_run(p, true, r->run, "finish", err)) ||
+      (rc = get_text(p, "params", "state", false, state, sizeof state, err)) ||
+      (rc = get_text(p, "params", "reason", false, r->finish.reason, sizeof r->finish.reason, err)))
+    return rc;
+  r->finish.state = state[0] ? tb_run_state_from_name(state) : TB_RUN_FINISHED;
+  if (r->finish.state != TB_RUN_FINISHED && r->finish.state != TB_RUN_STOPPED &&
+      r->finish.state != TB_RUN_FAILED)
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                    "params.state: expected \"finished\", \"stopped\" or \"failed\", got \"%s\"",
+                    state);
+  return 0;
+}
+
+static int decode_applied(const cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
+  static const char *const actions[] = {"set_lr", "stop", "pause", "resume", "checkpoint", NULL};
+  int rc;
+  bool has;
+  if ((rc = get_run(p, true, r->run, "applied", err)) ||
+      (rc = get_int(p, "params", "id", 0, TB_PROTO_INT_MAX, false, &r->applied.id, NULL, err)) ||
+      (rc =
+           get_text(p, "params", "action", true, r->applied.action, sizeof r->applied.action, err)))
+    return rc;
+  bool known = false;
+  for (const char *const *a = actions; *a && !known; a++)
+    known = strcmp(*a, r->applied.action) == 0;
+  if (!known)
+    return tb__errf(err, TB_PROTO_EINVALID_PARAMS,
+                    "params.action: expected set_lr, stop, pause, resume or checkpoint, got \"%s\"",
+                    r->applied.action);
+  if ((rc = get_int(p, "params", "epoch", -1, POS_MAX, false, &r->applied.epoch, &has, err)))
+    return rc;
+  if (!has)
+    r->applied.epoch = -1;
+  if ((rc = get_int(p, "params", "batch", -1, POS_MAX, false, &r->applied.batch, &has, err)))
+    return rc;
+  if (!has)
+    r->applied.batch = -1;
+  if ((rc = get_finite(p, "params", "value", false, &r->applied.value, &r->applied.has_value,
+                       err)) ||
+      (rc = get_finite(p, "params", "old", false, &r->applied.old, &r->applied.has_old, err)) ||
+      (rc = get_text(p, "params", "path", false, r->applied.path, sizeof r->applied.path, err)) ||
+      (rc = get_text(p, "params", "by", false, r->applied.by, sizeof r->applied.by, err)) ||
+      (rc = get_text(p, "params", "error", false, r->applied.error, sizeof r->applied.error, err)))
+    return rc;
+  return 0;
+}
+
 /* Allowed params keys per method, indexed by tb_method_t. */
 static const char *const *allowed_keys(tb_method_t m) {
   static const char *const none[] = {NULL};
@@ -346,6 +644,12 @@ static const char *const *allowed_keys(tb_method_t m) {
   static const char *const stop[] = {"run", "reason", NULL};
   static const char *const submit[] = {"job", NULL};
   static const char *const cont[] = {"run", "seq", "actions", NULL};
+  static const char *const attach[] = {"run",      "name", "epochs",      "steps", "model",
+                                       "last_seq", "lr",   "checkpoints", NULL};
+  static const char *const publish[] = {"run", "events", NULL};
+  static const char *const finish[] = {"run", "state", "reason", NULL};
+  static const char *const applied[] = {"run", "id",   "action", "epoch", "batch", "value",
+                                        "old", "path", "by",     "error", NULL};
   switch (m) {
   case TB_METHOD_AUTH:
     return auth;
@@ -369,6 +673,14 @@ static const char *const *allowed_keys(tb_method_t m) {
     return submit;
   case TB_METHOD_CONTINUE:
     return cont;
+  case TB_METHOD_ATTACH:
+    return attach;
+  case TB_METHOD_PUBLISH:
+    return publish;
+  case TB_METHOD_APPLIED:
+    return applied;
+  case TB_METHOD_FINISH:
+    return finish;
   default:
     return none;
   }
@@ -434,6 +746,14 @@ static int decode_params(cJSON *p, tb_req_t *r, tb_proto_err_t *err) {
   }
   case TB_METHOD_CONTINUE:
     return decode_continue(p, r, err);
+  case TB_METHOD_ATTACH:
+    return decode_attach(p, r, err);
+  case TB_METHOD_PUBLISH:
+    return decode_publish(p, r, err);
+  case TB_METHOD_APPLIED:
+    return decode_applied(p, r, err);
+  case TB_METHOD_FINISH:
+    return decode_finish(p, r, err);
   default:
     return tb__errf(err, TB_PROTO_EINTERNAL, "method without a decoder");
   }
@@ -529,9 +849,13 @@ int tb_req_decode(const char *line, size_t len, tb_req_t *out, tb_proto_err_t *e
     rc = tb__errf(err, TB_PROTO_EMETHOD_NOT_FOUND, "method %s not found", got);
     goto fail;
   }
-  if (out->id.kind == TB_ID_NONE) {
+  /* A trainer's stream (publish, applied) may be notifications: no answer
+   * per message. Every other request needs an id. */
+  if (out->id.kind == TB_ID_NONE && out->method != TB_METHOD_PUBLISH &&
+      out->method != TB_METHOD_APPLIED) {
     rc = tb__errf(err, TB_PROTO_EINVALID_REQUEST,
-                  "id: missing; every request needs an id (clients send no notifications)");
+                  "id: missing; every request needs an id (only a trainer's publish and applied "
+                  "may be notifications)");
     goto fail;
   }
   for (const cJSON *c = root->child; c; c = c->next) {
@@ -565,10 +889,13 @@ int tb_req_decode(const char *line, size_t len, tb_req_t *out, tb_proto_err_t *e
 fail:
   cJSON_Delete(root);
   /* Keep the id and method for the reply; drop anything half-decoded. */
-  if (out->submit.job) {
-    cJSON_Delete(out->submit.job);
-    out->submit.job = NULL;
-  }
+  cJSON_Delete(out->submit.job);
+  out->submit.job = NULL;
+  cJSON_Delete(out->publish.events);
+  out->publish.events = NULL;
+  out->publish.n_events = 0;
+  free(out->attach.model);
+  out->attach.model = NULL;
   return rc;
 }
 
@@ -576,6 +903,8 @@ void tb_req_free(tb_req_t *r) {
   if (r == NULL)
     return;
   cJSON_Delete(r->submit.job);
+  cJSON_Delete(r->publish.events);
+  free(r->attach.model);
   memset(r, 0, sizeof *r);
 }
 

@@ -52,7 +52,7 @@ static size_t slen(const char *s) {
 
 size_t tb_msg_event_max(const tb_event_t *ev) {
   size_t n = 256; /* envelope, keys and integers */
-  n += ESC_MAX(slen(ev->run)) + ESC_MAX(slen(ev->name));
+  n += ESC_MAX(slen(ev->run)) + ESC_MAX(slen(ev->name)) + ESC_MAX(slen(ev->source)) + 12;
   for (int i = 0; i < ev->n_logs; i++) {
     size_t len;
     log_name(ev, i, &len);
@@ -93,6 +93,9 @@ static char *event_params_to(char *d, char *end, const tb_event_t *ev) {
   d += tb__int_to(d, ev->seq);
   LIT(d, ",\"event\":");
   d += tb__json_esc(d, name, name_len);
+  OPT_STR("source", ev->source);
+  if ((size_t)(end - d) < 160)
+    return NULL;
   if (ev->epoch >= 0) {
     LIT(d, ",\"epoch\":");
     d += tb__int_to(d, ev->epoch);
@@ -308,7 +311,8 @@ int tb_json_run_info(tb_buf_t *b, const tb_run_info_t *r) {
       tb_json_int(b, r->epoch) || APP(",\"epochs\":") || tb_json_int(b, r->epochs) ||
       APP(",\"batch\":") || tb_json_int(b, r->batch) || APP(",\"last_seq\":") ||
       tb_json_int(b, r->last_seq) || (r->has_lr ? APP(",\"lr\":") || tb_json_num(b, r->lr) : 0) ||
-      APP("}"));
+      (r->source[0] ? APP(",\"source\":") || tb_json_str(b, r->source) : 0) ||
+      (r->name[0] ? APP(",\"name\":") || tb_json_str(b, r->name) : 0) || APP("}"));
 }
 
 int tb_msg_result_status(tb_buf_t *b, const tb_id_t *id, const tb_run_info_t *run) {
@@ -340,5 +344,122 @@ int tb_msg_result_history(tb_buf_t *b, const tb_id_t *id, const char *run, const
     b->len = len0;
     return TB_PROTO_EINTERNAL;
   }
+  return 0;
+}
+
+/* ---- trainers (docs/PROTOCOL.md section 13) ---- */
+
+int tb_msg_control(tb_buf_t *b, const char *run, int64_t id, const char *action, bool has_value,
+                   double value, const char *by) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"control\",\"params\":{\"run\":") ||
+      tb_json_str(b, run) || APP(",\"id\":") || tb_json_int(b, id) || APP(",\"action\":") ||
+      tb_json_str(b, action) || (has_value ? APP(",\"value\":") || tb_json_num(b, value) : 0) ||
+      (by != NULL && by[0] ? APP(",\"by\":") || tb_json_str(b, by) : 0) || APP("}}\n"));
+}
+
+int tb_msg_continue(tb_buf_t *b, const char *run, int64_t seq, bool timed_out) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"continue\",\"params\":{\"run\":") ||
+      tb_json_str(b, run) || APP(",\"seq\":") || tb_json_int(b, seq) ||
+      (timed_out ? APP(",\"timed_out\":true") : 0) || APP("}}\n"));
+}
+
+int tb_msg_lockstep(tb_buf_t *b, const char *run, uint32_t hooks, int64_t timeout_ms) {
+  size_t len0 = b->len;
+  int rc = APP("{\"jsonrpc\":\"2.0\",\"method\":\"lockstep\",\"params\":{\"run\":") ||
+           tb_json_str(b, run) || APP(",\"hooks\":[");
+  bool first = true;
+  for (unsigned k = 1; k < 32 && !rc; k++) {
+    if (!(hooks & (1u << k)) || tb_event_name((tb_event_kind_t)k)[0] == '\0')
+      continue;
+    rc = (first ? 0 : APP(",")) || tb_json_str(b, tb_event_name((tb_event_kind_t)k));
+    first = false;
+  }
+  rc = rc || APP("],\"timeout_ms\":") || tb_json_int(b, timeout_ms) || APP("}}\n");
+  if (rc) {
+    b->len = len0;
+    return TB_PROTO_EINTERNAL;
+  }
+  return 0;
+}
+
+int tb_msg_rejected(tb_buf_t *b, const char *method, const char *run, int64_t seq, int64_t index,
+                    int code, const char *message) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"rejected\",\"params\":{\"method\":") ||
+      tb_json_str(b, method) ||
+      (run != NULL && run[0] ? APP(",\"run\":") || tb_json_str(b, run) : 0) ||
+      (seq > 0 ? APP(",\"seq\":") || tb_json_int(b, seq) : 0) ||
+      (index >= 0 ? APP(",\"index\":") || tb_json_int(b, index) : 0) || APP(",\"code\":") ||
+      tb_json_int(b, code) || APP(",\"name\":") || tb_json_str(b, tb_proto_err_name(code)) ||
+      APP(",\"message\":") || tb_json_str(b, message) || APP("}}\n"));
+}
+
+int tb_msg_publish_begin(tb_buf_t *b, const char *run) {
+  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"publish\",\"params\":{\"run\":") ||
+      tb_json_str(b, run) || APP(",\"events\":["));
+}
+
+int tb_msg_publish_end(tb_buf_t *b) {
+  return APP("]}}\n");
+}
+
+/* One event object, written into a reserved flat buffer as the event encoder
+ * does (a trainer publishes one per batch). */
+int tb_pub_event_append(tb_buf_t *b, const tb_pub_event_t *e, const char *const *class_names,
+                        bool first) {
+  size_t max = 256 + (size_t)e->n_logs * (ESC_MAX(TB_PROTO_LOG_NAME_MAX) + 2 + TB_PROTO_NUM_MAX);
+  for (int i = 0; class_names != NULL && i < e->n_classes; i++)
+    max += ESC_MAX(slen(class_names[i])) + 1;
+  if (tb_buf_reserve(b, max) != 0)
+    return TB_PROTO_EINTERNAL;
+  char *d = b->data + b->len;
+  if (!first)
+    *d++ = ',';
+  const char *name = tb_event_name(e->kind);
+  LIT(d, "{\"seq\":");
+  d += tb__int_to(d, e->seq);
+  LIT(d, ",\"event\":");
+  d += tb__json_esc(d, name, strlen(name));
+  if (e->epoch >= 0) {
+    LIT(d, ",\"epoch\":");
+    d += tb__int_to(d, e->epoch);
+  }
+  if (e->batch >= 0) {
+    LIT(d, ",\"batch\":");
+    d += tb__int_to(d, e->batch);
+  }
+  if (e->has_time) {
+    LIT(d, ",\"time\":");
+    d += time_to(d, e->time_us);
+  }
+  if (e->has_lr) {
+    LIT(d, ",\"lr\":");
+    d += tb_json_num_to(d, e->lr);
+  }
+  if (e->lockstep)
+    LIT(d, ",\"lockstep\":true");
+  if (e->dropped > 0) {
+    LIT(d, ",\"dropped\":");
+    d += tb__int_to(d, e->dropped);
+  }
+  LIT(d, ",\"logs\":{");
+  for (int i = 0; i < e->n_logs; i++) {
+    if (i)
+      *d++ = ',';
+    d += tb__json_esc(d, e->log_names[i], strnlen(e->log_names[i], TB_PROTO_LOG_NAME_MAX - 1));
+    *d++ = ':';
+    d += tb_json_num_to(d, e->log_values[i]);
+  }
+  *d++ = '}';
+  if (class_names != NULL && e->n_classes > 0) {
+    LIT(d, ",\"classes\":[");
+    for (int i = 0; i < e->n_classes; i++) {
+      if (i)
+        *d++ = ',';
+      d += tb__json_esc(d, class_names[i] ? class_names[i] : "", slen(class_names[i]));
+    }
+    *d++ = ']';
+  }
+  *d++ = '}';
+  b->len = (size_t)(d - b->data);
   return 0;
 }

@@ -121,7 +121,17 @@ static const char *const state_names[] = {"",
 #undef X
 };
 
+static const bool state_final[] = {false,
+#define X(name, wire, final) final,
+                                   TB_RUN_STATE_MAP(X)
+#undef X
+};
+
 #define N_STATES (sizeof state_names / sizeof state_names[0])
+
+bool tb_run_state_is_final(tb_run_state_t s) {
+  return (unsigned)s < N_STATES && state_final[s];
+}
 
 const char *tb_run_state_name(tb_run_state_t s) {
   return (unsigned)s < N_STATES ? state_names[s] : "";

@@ -112,6 +112,60 @@ static int params(tb_buf_t *b, const tb_req_t *r) {
     }
     break;
   }
+  case TB_METHOD_ATTACH:
+    if (r->run[0])
+      K("run"), rc = rc || tb_json_str(b, r->run);
+    if (r->attach.name[0])
+      K("name"), rc = rc || tb_json_str(b, r->attach.name);
+    if (r->attach.epochs)
+      K("epochs"), rc = rc || tb_json_int(b, r->attach.epochs);
+    if (r->attach.steps)
+      K("steps"), rc = rc || tb_json_int(b, r->attach.steps);
+    if (r->attach.model)
+      K("model"), rc = rc || tb_json_str(b, r->attach.model);
+    if (r->attach.has_last_seq)
+      K("last_seq"), rc = rc || tb_json_int(b, r->attach.last_seq);
+    if (r->attach.has_lr)
+      K("lr"), rc = rc || tb_json_num(b, r->attach.lr);
+    if (r->attach.checkpoints)
+      K("checkpoints"), rc = rc || APP("true");
+    break;
+  case TB_METHOD_PUBLISH: {
+    char *text = r->publish.events ? cJSON_PrintUnformatted(r->publish.events) : NULL;
+    if (text == NULL)
+      return TB_PROTO_EINTERNAL;
+    K("run"), rc = rc || tb_json_str(b, r->run);
+    K("events"), rc = rc || tb_buf_append(b, text, strlen(text));
+    cJSON_free(text);
+    break;
+  }
+  case TB_METHOD_APPLIED:
+    K("run"), rc = rc || tb_json_str(b, r->run);
+    if (r->applied.id)
+      K("id"), rc = rc || tb_json_int(b, r->applied.id);
+    K("action"), rc = rc || tb_json_str(b, r->applied.action);
+    if (r->applied.epoch >= 0)
+      K("epoch"), rc = rc || tb_json_int(b, r->applied.epoch);
+    if (r->applied.batch >= 0)
+      K("batch"), rc = rc || tb_json_int(b, r->applied.batch);
+    if (r->applied.has_value)
+      K("value"), rc = rc || tb_json_num(b, r->applied.value);
+    if (r->applied.has_old)
+      K("old"), rc = rc || tb_json_num(b, r->applied.old);
+    if (r->applied.path[0])
+      K("path"), rc = rc || tb_json_str(b, r->applied.path);
+    if (r->applied.by[0])
+      K("by"), rc = rc || tb_json_str(b, r->applied.by);
+    if (r->applied.error[0])
+      K("error"), rc = rc || tb_json_str(b, r->applied.error);
+    break;
+  case TB_METHOD_FINISH:
+    K("run"), rc = rc || tb_json_str(b, r->run);
+    if (r->finish.state != TB_RUN_INVALID && r->finish.state != TB_RUN_FINISHED)
+      K("state"), rc = rc || tb_json_str(b, tb_run_state_name(r->finish.state));
+    if (r->finish.reason[0])
+      K("reason"), rc = rc || tb_json_str(b, r->finish.reason);
+    break;
   default:
     break;
   }
@@ -126,11 +180,16 @@ int tb_req_encode(tb_buf_t *b, const tb_req_t *r) {
   if (m[0] == '\0')
     return TB_PROTO_EINVALID_PARAMS;
   size_t len0 = b->len;
-  int rc = APP("{\"jsonrpc\":\"2.0\",\"id\":");
-  if (!rc && tb_buf_reserve(b, TB__ID_MAX_ENC) == 0)
-    b->len += tb__id_to(b->data + b->len, &r->id);
-  else
-    rc = 1;
+  int rc = APP("{\"jsonrpc\":\"2.0\"");
+  /* publish and applied without an id are notifications. */
+  if (r->id.kind != TB_ID_NONE ||
+      (r->method != TB_METHOD_PUBLISH && r->method != TB_METHOD_APPLIED)) {
+    rc = rc || APP(",\"id\":");
+    if (!rc && tb_buf_reserve(b, TB__ID_MAX_ENC) == 0)
+      b->len += tb__id_to(b->data + b->len, &r->id);
+    else
+      rc = 1;
+  }
   rc = rc || APP(",\"method\":") || tb_json_str(b, m) || APP(",\"params\":") || params(b, r) ||
        APP("}\n");
   if (rc) {

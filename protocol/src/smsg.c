@@ -80,7 +80,9 @@ static int decode_event(const cJSON *p, tb_smsg_t *m, tb_proto_err_t *err) {
       (rc = copy_str(p, "action", false, m->ev_store.action, sizeof m->ev_store.action, path,
                      err)) ||
       (rc = copy_str(p, "by", false, m->ev_store.by, sizeof m->ev_store.by, path, err)) ||
-      (rc = copy_str(p, "reason", false, m->ev_store.reason, sizeof m->ev_store.reason, path, err)))
+      (rc = copy_str(p, "reason", false, m->ev_store.reason, sizeof m->ev_store.reason, path,
+                     err)) ||
+      (rc = copy_str(p, "source", false, m->ev_store.source, sizeof m->ev_store.source, path, err)))
     return rc;
   ev->run = m->ev_store.run;
   ev->name = m->ev_store.name;
@@ -89,6 +91,7 @@ static int decode_event(const cJSON *p, tb_smsg_t *m, tb_proto_err_t *err) {
   ev->action = m->ev_store.action[0] ? m->ev_store.action : NULL;
   ev->by = m->ev_store.by[0] ? m->ev_store.by : NULL;
   ev->reason = m->ev_store.reason[0] ? m->ev_store.reason : NULL;
+  ev->source = m->ev_store.source[0] ? m->ev_store.source : NULL;
 
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "time");
   double secs = 0;
@@ -144,6 +147,65 @@ static int decode_event(const cJSON *p, tb_smsg_t *m, tb_proto_err_t *err) {
   return 0;
 }
 
+/* The notifications a trainer receives (docs/PROTOCOL.md section 13). */
+static int decode_to_trainer(const cJSON *p, const char *method, tb_smsg_t *m,
+                             tb_proto_err_t *err) {
+  int rc;
+  __typeof__(m->trainer) *t = &m->trainer;
+  bool run_required = method[0] != 'r'; /* a rejected notice may have none */
+  if ((rc = copy_str(p, "run", run_required, t->run, sizeof t->run, "params", err)))
+    return rc;
+  if (strcmp(method, "control") == 0) {
+    m->kind = TB_SMSG_CONTROL;
+    if ((rc = read_int(p, "id", true, 0, &t->id, "params", err)) ||
+        (rc = copy_str(p, "action", true, t->action, sizeof t->action, "params", err)) ||
+        (rc = copy_str(p, "by", false, t->by, sizeof t->by, "params", err)))
+      return rc;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "value");
+    if (v != NULL) {
+      if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.value: expected a number");
+      t->has_value = true;
+      t->value = v->valuedouble;
+    }
+    return 0;
+  }
+  if (strcmp(method, "continue") == 0) {
+    m->kind = TB_SMSG_CONTINUE;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(p, "timed_out");
+    if (v != NULL && !cJSON_IsBool(v))
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.timed_out: expected a boolean");
+    t->timed_out = cJSON_IsTrue(v);
+    return read_int(p, "seq", true, 0, &t->seq, "params", err);
+  }
+  if (strcmp(method, "lockstep") == 0) {
+    m->kind = TB_SMSG_LOCKSTEP;
+    const cJSON *hooks = cJSON_GetObjectItemCaseSensitive(p, "hooks");
+    if (!cJSON_IsArray(hooks))
+      return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.hooks: expected an array of names");
+    for (const cJSON *c = hooks->child; c; c = c->next) {
+      /* Names this version does not know are ignored, as unknown fields. */
+      tb_event_kind_t k = cJSON_IsString(c) ? tb_event_from_name(c->valuestring) : TB_EVENT_INVALID;
+      if (!cJSON_IsString(c))
+        return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "params.hooks: expected strings");
+      if (k != TB_EVENT_INVALID && (unsigned)k < 32)
+        t->hooks |= 1u << k;
+    }
+    return read_int(p, "timeout_ms", false, TB_PROTO_LOCKSTEP_DEFAULT_MS, &t->timeout_ms, "params",
+                    err);
+  }
+  m->kind = TB_SMSG_REJECTED;
+  int64_t code;
+  if ((rc = copy_str(p, "method", false, t->method, sizeof t->method, "params", err)) ||
+      (rc = read_int(p, "seq", false, 0, &t->seq, "params", err)) ||
+      (rc = read_int(p, "index", false, -1, &t->index, "params", err)) ||
+      (rc = read_int(p, "code", true, 0, &code, "params", err)) ||
+      (rc = copy_str(p, "message", false, t->message, sizeof t->message, "params", err)))
+    return rc;
+  t->code = code >= -2147483648LL && code <= 2147483647LL ? (int)code : TB_PROTO_EINTERNAL;
+  return 0;
+}
+
 static int decode_notification(const cJSON *root, const char *method, tb_smsg_t *m,
                                tb_proto_err_t *err) {
   const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "params");
@@ -185,6 +247,9 @@ static int decode_notification(const cJSON *root, const char *method, tb_smsg_t 
       return rc;
     return 0;
   }
+  if (strcmp(method, "control") == 0 || strcmp(method, "continue") == 0 ||
+      strcmp(method, "lockstep") == 0 || strcmp(method, "rejected") == 0)
+    return decode_to_trainer(p, method, m, err);
   m->kind = TB_SMSG_UNKNOWN;
   snprintf(m->method, sizeof m->method, "%s", method);
   return 0;
@@ -284,6 +349,9 @@ int tb_run_info_decode(const cJSON *obj, tb_run_info_t *out, tb_proto_err_t *err
       (rc = read_int(obj, "epochs", false, 0, &out->epochs, "run", err)) ||
       (rc = read_int(obj, "batch", false, -1, &out->batch, "run", err)) ||
       (rc = read_int(obj, "last_seq", false, 0, &out->last_seq, "run", err)))
+    return rc;
+  if ((rc = copy_str(obj, "source", false, out->source, sizeof out->source, "run", err)) ||
+      (rc = copy_str(obj, "name", false, out->name, sizeof out->name, "run", err)))
     return rc;
   out->state = tb_run_state_from_name(state);
   const cJSON *lr = cJSON_GetObjectItemCaseSensitive(obj, "lr");

@@ -47,6 +47,7 @@ void tb__outbuf_release(outbuf_t *o) {
 
 void tb__conn_free(conn_t *c) {
   tb_server_t *s = c->srv;
+  tb__trainer_conn_gone(c); /* the runs it published are detached */
   for (int i = 0; i < c->n_out; i++)
     tb__outbuf_release(&c->out[i]);
   free(c->out);

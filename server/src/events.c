@@ -137,6 +137,7 @@ static int encode(const tb_rec_t *rec, tb_buf_t *b) {
   tb_event_t ev = {.run = r->id,
                    .seq = rec->seq,
                    .name = tb_event_name(rec->kind),
+                   .source = tb__source_name(r->source),
                    .epoch = rec->epoch,
                    .batch = rec->batch,
                    .time_us = rec->time_us,
@@ -407,6 +408,8 @@ bool tb__drain(tb_server_t *s) {
     if (rec->kind == TB_EVENT_CONTROL)
       resolve_pending(r, rec);
     tb__deliver(s, r, e, rec->lockstep, false);
+    if (rec->lockstep)
+      tb__trainer_ls_check(r); /* a trainer's run: no answer is owed, it goes on */
     free(rec->path);
     if (rec->classes != NULL) {
       /* For status: the run's classes are its last train_begin's. */
@@ -491,6 +494,10 @@ void tb__lockstep_recount(tb_run_t *r) {
     pthread_cond_broadcast(&r->ls_cv);
   }
   pthread_mutex_unlock(&r->ls_mu);
+  if (r->tr != NULL) {
+    tb__trainer_ls_check(r);
+    tb__trainer_lockstep_changed(r);
+  }
 }
 
 /* A "continue" for seq from connection c. *ok is false if c owes no answer
@@ -511,6 +518,7 @@ void tb__lockstep_answer(tb_run_t *r, conn_t *c, int64_t seq, bool *ok) {
   if (*ok && --r->ls_waiting == 0)
     pthread_cond_broadcast(&r->ls_cv);
   pthread_mutex_unlock(&r->ls_mu);
+  tb__trainer_ls_check(r);
 }
 
 /* A closing connection answers nothing: the trainer stops waiting for it. */
@@ -522,5 +530,6 @@ void tb__lockstep_release_conn(conn_t *c) {
     if (r->ls_seq == seq && r->ls_waiting > 0 && --r->ls_waiting == 0)
       pthread_cond_broadcast(&r->ls_cv);
     pthread_mutex_unlock(&r->ls_mu);
+    tb__trainer_ls_check(r);
   }
 }

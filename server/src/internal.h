@@ -102,11 +102,25 @@ typedef struct pending_s {
   uint64_t ticket; /* answered by the control event applying this ticket or a later one */
 } pending_t;
 
+/* Where a run's events come from (the "source" of its events). */
+typedef enum {
+  TB_SOURCE_DAEMON = 0, /* a job the daemon trains on its own thread */
+  TB_SOURCE_EMBEDDED,   /* a program that embeds the server (tb_server_attach) */
+  TB_SOURCE_TRAINER     /* a trainer publishing over the protocol (trainer.c) */
+} tb_source_t;
+const char *tb__source_name(tb_source_t s);
+
 struct tb_run_s {
   tb_server_t *srv;
   tb_run_t *next; /* registry, oldest first */
   char id[TB_PROTO_RUN_MAX];
   bool attached; /* the caller's own loop (embedding) */
+  tb_source_t source;
+  char name[TB_PROTO_TEXT_MAX]; /* what is trained (run info's name), "" if unknown */
+  /* A run a trainer publishes over the protocol: its trainer's state
+   * (trainer.c, loop thread); NULL for every other run. */
+  struct tb_trun_s *tr;
+  int64_t n_hooks; /* hook events read back from its log (restore) */
 
   /* Set before the trainer starts, then read-only. */
   tb_callback_t cb; /* the publisher */
@@ -341,6 +355,7 @@ struct tb_server_s {
   bool all_touched_full, drain_paused;
   uv_timer_t pause_timer;
   struct tb_ghost_s *ghosts; /* lockstep subscriptions of before a restart, not yet renewed */
+  uv_timer_t trainer_timer;  /* trainers' deadlines: lockstep waits, detached runs (trainer.c) */
   int n_ghosts;
 
   conn_t *conns;
@@ -490,5 +505,46 @@ char *tb__tls_take(tb_tls_t *t, size_t *len);
 /* methods.c */
 void tb__handle_line(conn_t *c, const char *line, size_t len);
 void tb__conn_drop_subs(conn_t *c);
+/* An error answer to q: a response, or for a notification (a trainer's
+ * publish or applied, no id) a "rejected" notification naming the event
+ * (seq > 0, index >= 0) when there is one. */
+void tb__reply_error(conn_t *c, const tb_req_t *q, int64_t seq, int64_t index, int code,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* trainer.c: runs that trainers publish over the protocol (PROTOCOL.md 13) */
+void tb__trainer_attach(conn_t *c, const tb_req_t *q);
+void tb__trainer_publish(conn_t *c, const tb_req_t *q);
+void tb__trainer_applied(conn_t *c, const tb_req_t *q);
+void tb__trainer_finish(conn_t *c, const tb_req_t *q);
+/* The run cannot take a control request now (its trainer is not connected):
+ * answers q with invalid_state and returns false. */
+bool tb__trainer_ready(conn_t *c, const tb_req_t *q, tb_run_t *r);
+/* Sends a control request to r's trainer; *ticket (may be NULL) receives
+ * the id its applied will carry. */
+void tb__trainer_forward(tb_run_t *r, const char *action, bool has_value, double value,
+                         const char *by, uint64_t *ticket);
+/* A pause forwarded and not resumed. */
+bool tb__trainer_paused(const tb_run_t *r);
+/* The run can write checkpoints (its trainer said so at attach). */
+bool tb__trainer_checkpoints(const tb_run_t *r);
+/* The lockstep wait of r may be over (every answer in): tell its trainer. */
+void tb__trainer_ls_check(tb_run_t *r);
+/* The lockstep hooks of r changed: tell its trainer. */
+void tb__trainer_lockstep_changed(tb_run_t *r);
+/* A connection is gone: the runs it published are detached. */
+void tb__trainer_conn_gone(conn_t *c);
+/* runs.c's restore: r (made from STATE_DIR/runs/<id>, its log read) is a
+ * trainer's run described by the trainer.json at path. 0 or -1. */
+int tb__trainer_restore(tb_run_t *r, const char *path);
+/* ... and once its log is read: its trainer's seq, its state, the wait. */
+void tb__trainer_restored(tb_run_t *r);
+/* cancel: the trainer applies a stop and finishes cancelled, or, with none
+ * connected, the run is cancelled now. */
+void tb__trainer_cancel(tb_run_t *r, const char *by);
+/* status: the fields attach gave beyond the run object (,"steps",...). */
+void tb__trainer_status(const tb_run_t *r, tb_buf_t *b);
+/* server.c: the trainers' timer, started with the loop's other handles. */
+void tb__trainer_start(tb_server_t *s);
+void tb__trainer_free(tb_run_t *r);
 
 #endif

@@ -41,6 +41,26 @@ static void error_from(conn_t *c, const tb_id_t *id, const tb_proto_err_t *err) 
   tb_buf_free(&b);
 }
 
+void tb__reply_error(conn_t *c, const tb_req_t *q, int64_t seq, int64_t index, int code,
+                     const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  if (q->id.kind != TB_ID_NONE) {
+    error(c, &q->id, code, "%s", msg);
+    return;
+  }
+  /* A notification gets no response: a trainer's stream is told what was
+   * refused by a notification of its own. */
+  tb_buf_t b;
+  tb_buf_init(&b);
+  tb_msg_rejected(&b, tb_method_name(q->method), q->run, seq, index, code, msg);
+  reply(c, &b);
+  tb_buf_free(&b);
+}
+
 static void ok(conn_t *c, const tb_id_t *id) {
   tb_buf_t b;
   tb_buf_init(&b);
@@ -148,8 +168,7 @@ static tb_run_t *run_or_error(conn_t *c, const tb_req_t *q) {
 }
 
 static bool is_final(tb_run_state_t st) {
-  return st == TB_RUN_FINISHED || st == TB_RUN_STOPPED || st == TB_RUN_CANCELLED ||
-         st == TB_RUN_FAILED;
+  return tb_run_state_is_final(st);
 }
 
 /* The run is training (or paused) and can take control; else an error. */
@@ -323,6 +342,7 @@ static void do_status(conn_t *c, const tb_req_t *q) {
    * and the history. */
   if (b.len > 0 && b.data[b.len - 1] == '}')
     b.len--;
+  tb__trainer_status(r, &b);
   if (r->classes != NULL) {
     TB_LIT(&b, ",\"classes\":[");
     for (int i = 0; i < r->classes->n; i++) {
@@ -463,9 +483,59 @@ static const char *schedule_owner(const tb_run_t *r) {
   return NULL;
 }
 
+/* Puts a control request to r: into its control block, or, for a run a
+ * trainer publishes, to that trainer (trainer.c), which applies it at its
+ * next batch boundary and says so. *ticket (may be NULL) receives the
+ * number the applied change will answer to. */
+static void request(tb_run_t *r, tb_method_t m, double lr, const char *by, uint64_t *ticket) {
+  if (r->tr != NULL) {
+    tb__trainer_forward(r, tb_method_name(m), m == TB_METHOD_SET_LR, lr, by, ticket);
+    return;
+  }
+  switch (m) {
+  case TB_METHOD_SET_LR:
+    tb_control_set_lr_ticket(&r->control, lr, by, ticket);
+    break;
+  case TB_METHOD_STOP:
+    tb_control_stop(&r->control, by);
+    break;
+  case TB_METHOD_PAUSE:
+    tb_control_pause(&r->control, by);
+    break;
+  case TB_METHOD_RESUME:
+    tb_control_resume(&r->control, by);
+    break;
+  case TB_METHOD_CHECKPOINT:
+    tb_control_checkpoint_ticket(&r->control, by, ticket);
+    break;
+  default:
+    break;
+  }
+}
+
+/* A pause requested and not resumed. */
+static bool paused(tb_run_t *r) {
+  if (r->tr != NULL)
+    return tb__trainer_paused(r) || r->state == TB_RUN_PAUSED;
+  return tb_control_paused(&r->control);
+}
+
+/* Where checkpoints go: the daemon's state directory, or a trainer's own. */
+static bool can_checkpoint(const tb_run_t *r) {
+  return r->tr != NULL ? tb__trainer_checkpoints(r) : r->dir[0] != '\0';
+}
+
+static const char *no_checkpoints(const tb_run_t *r) {
+  return r->tr != NULL ? "its trainer attached without checkpoints: true"
+                       : "start trainbusd with --state-dir";
+}
+
 static void do_control(conn_t *c, const tb_req_t *q) {
   tb_run_t *r = run_or_error(c, q);
   if (r == NULL)
+    return;
+  if (q->method != TB_METHOD_CANCEL && r->tr != NULL &&
+      (!controllable(c, q, r) || !tb__trainer_ready(c, q, r)))
     return;
   switch (q->method) {
   case TB_METHOD_SET_LR: {
@@ -481,53 +551,56 @@ static void do_control(conn_t *c, const tb_req_t *q) {
     }
     pending_t *p = add_pending(c, q, r);
     if (p != NULL)
-      tb_control_set_lr_ticket(&r->control, q->set_lr.lr, c->label, &p->ticket);
+      request(r, TB_METHOD_SET_LR, q->set_lr.lr, c->label, &p->ticket);
     return;
   }
   case TB_METHOD_STOP:
     if (!controllable(c, q, r))
       return;
-    tb_control_stop(&r->control, c->label);
+    request(r, TB_METHOD_STOP, 0, c->label, NULL);
     ok(c, &q->id);
     return;
   case TB_METHOD_PAUSE:
     if (!controllable(c, q, r))
       return;
-    if (r->state == TB_RUN_PAUSED || tb_control_paused(&r->control)) {
+    if (r->state == TB_RUN_PAUSED || paused(r)) {
       error(c, &q->id, TB_PROTO_EINVALID_STATE, "pause: run %s is already paused", r->id);
       return;
     }
-    tb_control_pause(&r->control, c->label);
+    request(r, TB_METHOD_PAUSE, 0, c->label, NULL);
     ok(c, &q->id);
     return;
   case TB_METHOD_RESUME:
     if (!controllable(c, q, r))
       return;
-    if (!tb_control_paused(&r->control)) {
+    if (!paused(r)) {
       error(c, &q->id, TB_PROTO_EINVALID_STATE, "resume: run %s is not paused", r->id);
       return;
     }
-    tb_control_resume(&r->control, c->label);
+    request(r, TB_METHOD_RESUME, 0, c->label, NULL);
     ok(c, &q->id);
     return;
   case TB_METHOD_CHECKPOINT:
     if (!controllable(c, q, r))
       return;
-    if (r->dir[0] == '\0') {
+    if (!can_checkpoint(r)) {
       error(c, &q->id, TB_PROTO_EINVALID_STATE,
-            "checkpoint: run %s has nowhere to write checkpoints (start trainbusd with "
-            "--state-dir)",
-            r->id);
+            "checkpoint: run %s has nowhere to write checkpoints (%s)", r->id, no_checkpoints(r));
       return;
     }
     pending_t *p = add_pending(c, q, r);
     if (p != NULL)
-      tb_control_checkpoint_ticket(&r->control, c->label, &p->ticket);
+      request(r, TB_METHOD_CHECKPOINT, 0, c->label, &p->ticket);
     return;
   case TB_METHOD_CANCEL:
     if (is_final(r->state)) {
       error(c, &q->id, TB_PROTO_EINVALID_STATE, "cancel: run %s is already %s", r->id,
             tb_run_state_name(r->state));
+      return;
+    }
+    if (r->tr != NULL) {
+      tb__trainer_cancel(r, c->label);
+      ok(c, &q->id);
       return;
     }
     r->cancel_requested = true;
@@ -579,25 +652,25 @@ static void do_continue(conn_t *c, const tb_req_t *q) {
           r->id, (long long)q->cont.seq, tb_event_name(asked->kind));
     return;
   }
-  if (q->cont.checkpoint && r->dir[0] == '\0') {
+  if (q->cont.checkpoint && !can_checkpoint(r)) {
     /* Refused whole, before anything applies: the client may answer again
      * without the checkpoint. */
     error(c, &q->id, TB_PROTO_EINVALID_STATE,
-          "continue: actions.checkpoint: run %s has nowhere to write checkpoints (start "
-          "trainbusd with --state-dir); the wait for seq %lld goes on",
-          r->id, (long long)q->cont.seq);
+          "continue: actions.checkpoint: run %s has nowhere to write checkpoints (%s); the wait "
+          "for seq %lld goes on",
+          r->id, no_checkpoints(r), (long long)q->cont.seq);
     return;
   }
-  /* The actions go into the control block before the trainer is released,
-   * so they take effect before training goes on. */
+  /* The actions go into the control block (or to the run's trainer) before
+   * the trainer is released, so they take effect before training goes on. */
   if (q->cont.has_lr)
-    tb_control_set_lr(&r->control, q->cont.lr, c->label);
+    request(r, TB_METHOD_SET_LR, q->cont.lr, c->label, NULL);
   if (q->cont.stop)
-    tb_control_stop(&r->control, c->label);
+    request(r, TB_METHOD_STOP, 0, c->label, NULL);
   if (q->cont.pause)
-    tb_control_pause(&r->control, c->label);
+    request(r, TB_METHOD_PAUSE, 0, c->label, NULL);
   if (q->cont.checkpoint)
-    tb_control_checkpoint(&r->control, c->label);
+    request(r, TB_METHOD_CHECKPOINT, 0, c->label, NULL);
   bool answered;
   tb__lockstep_answer(r, c, q->cont.seq, &answered);
   if (!answered) {
@@ -649,7 +722,13 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
   tb_proto_err_t err = {0};
   int r = tb_req_decode(line, len, &q, &err);
   if (r != 0) {
-    error_from(c, &q.id, &err);
+    /* A trainer's notification that cannot be read is refused by a
+     * notification; anything else by an error response. */
+    if (r != TB_PROTO_EPARSE && q.id.kind == TB_ID_NONE &&
+        (q.method == TB_METHOD_PUBLISH || q.method == TB_METHOD_APPLIED) && c->role != TB_ROLE_NONE)
+      tb__reply_error(c, &q, 0, -1, r, "%s", err.msg);
+    else
+      error_from(c, &q.id, &err);
     tb_req_free(&q);
     /* Unparseable input before auth is not a client of ours: close. */
     if (r == TB_PROTO_EPARSE || c->role == TB_ROLE_NONE)
@@ -660,11 +739,11 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
     if (r == TB_PROTO_EFORBIDDEN && c->token_role != TB_ROLE_NONE &&
         c->token_role != TB_ROLE_CONTROLLER)
       /* Say why the role is what it is: the token's. */
-      error(c, &q.id, r, "%s (it authenticated with the %s token%s)", err.msg,
-            tb_role_name(c->token_role),
-            c->token_role == TB_ROLE_OBSERVER ? ", which is read-only" : "");
+      tb__reply_error(c, &q, 0, -1, r, "%s (it authenticated with the %s token%s)", err.msg,
+                      tb_role_name(c->token_role),
+                      c->token_role == TB_ROLE_OBSERVER ? ", which is read-only" : "");
     else
-      error_from(c, &q.id, &err);
+      tb__reply_error(c, &q, 0, -1, r, "%s", err.msg);
     tb_req_free(&q);
     return;
   }
@@ -700,6 +779,18 @@ void tb__handle_line(conn_t *c, const char *line, size_t len) {
     break;
   case TB_METHOD_CONTINUE:
     do_continue(c, &q);
+    break;
+  case TB_METHOD_ATTACH:
+    tb__trainer_attach(c, &q);
+    break;
+  case TB_METHOD_PUBLISH:
+    tb__trainer_publish(c, &q);
+    break;
+  case TB_METHOD_APPLIED:
+    tb__trainer_applied(c, &q);
+    break;
+  case TB_METHOD_FINISH:
+    tb__trainer_finish(c, &q);
     break;
   default:
     do_control(c, &q);

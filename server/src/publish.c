@@ -89,7 +89,10 @@ void tb__push(tb_run_t *r, tb_rec_t *rec, const tb_logs_t *logs, const char *act
   if (texts)
     text = strlen(action ? action : "") + strlen(by ? by : "") + strlen(reason ? reason : "") + 3;
   size_t size = ALIGN8(sizeof(tb_rec_t) + (size_t)n_logs * sizeof(double) + names + text);
-  bool droppable = tb_event_is_batch(rec->kind) && !rec->lockstep;
+  /* A trainer's events come from the loop itself, which drains what it
+   * pushes: they are never dropped here, so the log holds every event the
+   * trainer was told the run holds (trainer.c). */
+  bool droppable = tb_event_is_batch(rec->kind) && !rec->lockstep && r->source != TB_SOURCE_TRAINER;
 
   pthread_mutex_lock(&s->q_mu);
   bool was_empty = s->q_len == 0;
@@ -107,8 +110,9 @@ void tb__push(tb_run_t *r, tb_rec_t *rec, const tb_logs_t *logs, const char *act
     push_gap_locked(s, r);
   if (!q_reserve(s, size)) {
     /* Out of memory: a batch event is dropped like one over the bound;
-     * anything else waits for the loop to drain. */
-    if (droppable) {
+     * anything else waits for the loop to drain (the loop itself cannot
+     * wait for itself: a trainer's event is then lost, told as a gap). */
+    if (droppable || r->source == TB_SOURCE_TRAINER) {
       if (r->qd_count == 0)
         r->qd_from = rec->seq;
       r->qd_to = rec->seq;

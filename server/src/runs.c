@@ -80,6 +80,7 @@ void tb__run_free(tb_run_t *r) {
   if (r->log != NULL)
     fclose(r->log);
   tb_classes_free(r->classes);
+  tb__trainer_free(r);
   tb_job_free(r->job);
   free(r->job_json);
   tb_control_destroy(&r->control);
@@ -105,6 +106,11 @@ void tb__run_info(const tb_run_t *r, tb_run_info_t *out) {
   out->last_seq = r->last_seq;
   out->has_lr = r->has_lr;
   out->lr = r->lr;
+  snprintf(out->source, sizeof(out->source), "%s", tb__source_name(r->source));
+  snprintf(out->name, sizeof(out->name), "%s",
+           r->name[0]       ? r->name
+           : r->job != NULL ? r->job->name
+                            : "");
 }
 
 void tb__run_save_status(tb_run_t *r) {
@@ -303,6 +309,8 @@ static void load_log(tb_run_t *r, const char *path) {
       tb_classes_free(r->classes);
       r->classes = tb__event_classes(line, (size_t)n);
     }
+    if (rec->kind >= TB_EVENT_TRAIN_BEGIN && rec->kind <= TB_EVENT_PREDICT_BATCH_END)
+      r->n_hooks++; /* a trainer's run: its trainer numbers these */
     tb_ev_t *e = tb__ev_new(line, (size_t)n, ev->seq, rec->kind, rec->batch);
     tb_smsg_free(m);
     if (e == NULL)
@@ -390,6 +398,27 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
       fclose(byf);
     }
     bool network = strncmp(by, "network", 7) == 0;
+    /* A run a trainer published: no job to train, it waits for its trainer
+     * to attach again. */
+    snprintf(path, sizeof(path), "%s/%s/trainer.json", runs, id);
+    if (access(path, F_OK) == 0) {
+      tb_run_t *r = tb__run_new(s, id, false);
+      if (r == NULL)
+        return tb_errf(err, TB_ENOMEM, "restore: out of memory");
+      if (tb__trainer_restore(r, path) != 0) {
+        tb__log(s, 0, "restore: run %s: %s is unreadable; its events are kept, it takes no trainer",
+                id, path);
+        r->source = TB_SOURCE_TRAINER;
+      }
+      snprintf(path, sizeof(path), "%s/%s/events.ndjson", runs, id);
+      load_log(r, path);
+      s->n_events += r->last_seq;
+      r->seq = r->last_seq;
+      r->logged_seq = r->last_seq;
+      if (r->tr != NULL)
+        tb__trainer_restored(r);
+      continue;
+    }
     snprintf(path, sizeof(path), "%s/%s/job.json", runs, id);
     tb_job_t *job = NULL;
     tb_err_t jerr = {{0}};

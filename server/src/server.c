@@ -32,6 +32,7 @@ void tb_server_opts_defaults(tb_server_opts_t *o) {
   o->log_level = 1;
   o->flush_interval_ms = 0;
   o->queue_bytes = 32 * 1024 * 1024;
+  o->trainer_timeout_ms = 60000;
 }
 
 uint64_t tb__srv_now_ms(void) {
@@ -315,6 +316,7 @@ static void close_all(tb_server_t *s) {
   uv_close((uv_handle_t *)&s->drain_idle, on_handle_closed);
   uv_close((uv_handle_t *)&s->pause_timer, on_handle_closed);
   uv_close((uv_handle_t *)&s->wake, on_handle_closed);
+  uv_close((uv_handle_t *)&s->trainer_timer, on_handle_closed);
 }
 
 /* ---- token and state directory ---------------------------------------------------- */
@@ -575,11 +577,14 @@ int tb_server_new(const tb_server_opts_t *o, tb_server_t **out, tb_err_t *err) {
   uv_timer_init(&s->loop, &s->pause_timer);
   s->pause_timer.data = s;
   uv_timer_start(&s->tick, on_tick, 200, 200);
+  if (s->o.trainer_timeout_ms <= 0)
+    s->o.trainer_timeout_ms = 60000;
   if (s->o.resume && s->state_dir[0] != '\0') {
     if ((r = tb__runs_restore(s, err)) != 0)
       goto fail;
     tb__ghosts_load(s);
   }
+  tb__trainer_start(s);
   if (s->state_dir[0] != '\0')
     tb__runs_number_after_existing(s);
   *out = s;
@@ -740,6 +745,7 @@ int tb_server_attach(tb_server_t *s, const char *name, int epochs, tb_run_t **ou
   tb_run_t *r = tb__run_new(s, id, true);
   if (r == NULL)
     return tb_errf(err, TB_ENOMEM, "out of memory");
+  r->source = TB_SOURCE_EMBEDDED;
   r->epochs = epochs;
   tb__push_state(r, TB_RUN_RUNNING, TB_RUN_QUEUED, "attached", -1, -1);
   *out = r;

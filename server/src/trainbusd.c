@@ -75,6 +75,10 @@ static void usage(FILE *f) {
           "                       they stream in (default 0: writes coalesce by themselves)\n"
           "  --idle-timeout-ms N  disconnect clients with no subscription that send nothing\n"
           "                       for N ms (default: never)\n"
+          "  --trainer-timeout-ms N  a run published by a trainer (trainbus train --connect,\n"
+          "                       a Python Publisher) whose trainer disconnected stays\n"
+          "                       `detached` N ms for it to attach again, then is `lost`\n"
+          "                       (default 60000)\n"
           "  --quiet, --verbose   log errors only, or debug detail (default: info)\n"
           "  -h, --help           this help\n"
           "  --version            the version\n"
@@ -241,7 +245,7 @@ int main(int argc, char **argv) {
       o.log_level = 2;
     } else if ((strcmp(a, "--max-clients") == 0 || strcmp(a, "--max-line") == 0 ||
                 strcmp(a, "--auth-timeout-ms") == 0 || strcmp(a, "--epochs") == 0 ||
-                strcmp(a, "--idle-timeout-ms") == 0) &&
+                strcmp(a, "--idle-timeout-ms") == 0 || strcmp(a, "--trainer-timeout-ms") == 0) &&
                v) {
       char *end;
       long n = strtol(argv[++i], &end, 10);
@@ -257,6 +261,8 @@ int main(int argc, char **argv) {
         o.auth_timeout_ms = (int)n;
       else if (strcmp(a, "--idle-timeout-ms") == 0)
         o.idle_timeout_ms = (int)n;
+      else if (strcmp(a, "--trainer-timeout-ms") == 0)
+        o.trainer_timeout_ms = (int)n;
 
       else
         epochs = n;

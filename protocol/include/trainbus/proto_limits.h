@@ -74,6 +74,20 @@
 /* Sampling: every N-th batch event; a million is a bound, not a use case. */
 #define TB_PROTO_EVERY_MAX 1000000
 
+/* Events in one publish message: a trainer batches what it has queued; 4096
+ * events of a few hundred bytes is more than a 64 KiB line holds anyway, and
+ * bounds the work one message makes (it is read on the loop thread). */
+#define TB_PROTO_PUBLISH_MAX 4096
+
+/* A trainer's model summary in attach: Keras's model.summary() of a model
+ * with a hundred layers is about 8 KiB. */
+#define TB_PROTO_MODEL_MAX 8192
+
+/* Class names in a published train_begin: core's limits for a dataset's
+ * labels (TB_DATA_MAX_CLASS_NAMES names of at most 255 bytes). */
+#define TB_PROTO_CLASSES_MAX 4096
+#define TB_PROTO_CLASS_NAME_MAX 256
+
 /* Bytes an encoded number may take: "-1.2345678901234567e-308" is 24; a
  * 20-digit integer is 20. */
 #define TB_PROTO_NUM_MAX 32

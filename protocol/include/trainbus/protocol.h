@@ -122,7 +122,11 @@ int tb_frame_next(const char *buf, size_t len, size_t *scan_from, size_t max_lin
   X(CHECKPOINT, "checkpoint", TB_ROLE_CONTROLLER)                                                  \
   X(SUBMIT, "submit", TB_ROLE_CONTROLLER)                                                          \
   X(CANCEL, "cancel", TB_ROLE_CONTROLLER)                                                          \
-  X(CONTINUE, "continue", TB_ROLE_CONTROLLER)
+  X(CONTINUE, "continue", TB_ROLE_CONTROLLER)                                                      \
+  X(ATTACH, "attach", TB_ROLE_TRAINER)                                                             \
+  X(PUBLISH, "publish", TB_ROLE_TRAINER)                                                           \
+  X(APPLIED, "applied", TB_ROLE_TRAINER)                                                           \
+  X(FINISH, "finish", TB_ROLE_TRAINER)
 
 /* Roles (docs/PROTOCOL.md section 3). An observer reads; a controller may
  * do everything an observer may, and control; a trainer (issue 14: a
@@ -196,7 +200,9 @@ tb_event_kind_t tb_event_from_name(const char *name);
  * dropping apply to. */
 bool tb_event_is_batch(tb_event_kind_t k);
 
-/* Run states. X(name, wire name, is final). */
+/* Run states. X(name, wire name, is final). `detached` and `lost` are for
+ * runs a trainer publishes (docs/PROTOCOL.md section 13): its trainer is not
+ * connected (it may attach again), or did not come back in time. */
 #define TB_RUN_STATE_MAP(X)                                                                        \
   X(QUEUED, "queued", 0)                                                                           \
   X(RUNNING, "running", 0)                                                                         \
@@ -205,7 +211,9 @@ bool tb_event_is_batch(tb_event_kind_t k);
   X(FINISHED, "finished", 1)                                                                       \
   X(STOPPED, "stopped", 1)                                                                         \
   X(CANCELLED, "cancelled", 1)                                                                     \
-  X(FAILED, "failed", 1)
+  X(FAILED, "failed", 1)                                                                           \
+  X(DETACHED, "detached", 0)                                                                       \
+  X(LOST, "lost", 1)
 
 typedef enum {
   TB_RUN_INVALID = 0,
@@ -216,6 +224,8 @@ typedef enum {
 
 const char *tb_run_state_name(tb_run_state_t s);
 tb_run_state_t tb_run_state_from_name(const char *name);
+/* True for the final states (finished, stopped, cancelled, failed, lost). */
+bool tb_run_state_is_final(tb_run_state_t s);
 
 /* Glob match used for run and event patterns: '*' matches any sequence of
  * bytes (including none), every other byte matches itself. Linear in
@@ -236,14 +246,18 @@ typedef struct tb_id_s {
 } tb_id_t;
 
 /* A decoded client request. Strings are NUL-terminated copies; the only
- * allocation is submit.job, released by tb_req_free. Fields of other methods
- * are zero. Optional integers come with a has_ flag. */
+ * allocations are submit.job, attach.model and publish.events, released by
+ * tb_req_free. Fields of other methods are zero. Optional integers come with
+ * a has_ flag. */
 typedef struct tb_req_s {
   tb_method_t method;
+  /* TB_ID_NONE for a notification: only publish and applied may be sent
+   * without an id (a trainer's stream: no answer, errors come back as
+   * "rejected" notifications). */
   tb_id_t id;
   /* The run a method acts on (history, set_lr, stop, pause, resume,
-   * checkpoint, cancel, continue: required; status: optional, "" = the
-   * daemon). */
+   * checkpoint, cancel, continue, publish, applied: required; status,
+   * attach: optional, "" = the daemon / a new run). */
   char run[TB_PROTO_RUN_MAX];
 
   struct {
@@ -303,7 +317,73 @@ typedef struct tb_req_s {
     bool pause;      /* actions.pause */
     bool checkpoint; /* actions.checkpoint */
   } cont;
+
+  /* attach (trainer): opens a run this connection publishes, or continues
+   * the run given in `run` (then last_seq says how far the trainer got). */
+  struct {
+    char name[TB_PROTO_TEXT_MAX]; /* what is trained, may be "" */
+    int64_t epochs;               /* epochs planned, 0 if not given */
+    int64_t steps;                /* batches per epoch, 0 if not given */
+    char *model;                  /* a summary of the model (text, at most
+                                     TB_PROTO_MODEL_MAX - 1 bytes), or NULL */
+    bool has_last_seq;
+    int64_t last_seq; /* the trainer's seq of the last event it published */
+    bool has_lr;
+    double lr;        /* the learning rate now (finite, > 0) */
+    bool checkpoints; /* the trainer can write checkpoints (checkpoint control) */
+  } attach;
+
+  /* publish (trainer): events of `run`. The decoder checks the array (1 to
+   * TB_PROTO_PUBLISH_MAX elements); the server reads and checks each event
+   * with tb_pub_event_read, taking those before a bad one. */
+  struct {
+    cJSON *events; /* the params.events array (1..TB_PROTO_PUBLISH_MAX items), owned */
+    int n_events;
+  } publish;
+
+  /* applied (trainer): a control action took effect at (epoch, batch). */
+  struct {
+    int64_t id;      /* the id of the forwarded control it answers; 0: none (a
+                        local action of the trainer's own) */
+    char action[16]; /* set_lr, stop, pause, resume, checkpoint */
+    int64_t epoch;   /* where it took effect; -1 if not given */
+    int64_t batch;   /* -1: between epochs (or not given) */
+    bool has_value;  /* set_lr: the new rate */
+    double value;
+    bool has_old; /* set_lr: the rate before */
+    double old;
+    char path[1024];                   /* checkpoint: the file written, "" if none */
+    char by[TB_PROTO_TEXT_MAX];        /* who asked (echoed from the control), "" if not said */
+    char error[TB_PROTO_TEXT_MAX * 2]; /* not applied: why ("" when applied) */
+  } applied;
+
+  /* finish (trainer): the run is over. */
+  struct {
+    tb_run_state_t state;           /* FINISHED (default), STOPPED or FAILED */
+    char reason[TB_PROTO_TEXT_MAX]; /* why, may be "" (a failure's message) */
+  } finish;
 } tb_req_t;
+
+/* One event a trainer publishes (an element of publish's params.events):
+ * a hook event numbered by the trainer (seq 1, 2, ... over the life of the
+ * run), with the optional fields a daemon-trained run's events have. */
+typedef struct tb_pub_event_s {
+  int64_t seq;          /* the trainer's seq (>= 1) */
+  tb_event_kind_t kind; /* one of the 14 hook events (never state or control) */
+  int64_t epoch;        /* -1 when absent */
+  int64_t batch;        /* -1 when absent */
+  bool has_time;
+  int64_t time_us; /* the trainer's clock, Unix microseconds */
+  int n_logs;
+  char log_names[TB_PROTO_LOGS_MAX][TB_PROTO_LOG_NAME_MAX];
+  double log_values[TB_PROTO_LOGS_MAX]; /* may be NaN or infinite */
+  bool has_lr;
+  double lr;            /* the trainer's learning rate now, for status (finite, > 0) */
+  bool lockstep;        /* the trainer waits for "continue" at this event */
+  int64_t dropped;      /* batch events the trainer dropped just before this one */
+  int n_classes;        /* train_begin: class names (0: none) ... */
+  const cJSON *classes; /* ... the array, borrowed from the decoded request */
+} tb_pub_event_t;
 
 /* One event of a run, as the encoder takes it and tb_smsg_decode returns it.
  * Pointers are borrowed: the encoder only reads them during the call. */
@@ -315,6 +395,10 @@ typedef struct tb_event_s {
   int64_t batch;    /* 0-based batch within the epoch, or -1 (omitted) */
   int64_t time_us;  /* wall clock, microseconds since the Unix epoch */
   bool lockstep;    /* the trainer waits for a "continue" for this event */
+  /* Where the run's events come from: "daemon" (a job the daemon trains),
+   * "embedded" (a program embedding the server), "trainer" (a trainer that
+   * publishes over the protocol); NULL = omitted. */
+  const char *source;
 
   /* Logs as parallel arrays, core's tb_logs_t layout: give log_names (a
    * `char names[][48]` array) or log_namev (an array of pointers); values may
@@ -353,7 +437,9 @@ typedef struct tb_run_info_s {
   int64_t batch;    /* current batch in the epoch, -1 outside one */
   int64_t last_seq; /* seq of the last event, 0 if none */
   bool has_lr;
-  double lr; /* current learning rate */
+  double lr;                    /* current learning rate */
+  char source[16];              /* "daemon", "embedded", "trainer"; "" = omitted */
+  char name[TB_PROTO_TEXT_MAX]; /* what is trained (the job's or trainer's name); "" = omitted */
 } tb_run_info_t;
 
 /* The server's first line. */
@@ -373,7 +459,12 @@ typedef enum {
   TB_SMSG_EVENT,     /* event notification */
   TB_SMSG_DROPPED,   /* dropped notification */
   TB_SMSG_BYE,       /* bye notification; the server closes after it */
-  TB_SMSG_UNKNOWN    /* a notification this version does not know: ignore it */
+  TB_SMSG_UNKNOWN,   /* a notification this version does not know: ignore it */
+  /* To a trainer (docs/PROTOCOL.md section 13): */
+  TB_SMSG_CONTROL,  /* control: apply this action at the next batch boundary */
+  TB_SMSG_CONTINUE, /* continue: the lockstep wait at trainer seq `seq` is over */
+  TB_SMSG_LOCKSTEP, /* lockstep: the hooks at which to wait, and for how long */
+  TB_SMSG_REJECTED  /* rejected: a publish or applied notification was refused */
 } tb_smsg_kind_t;
 
 typedef struct tb_smsg_s {
@@ -396,6 +487,23 @@ typedef struct tb_smsg_s {
     char reason[TB_PROTO_NAME_MAX];
     char message[TB_PROTO_TEXT_MAX];
   } bye;
+  /* CONTROL, CONTINUE, LOCKSTEP, REJECTED: for the run `run`. */
+  struct {
+    char run[TB_PROTO_RUN_MAX];
+    int64_t id;      /* CONTROL: to echo in applied */
+    char action[16]; /* CONTROL: set_lr, stop, pause, resume, checkpoint */
+    bool has_value;  /* CONTROL set_lr: the rate */
+    double value;
+    char by[TB_PROTO_TEXT_MAX];     /* CONTROL: who asked */
+    int64_t seq;                    /* CONTINUE, REJECTED: the trainer's seq (0: none) */
+    bool timed_out;                 /* CONTINUE: no answer came in time */
+    uint32_t hooks;                 /* LOCKSTEP: bitmask over tb_event_kind_t */
+    int64_t timeout_ms;             /* LOCKSTEP: how long a wait may last */
+    char method[TB_PROTO_NAME_MAX]; /* REJECTED: publish or applied */
+    int64_t index;                  /* REJECTED: the event's index in params.events, -1 */
+    int code;                       /* REJECTED: a TB_PROTO_E* code */
+    char message[320];              /* REJECTED: why */
+  } trainer;
 
   /* Storage behind event's pointers; read through event. */
   struct {
@@ -405,6 +513,7 @@ typedef struct tb_smsg_s {
     double values[TB_PROTO_LOGS_MAX];
     char state[TB_PROTO_NAME_MAX], prev_state[TB_PROTO_NAME_MAX];
     char action[TB_PROTO_NAME_MAX], by[TB_PROTO_TEXT_MAX], reason[TB_PROTO_TEXT_MAX];
+    char source[16];
   } ev_store;
 } tb_smsg_t;
 
@@ -552,5 +661,42 @@ int tb_json_run_info(tb_buf_t *b, const tb_run_info_t *run);
  * Returns 0, TB_PROTO_EINVALID_PARAMS for an unknown method, or
  * TB_PROTO_EINTERNAL. */
 int tb_req_encode(tb_buf_t *b, const tb_req_t *r);
+
+/* ------------------------------------------------- trainers (section 13) -- */
+
+/* Reads element `index` of a publish request's params.events into *out,
+ * checking every field. Returns 0 or TB_PROTO_EINVALID_PARAMS with err->msg naming the
+ * field (`params.events[3].logs.loss: ...`). out->classes borrows from item. */
+int tb_pub_event_read(const cJSON *item, int index, tb_pub_event_t *out, tb_proto_err_t *err);
+
+/* Client side, a publish notification built piece by piece (no allocation
+ * beyond b's growth; numbers as tb_json_num writes them, so they round-trip):
+ * tb_msg_publish_begin writes {"jsonrpc":"2.0","method":"publish","params":
+ * {"run":RUN,"events":[ ; tb_pub_event_append one event object (its own
+ * leading comma when `first` is false); tb_msg_publish_end "]}}\n". Each
+ * returns 0 or TB_PROTO_EINTERNAL with b rolled back. The event's kind must
+ * be a hook event and its logs names non-empty (as the decoder checks). */
+int tb_msg_publish_begin(tb_buf_t *b, const char *run);
+int tb_pub_event_append(tb_buf_t *b, const tb_pub_event_t *e, const char *const *class_names,
+                        bool first);
+int tb_msg_publish_end(tb_buf_t *b);
+
+/* Server side, the notifications to a trainer. Each appends one line. */
+/* {"method":"control","params":{"run","id","action","value"?,"by"}}: apply
+ * action (set_lr with value) at the next batch boundary, then send applied
+ * with this id. */
+int tb_msg_control(tb_buf_t *b, const char *run, int64_t id, const char *action, bool has_value,
+                   double value, const char *by);
+/* {"method":"continue","params":{"run","seq","timed_out"?}}: the lockstep
+ * wait at the trainer's seq is over (the controls sent before it take effect
+ * first). */
+int tb_msg_continue(tb_buf_t *b, const char *run, int64_t seq, bool timed_out);
+/* {"method":"lockstep","params":{"run","hooks":[names],"timeout_ms"}}: wait
+ * at these hooks (a bitmask over tb_event_kind_t; 0: none). */
+int tb_msg_lockstep(tb_buf_t *b, const char *run, uint32_t hooks, int64_t timeout_ms);
+/* {"method":"rejected","params":{"method","run"?,"seq"?,"index"?,"code","name","message"}}:
+ * a notification the server refused; seq 0 and index -1 are omitted. */
+int tb_msg_rejected(tb_buf_t *b, const char *method, const char *run, int64_t seq, int64_t index,
+                    int code, const char *message);
 
 #endif

@@ -81,6 +81,10 @@ typedef struct tb_server_opts_s {
    * Redis's protected mode) unless this is set: the network is trusted, or
    * TLS ends in front of the daemon. */
   bool allow_plaintext;
+  /* A run whose trainer (docs/PROTOCOL.md section 13) disconnected stays
+   * `detached` this long for it to attach again, then is `lost`; 0 (the
+   * default) means 60000. */
+  int trainer_timeout_ms;
   /* Folders whose files jobs submitted over the network may read and write
    * (docs/JOB.md): each must exist; relative paths in those jobs resolve
    * against the first. None: such jobs may only use the built-in generators.
