@@ -55,6 +55,13 @@ int tb_cli_conn_opt(tb_cli_conn_t *o, int argc, char **argv, int *i);
  * connects.
  * Returns TB_EXIT_OK with *c set, or prints one line and returns an exit code. */
 int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c);
+/* The same resolution without connecting, into *opts (zeroed first): the
+ * state directory (written to dir, cap bytes, which opts->state_dir points
+ * to), the address and token given (option, then environment; NULL when
+ * neither: the directory's files are read at connect) and the TLS options
+ * (with --insecure's warning printed). Role, name and timeouts are the
+ * caller's. */
+void tb_cli_client_opts(const tb_cli_conn_t *o, char *dir, size_t cap, tb_client_opts_t *opts);
 
 /* The run to act on: --run, else the only run that is not in a final state,
  * else (when newest_ok: for commands that only read) the newest run.

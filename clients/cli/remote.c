@@ -89,37 +89,36 @@ static void state_dir(const tb_cli_conn_t *o, char *out, size_t cap) {
  * as they are; what is missing the library reads from the state directory's
  * files at every (re)connect, and it sends that directory's token only to
  * that directory's address. */
-int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c) {
-  char dir[1024];
-  state_dir(o, dir, sizeof dir);
+void tb_cli_client_opts(const tb_cli_conn_t *o, char *dir, size_t cap, tb_client_opts_t *opts) {
+  state_dir(o, dir, cap);
   const char *env_addr = getenv("TRAINBUS_ADDR"), *env_token = getenv("TRAINBUS_TOKEN");
-  const char *addr = o->connect ? o->connect : env_addr && *env_addr ? env_addr : NULL;
-  const char *token = o->token ? o->token : env_token && *env_token ? env_token : NULL;
   const char *env_ca = getenv("TRAINBUS_CACERT"), *env_cert = getenv("TRAINBUS_CERT"),
              *env_key = getenv("TRAINBUS_KEY");
-  tb_client_opts_t opts = {.addr = addr,
-                           .token = token,
-                           .state_dir = dir,
-                           .role = role,
-                           .name = "trainbus-cli",
-                           .connect_timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 0,
-                           .call_timeout_ms = o->timeout_ms,
-                           .tls = o->tls,
-                           .insecure = o->insecure,
-                           .ca_file = o->cacert           ? o->cacert
-                                      : env_ca && *env_ca ? env_ca
-                                                          : NULL,
-                           .cert_file = o->cert                 ? o->cert
-                                        : env_cert && *env_cert ? env_cert
-                                                                : NULL,
-                           .key_file = o->key                ? o->key
-                                       : env_key && *env_key ? env_key
-                                                             : NULL};
+  memset(opts, 0, sizeof(*opts));
+  opts->addr = o->connect ? o->connect : env_addr && *env_addr ? env_addr : NULL;
+  opts->token = o->token ? o->token : env_token && *env_token ? env_token : NULL;
+  opts->state_dir = dir;
+  opts->tls = o->tls;
+  opts->insecure = o->insecure;
+  opts->ca_file = o->cacert ? o->cacert : env_ca && *env_ca ? env_ca : NULL;
+  opts->cert_file = o->cert ? o->cert : env_cert && *env_cert ? env_cert : NULL;
+  opts->key_file = o->key ? o->key : env_key && *env_key ? env_key : NULL;
   if (o->insecure)
     fprintf(stderr,
             "%s: warning: --insecure: the server's certificate is not checked, so whoever is "
             "between you and it can read and change this connection\n",
             o->cmd);
+}
+
+int tb_cli_open(const tb_cli_conn_t *o, tb_role_t role, tb_client_t **c) {
+  char dir[1024];
+  tb_client_opts_t opts;
+  tb_cli_client_opts(o, dir, sizeof dir, &opts);
+  const char *addr = opts.addr;
+  opts.role = role;
+  opts.name = "trainbus-cli";
+  opts.connect_timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 0;
+  opts.call_timeout_ms = o->timeout_ms;
   tb_client_err_t err;
   if (tb_client_connect(&opts, c, &err) != 0) {
     if (addr == NULL && err.code == TB_CLIENT_EADDRESS) {
@@ -146,7 +145,7 @@ int tb_cli_fail(const char *cmd, const tb_client_err_t *err) {
 }
 
 static bool state_final(tb_run_state_t s) {
-  return s == TB_RUN_FINISHED || s == TB_RUN_STOPPED || s == TB_RUN_CANCELLED || s == TB_RUN_FAILED;
+  return tb_run_state_is_final(s);
 }
 
 int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, bool newest_ok,

@@ -1,10 +1,13 @@
 /* `trainbus train`: runs a job in this process with a progress bar, plain
- * epoch lines, or every event as a JSON line. */
+ * epoch lines, or every event as a JSON line; with --connect (or
+ * --state-dir) it also publishes the run to a daemon as a trainer
+ * (trainbus/publisher.h), so the daemon's clients watch and steer it. */
 #include "cli.h"
 
 #include "trainbus/callbacks.h"
 #include "trainbus/job.h"
 #include "trainbus/model.h"
+#include "trainbus/publisher.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,7 +37,28 @@ static void usage(FILE *f) {
              "  --print-job          print the job (the demo's JSON without JOB) and exit\n"
              "  -h, --help           this help\n"
              "\n"
-             "exit codes: 0 trained, 1 training failed, 2 bad arguments or bad job\n");
+             "Publishing to a daemon (docs/PROTOCOL.md section 13): with --connect or\n"
+             "--state-dir the run is also published to that daemon as a trainer, where\n"
+             "`trainbus runs`, `watch`, the dashboard and `history` show it like a run the\n"
+             "daemon trains, and `set-lr`, `stop`, `pause`, `resume` and `checkpoint` steer\n"
+             "it (applied here at the next batch boundary). Training never waits for the\n"
+             "network, except at the hooks a lockstep subscriber asked for.\n"
+             "  --connect ADDR       the daemon: HOST:PORT, tls://HOST:PORT, unix:PATH or a\n"
+             "                       socket path\n"
+             "  --token TOKEN        its control or trainer token (default: $TRAINBUS_TOKEN,\n"
+             "                       else STATE_DIR/token, sent only to STATE_DIR/address)\n"
+             "  --state-dir DIR      where trainbusd wrote address and token, read again at\n"
+             "                       every reconnect\n"
+             "  --run ID             continue this run (after this process was killed: with\n"
+             "                       --resume DIR, the events the run holds are not sent\n"
+             "                       again)\n"
+             "  --timeout SECONDS    connecting, and the daemon's answer to the run's end\n"
+             "                       (default 60)\n"
+             "  --tls, --cacert FILE, --insecure, --cert FILE, --key FILE\n"
+             "                       TLS, as for the other subcommands (docs/CLI.md)\n"
+             "\n"
+             "exit codes: 0 trained, 1 training failed, 2 bad arguments or bad job,\n"
+             "            3 cannot reach the daemon to publish\n");
 }
 
 /* A JSON number, or the protocol's strings for non-finite values. */
@@ -62,13 +86,46 @@ static int json_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *log
   return 0;
 }
 
+/* The model's summary as text (what `trainbus train` prints), for status. */
+static char *summary_text(const tb_model_t *m) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  if (f == NULL)
+    return NULL;
+  tb_model_summary(m, f);
+  fclose(f);
+  if (text != NULL && len >= TB_PROTO_MODEL_MAX)
+    text[TB_PROTO_MODEL_MAX - 1] = '\0';
+  return text;
+}
+
+/* Batches per epoch as fit will count them (after validation_split). */
+static int steps_of(const tb_job_t *job) {
+  int n = job->train->n;
+  if (job->fit.validation_split > 0 && job->fit.validation_split < 1)
+    n = (int)floor((double)n * (1.0 - job->fit.validation_split));
+  int bs = job->fit.batch_size > 0 ? job->fit.batch_size : 32;
+  return (n + bs - 1) / bs;
+}
+
 int tb_cli_train(int argc, char **argv) {
   const char *job_path = NULL, *save = NULL, *resume = NULL, *demo_name = NULL;
   int verbose = isatty(STDOUT_FILENO) ? 1 : 2, epochs = 0, threads = 0;
   bool json = false, print_job = false;
+  tb_cli_conn_t conn = {.cmd = "trainbus train"};
+  tb_publisher_t *pub = NULL;
+  tb_control_t control;
+  bool control_ok = false;
+  int exit_code = -1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     bool has_val = i + 1 < argc;
+    int k = tb_cli_conn_opt(&conn, argc, argv, &i);
+    if (k < 0)
+      return TB_EXIT_USAGE;
+    if (k > 0)
+      continue;
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
       usage(stdout);
       return TB_EXIT_OK;
@@ -177,6 +234,55 @@ int tb_cli_train(int argc, char **argv) {
     r = TB_ENOMEM;
     goto out;
   }
+  if (conn.connect != NULL || conn.state_dir != NULL || conn.run != NULL) {
+    /* Published: the daemon's clients see every event and steer the run
+     * through its control block, applied by fit at batch boundaries. */
+    char dir[1024];
+    tb_client_opts_t co;
+    tb_cli_client_opts(&conn, dir, sizeof(dir), &co);
+    if ((r = tb_control_init(&control)) != 0) {
+      fprintf(stderr, "trainbus train: out of memory\n");
+      goto out;
+    }
+    control_ok = true;
+    char *model = summary_text(job->model);
+    tb_publisher_opts_t po = {.addr = co.addr,
+                              .token = co.token,
+                              .state_dir = co.state_dir,
+                              .tls = co.tls,
+                              .ca_file = co.ca_file,
+                              .insecure = co.insecure,
+                              .cert_file = co.cert_file,
+                              .key_file = co.key_file,
+                              .client_name = "trainbus-train",
+                              .name = job->name,
+                              .model = model,
+                              .epochs = job->fit.epochs,
+                              .steps = steps_of(job),
+                              .lr = tb_model_lr(job->model),
+                              .control = &control,
+                              .checkpoints = job->fit.checkpoint_dir != NULL,
+                              .run = conn.run,
+                              .resuming = resume != NULL,
+                              .connect_timeout_ms = conn.timeout_ms};
+    tb_client_err_t cerr;
+    int pr = tb_publisher_new(&po, &pub, &cerr);
+    free(model);
+    if (pr != 0) {
+      exit_code = tb_cli_fail("trainbus train", &cerr);
+      r = pr;
+      goto out;
+    }
+    job->fit.control = &control;
+    if (tb_callbacks_add(&cbs, tb_publisher_callback(pub)) != 0) {
+      fprintf(stderr, "trainbus train: out of memory\n");
+      r = TB_ENOMEM;
+      goto out;
+    }
+    fprintf(stderr,
+            "trainbus train: publishing as run %s (watch it with: trainbus watch --run %s)\n",
+            tb_publisher_run(pub), tb_publisher_run(pub));
+  }
   if (json) {
     for (int i = 0; i < TB_HOOK_COUNT; i++)
       jsoncb.hooks[i] = json_hook;
@@ -226,8 +332,30 @@ int tb_cli_train(int argc, char **argv) {
   if (save != NULL && (r = tb_model_save_weights(job->model, save, &err)) != 0)
     fprintf(stderr, "trainbus train: %s\n", err.msg);
 out:
+  if (pub != NULL && exit_code < 0) {
+    /* The run ends on the daemon as it ended here; a failure says why. */
+    tb_client_err_t cerr;
+    if (tb_publisher_finish(pub, r == 0 ? TB_RUN_FINISHED : TB_RUN_FAILED, r == 0 ? NULL : err.msg,
+                            conn.timeout_ms > 0 ? conn.timeout_ms : 60000, &cerr) != 0) {
+      fprintf(stderr, "trainbus train: run %s: %s\n", tb_publisher_run(pub), cerr.msg);
+      if (r == 0)
+        exit_code = TB_EXIT_CONNECT;
+    }
+    tb_publisher_stats_t st;
+    tb_publisher_stats(pub, &st);
+    if (st.dropped > 0)
+      fprintf(stderr,
+              "trainbus train: run %s: %lld batch events were not published (the daemon "
+              "could not keep up, or could not be reached)\n",
+              tb_publisher_run(pub), (long long)st.dropped);
+  }
+  tb_publisher_free(pub);
   tb_callbacks_release(&cbs);
   tb_callback_free(bar);
+  if (control_ok)
+    tb_control_destroy(&control);
   tb_job_free(job);
+  if (exit_code >= 0)
+    return exit_code;
   return r == 0 ? TB_EXIT_OK : TB_EXIT_FAILED;
 }

@@ -58,9 +58,7 @@ static double mono_s(void) {
 }
 
 static bool final_state(const char *s) {
-  tb_run_state_t st = s ? tb_run_state_from_name(s) : TB_RUN_INVALID;
-  return st == TB_RUN_FINISHED || st == TB_RUN_STOPPED || st == TB_RUN_CANCELLED ||
-         st == TB_RUN_FAILED;
+  return s != NULL && tb_run_state_is_final(tb_run_state_from_name(s));
 }
 
 static bool user_wants(const watch_t *w, const char *name) {
@@ -329,7 +327,7 @@ static void usage(void) {
          "as they happen. If the daemon goes away (a restart), watch reconnects and\n"
          "resumes after the last event it showed, with no gap and no duplicate.\n"
          "Exits 0 when the run reaches a final state (finished, stopped, cancelled), 1 if\n"
-         "it failed.\n"
+         "it failed (or was lost: its trainer went away and did not come back).\n"
          "\n"
          "options:\n"
          "  --run ID             the run (default: the only run that has not ended)\n"
@@ -428,7 +426,7 @@ int tb_cli_watch(int argc, char **argv) {
   if (from_seq < 0 && final_state(tb_run_state_name(info.state))) {
     if (w.show != SHOW_JSON)
       printf("run %s: %s\n", run, tb_run_state_name(info.state));
-    ex = info.state == TB_RUN_FAILED ? TB_EXIT_FAILED : TB_EXIT_OK;
+    ex = info.state == TB_RUN_FAILED || info.state == TB_RUN_LOST ? TB_EXIT_FAILED : TB_EXIT_OK;
     goto out;
   }
 
@@ -479,7 +477,8 @@ int tb_cli_watch(int argc, char **argv) {
       bool end = false, failed = false;
       if (m->kind == TB_SMSG_EVENT) {
         end = show_event(&w, &m->event);
-        failed = end && strcmp(m->event.state, "failed") == 0;
+        failed =
+            end && (strcmp(m->event.state, "failed") == 0 || strcmp(m->event.state, "lost") == 0);
       } else if (m->kind == TB_SMSG_DROPPED) {
         end_bar(&w);
         fprintf(stderr, "%s: the daemon dropped %lld batch events of %s (seq %lld..%lld)\n", o.cmd,

@@ -246,6 +246,56 @@ static int call_until(tb_client_t *c, const tb_req_t *r, int64_t deadline, cJSON
   }
 }
 
+/* ---- for the publisher (publisher.c): lines of its own ---------------------- */
+
+int64_t tb__client_new_id(tb_client_t *c) {
+  return ++c->next_id;
+}
+
+int tb__client_send_raw(tb_client_t *c, const char *buf, size_t len, int64_t deadline,
+                        tb_client_err_t *err) {
+  if (c->fd < 0)
+    return tb__cerr(err, TB_CLIENT_ECLOSED, "not connected");
+  tb_client_err_t serr;
+  int rc = tb__send(c, buf, len, deadline, &serr); /* plaintext or TLS */
+  if (rc != 0) {
+    if (rc != TB_CLIENT_ETIMEOUT)
+      drop(c);
+    return tb__cerr(err, rc, "sending to the server: %s", serr.msg);
+  }
+  return 0;
+}
+
+int tb__client_read(tb_client_t *c, int timeout_ms, tb_smsg_t *msg, tb_client_err_t *err) {
+  memset(msg, 0, sizeof *msg);
+  const char *line;
+  size_t len;
+  int rc;
+  tb__line_t *q = c->q_head;
+  if (q != NULL) {
+    c->q_head = q->next;
+    if (c->q_head == NULL)
+      c->q_tail = NULL;
+    c->n_queued--;
+    line = q->text;
+    len = q->len;
+  } else if ((rc = read_line(c, tb__deadline(timeout_ms), &line, &len, err)) != 0) {
+    return rc;
+  }
+  tb_proto_err_t perr;
+  rc = tb_smsg_decode(line, len, msg, &perr);
+  free(q);
+  if (rc != 0) {
+    tb_smsg_free(msg);
+    drop(c);
+    return tb__cerr(err, TB_CLIENT_EBAD_REPLY, "the server sent an unreadable message: %s",
+                    perr.msg);
+  }
+  if (msg->kind == TB_SMSG_BYE)
+    snprintf(c->bye_reason, sizeof c->bye_reason, "%s", msg->bye.reason);
+  return 0;
+}
+
 int tb_client_call(tb_client_t *c, const tb_req_t *r, cJSON **result, tb_client_err_t *err) {
   err_clear(err);
   if (result)

@@ -106,6 +106,17 @@ int64_t tb__now_ms(void);
 /* A deadline timeout_ms from now; -1 (none) for a negative timeout. */
 int64_t tb__deadline(int timeout_ms);
 
+/* client.c, for the publisher (publisher.c), which writes lines of its own
+ * (publish and applied notifications) and reads every message itself:
+ * a fresh request id; all of buf sent by the deadline (0, or a code with
+ * err filled; the connection is dropped unless it timed out); the next
+ * message of any kind (results and errors too), queued ones first, within
+ * timeout_ms (0: only what has arrived). */
+int64_t tb__client_new_id(tb_client_t *c);
+int tb__client_send_raw(tb_client_t *c, const char *buf, size_t len, int64_t deadline,
+                        tb_client_err_t *err);
+int tb__client_read(tb_client_t *c, int timeout_ms, tb_smsg_t *msg, tb_client_err_t *err);
+
 /* Records the answer sent for lockstep event seq of run (calls.c). */
 void tb__client_note_answer(tb_client_t *c, const char *run, int64_t seq,
                             const tb_client_actions_t *a);

@@ -393,9 +393,11 @@ int tb_msg_rejected(tb_buf_t *b, const char *method, const char *run, int64_t se
       APP(",\"message\":") || tb_json_str(b, message) || APP("}}\n"));
 }
 
-int tb_msg_publish_begin(tb_buf_t *b, const char *run) {
-  TRY(APP("{\"jsonrpc\":\"2.0\",\"method\":\"publish\",\"params\":{\"run\":") ||
-      tb_json_str(b, run) || APP(",\"events\":["));
+int tb_msg_publish_begin(tb_buf_t *b, const tb_id_t *id, const char *run) {
+  bool has_id = id != NULL && id->kind != TB_ID_NONE;
+  TRY(APP("{\"jsonrpc\":\"2.0\",") || (has_id ? APP("\"id\":") || json_id(b, id) || APP(",") : 0) ||
+      APP("\"method\":\"publish\",\"params\":{\"run\":") || tb_json_str(b, run) ||
+      APP(",\"events\":["));
 }
 
 int tb_msg_publish_end(tb_buf_t *b) {

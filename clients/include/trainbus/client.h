@@ -92,9 +92,11 @@ typedef struct tb_client_opts_s {
    * explicit addr of another daemon gets no token from here. Copied. */
   const char *state_dir;
   /* The role asked for: TB_ROLE_OBSERVER, TB_ROLE_CONTROLLER or
-   * TB_ROLE_TRAINER; TB_ROLE_NONE means observer. The token decides what is
-   * granted (tb_client_role): asking for controller with the observer token
-   * gives observer, whose control calls then fail with TB_PROTO_EFORBIDDEN. */
+   * TB_ROLE_TRAINER (a training loop that publishes its own run:
+   * trainbus/publisher.h); TB_ROLE_NONE means observer. The token decides
+   * what is granted (tb_client_role): asking for controller with the
+   * observer token gives observer, whose control calls then fail with
+   * TB_PROTO_EFORBIDDEN. */
   tb_role_t role;
   /* Name shown in the daemon's logs and in "by" of control events; NULL for
    * "libtrainbus". Copied, truncated to TB_PROTO_TEXT_MAX - 1 bytes. */

@@ -19,7 +19,7 @@ import time
 import warnings
 
 PROTOCOL_VERSION = 1
-FINAL_STATES = frozenset(("finished", "stopped", "cancelled", "failed"))
+FINAL_STATES = frozenset(("finished", "stopped", "cancelled", "failed", "lost"))
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 _MAX_LINE = 16 * 1024 * 1024  # longer lines from a server are refused
 

@@ -671,12 +671,13 @@ int tb_pub_event_read(const cJSON *item, int index, tb_pub_event_t *out, tb_prot
 
 /* Client side, a publish notification built piece by piece (no allocation
  * beyond b's growth; numbers as tb_json_num writes them, so they round-trip):
- * tb_msg_publish_begin writes {"jsonrpc":"2.0","method":"publish","params":
+ * tb_msg_publish_begin writes {"jsonrpc":"2.0",["id":ID,]"method":"publish","params":
  * {"run":RUN,"events":[ ; tb_pub_event_append one event object (its own
- * leading comma when `first` is false); tb_msg_publish_end "]}}\n". Each
+ * leading comma when `first` is false); tb_msg_publish_end "]}}\n". id
+ * NULL (or TB_ID_NONE) makes a notification, answered by nothing. Each
  * returns 0 or TB_PROTO_EINTERNAL with b rolled back. The event's kind must
  * be a hook event and its logs names non-empty (as the decoder checks). */
-int tb_msg_publish_begin(tb_buf_t *b, const char *run);
+int tb_msg_publish_begin(tb_buf_t *b, const tb_id_t *id, const char *run);
 int tb_pub_event_append(tb_buf_t *b, const tb_pub_event_t *e, const char *const *class_names,
                         bool first);
 int tb_msg_publish_end(tb_buf_t *b);
