@@ -16,7 +16,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenblas-dev
       libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
       libcsv-dev libssl-dev openssl dataset-fashion-mnist
-      python3-numpy python3-venv python3-setuptools python3-wheel systemd
+      python3-numpy python3-venv python3-setuptools python3-wheel python3-torch systemd
       ${EXTRA_PKGS:-}"
 missing=""
 for p in $pkgs; do

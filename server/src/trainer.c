@@ -296,7 +296,7 @@ static void describe(tb_run_t *r, const tb_req_t *q) {
   t->checkpoints = q->attach.checkpoints;
   if (q->attach.has_lr) {
     r->has_lr = true;
-    r->lr = (double)(float)q->attach.lr;
+    r->lr = q->attach.lr;
   }
   save_description(r);
 }
@@ -467,7 +467,7 @@ static void take(tb_run_t *r, const tb_pub_event_t *e, tb_classes_t *classes) {
   rec.epoch = (int)e->epoch;
   rec.batch = (int)e->batch;
   rec.time_us = e->has_time ? e->time_us : tb__srv_now_us();
-  rec.lr = e->has_lr ? (double)(float)e->lr : NAN;
+  rec.lr = e->has_lr ? e->lr : NAN;
   rec.epochs = r->epochs;
   rec.classes = classes;
   rec.seq = ++r->seq;
@@ -666,7 +666,7 @@ void tb__trainer_applied(conn_t *c, const tb_req_t *q) {
       rec.value = a->value;
       rec.has_old = a->has_old;
       rec.old_value = a->old;
-      rec.lr = (double)(float)a->value;
+      rec.lr = a->value;
     }
     if (strcmp(a->action, "checkpoint") == 0 && a->path[0])
       rec.path = strdup(a->path); /* NULL on OOM: the event names no file */

@@ -8,6 +8,10 @@
   :func:`run_callback`. In lockstep mode the trainer waits for the callback at
   each hook it overrides, so ``self.set_lr(...)`` or ``self.model.stop_training
   = True`` takes effect before training goes on, as it would locally.
+- :class:`Publisher` puts a training loop of your own on the bus as a trainer:
+  call its hook methods; the daemon's clients watch and steer the run.
+  :class:`TorchPublisher` steers a ``torch.optim`` optimizer, and
+  :class:`KerasPublisher` is a Keras callback (Keras imported only when used).
 """
 
 from .client import (
@@ -19,14 +23,20 @@ from .client import (
     resolve_address,
 )
 from .callback import RemoteCallback, run_callback
+from .publisher import Control, KerasPublisher, Publisher, TorchPublisher, keras_callback
 
 __all__ = [
     "Client",
     "ConnectionLost",
+    "Control",
     "Event",
+    "KerasPublisher",
+    "Publisher",
     "RemoteCallback",
     "RemoteError",
+    "TorchPublisher",
     "TrainbusError",
+    "keras_callback",
     "resolve_address",
     "run_callback",
 ]
