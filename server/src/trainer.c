@@ -552,6 +552,12 @@ void tb__trainer_publish(conn_t *c, const tb_req_t *q) {
   if (lockstep)
     arm(c->srv);
   if (q->id.kind != TB_ID_NONE && i == q->publish.n_events) {
+    /* The answer lets the trainer forget what it says the run holds: those
+     * events must be in the run's log first (written, so a SIGKILL of the
+     * daemon cannot lose them), not just in the queue. Trainers ask a few
+     * times a second, so draining here costs what the drain would anyway. */
+    if (taken > 0)
+      tb__drain_all(c->srv);
     tb_buf_t b;
     tb_buf_init(&b);
     tb_msg_result_begin(&b, &q->id);
