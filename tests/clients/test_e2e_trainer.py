@@ -180,6 +180,130 @@ class TrainerE2E(unittest.TestCase):
         rates = [float(l.split()[-1]) for l in lines(out) if l.startswith("epoch")]
         self.assertEqual(rates, [0.5, 0.25, 0.125, 0.0625, 0.05, 0.05, 0.05])
 
+    def test_torch_loop_goes_on_across_daemon_restarts(self):
+        """The Python Publisher under a daemon SIGKILLed and SIGTERMed and
+        restarted with --resume on another port: it finds the daemon again
+        through the state directory, attaches its run again by itself, and the
+        run holds every batch of the loop once, in order; set-lr and stop
+        still reach it."""
+        sd = tempfile.mkdtemp(prefix="tb-trainer-py-")
+        d = Daemon(["--no-job"], state_dir=sd, listen="127.0.0.1:0")
+        self.addCleanup(lambda: d.stop())
+        p = subprocess.Popen([sys.executable, EXAMPLE, "--state-dir", sd, "--epochs", "100000",
+                              "--batch-sleep", "0.002"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: p.poll() is None and p.kill())
+        run = p.stdout.readline().split()[1]
+        for sig in (signal.SIGKILL, signal.SIGTERM):
+            n = len(self.history(d, run))
+            self.assertTrue(wait_for(lambda: len(self.history(d, run)) > n + 40, timeout=60))
+            d.stop(sig)
+            time.sleep(0.3)  # the loop goes on meanwhile, queueing
+            d = Daemon(["--no-job", "--resume"], state_dir=sd, listen="127.0.0.1:0")
+            n = len(self.history(d, run))
+            self.assertTrue(wait_for(lambda: len(self.history(d, run)) > n + 40, timeout=60),
+                            "the publisher did not attach again")
+            self.assertIsNone(p.poll())
+        r = d.cli("set-lr", "0.004", "--run", run)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(d.cli("stop", "--run", run).returncode, 0)
+        self.assertEqual(p.wait(60), 0, p.stderr.read())
+        hist = self.history(d, run)
+        self.assertEqual([e["seq"] for e in hist], list(range(1, len(hist) + 1)))
+        batches = [(e["epoch"], e["batch"]) for e in hist if e["event"] == "train_batch_end"]
+        # Two batches an epoch: every one once, in order, up to the stop.
+        self.assertEqual(batches, [(k // 2, k % 2) for k in range(len(batches))])
+        self.assertEqual([e["state"] for e in hist if e["event"] == "state"],
+                         ["running", "stopping", "stopped"])
+        self.assertIn(0.004, [e["logs"]["lr"] for e in hist if e["event"] == "train_batch_end"])
+
+    # -- the Keras callback ------------------------------------------------
+
+    def test_keras_callback_publishes_and_applies_controls(self):
+        """keras_callback under a stand-in for keras.callbacks.Callback
+        (Keras itself is not installable here: no PyPI, no Debian package),
+        driven the way Keras's fit drives callbacks: set_model, params, the
+        hooks in order. A remote set-lr reaches model.optimizer.learning_rate
+        (a variable assigned, as Keras 3's) at the next batch boundary, stop
+        sets model.stop_training; importing trainbus imported no Keras."""
+        self.assertNotIn("keras", sys.modules)
+        self.assertNotIn("tensorflow", sys.modules)
+        d = self.daemon()
+
+        class Variable:
+            def __init__(self, v):
+                self.v = v
+
+            def assign(self, v):
+                self.v = float(v)
+
+            def numpy(self):
+                return self.v
+
+        class Callback:  # keras.callbacks.Callback's surface that callbacks use
+            def __init__(self):
+                self.model, self.params = None, {}
+
+            def set_model(self, model):
+                self.model = model
+
+            def set_params(self, params):
+                self.params = params
+
+        class Model:
+            name = "stand-in"
+            stop_training = False
+
+            class optimizer:
+                learning_rate = Variable(0.01)
+
+        model = Model()
+        cb = trainbus.keras_callback(base=Callback, addr=d.addr, token=d.token)
+        self.assertIsInstance(cb, Callback)
+        cb.set_model(model)
+        cb.set_params({"epochs": 1000, "steps": 5})
+        cb.on_train_begin({})
+        run = cb.publisher.run
+        seen_lr, stopped_at = [], None
+        setter = None
+        for epoch in range(1000):
+            cb.on_epoch_begin(epoch, {})
+            for b in range(5):
+                cb.on_train_batch_begin(b, {})
+                seen_lr.append(model.optimizer.learning_rate.v)
+                cb.on_train_batch_end(b, {"loss": 1.0 / (1 + b)})
+                if setter is None and epoch == 2:
+                    setter = threading.Thread(target=lambda: d.cli("set-lr", "0.005", "--run",
+                                                                   run))
+                    setter.start()
+                if model.stop_training:
+                    break
+            cb.on_epoch_end(epoch, {"loss": 0.5})
+            if model.optimizer.learning_rate.v == 0.005 and stopped_at is None:
+                self.assertEqual(d.cli("stop", "--run", run).returncode, 0)
+                stopped_at = epoch
+            if model.stop_training:
+                break
+            time.sleep(0.01)
+        cb.on_train_end({})
+        cb.finish()
+        setter.join()
+        self.assertIsNotNone(stopped_at)
+        self.assertTrue(model.stop_training)
+        self.assertEqual(seen_lr[0], 0.01)
+        self.assertEqual(seen_lr[-1], 0.005)
+        hist = self.history(d, run)
+        ctl = [e for e in hist if e["event"] == "control"]
+        self.assertEqual([c["action"] for c in ctl], ["set_lr", "stop"])
+        self.assertEqual((ctl[0]["value"], ctl[0]["old"]), (0.005, 0.01))
+        self.assertEqual(hist[-1]["state"], "stopped")
+        self.assertEqual(hist[0]["source"], "trainer")
+        names = [e["event"] for e in hist if e["event"] in HOOKS]
+        self.assertEqual(names[:2], ["train_begin", "epoch_begin"])
+        self.assertEqual(names[-2:], ["epoch_end", "train_end"])
+        runs = json.loads(d.cli("status", "--run", run, "--json").stdout)
+        self.assertEqual((runs["name"], runs["epochs"], runs["steps"]), ("stand-in", 1000, 5))
+
     # -- trainbus train --connect ----------------------------------------
 
     def test_cli_connect_same_events_and_weights_as_local(self):
