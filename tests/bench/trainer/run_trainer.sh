@@ -3,9 +3,10 @@
 # costs, each figure beside its reference in the same run, medians of RUNS.
 #
 #   1. publishing cost on the loop's thread, ns per event: the publisher
-#      (trainbus/publisher.h, to a real trainbusd) against the daemon's own
-#      publisher (an embedded server's run callback) and an empty callback
-#      list, interleaved in one process (tb_trainer_bench cost);
+#      (trainbus/publisher.h, to a real trainbusd; tb_trainer_bench cost)
+#      against the daemon's own publisher (an embedded server's run callback;
+#      tb_trainer_embed cost), each against an empty callback list in its
+#      own process, the two programs alternating;
 #   2. training slowdown of the demo job (Fashion-MNIST MLP, one BLAS
 #      thread, EPOCHS epochs) published with 8 subscribers attached
 #      (each a process subscribed to every event of every run: tb_trainer_bench
@@ -28,8 +29,9 @@ top=$(cd "$(dirname "$0")/../../.." && pwd)
 RUNS=${RUNS:-5}
 EPOCHS=${EPOCHS:-5}
 build=${BUILD_DIR:-$top/build}
-cmake --build "$build" -j2 --target tb_trainer_bench trainbusd trainbus >&2
+cmake --build "$build" -j2 --target tb_trainer_bench tb_trainer_embed trainbusd trainbus >&2
 bench="$build/tests/bench/trainer/tb_trainer_bench"
+embed="$build/tests/bench/trainer/tb_trainer_embed"
 cli="$build/trainbus"
 daemon="$build/trainbusd"
 
@@ -68,20 +70,28 @@ with_blas() { # $1: env|own, then the command
 
 echo "# trainer benchmark: RUNS=$RUNS EPOCHS=$EPOCHS, $(nproc) cores, $(date -u +%FT%TZ)"
 
-# 1. cost
+# 1. cost: the publisher and the embedded server's publisher, alternating
 start_daemon cost
-for i in $(seq "$RUNS"); do "$bench" cost -a "$addr" -n 96000; done >"$work/out-cost"
-pub=$(field publisher_ns <"$work/out-cost" | median)
-emb=$(field embedded_ns <"$work/out-cost" | median)
+for i in $(seq "$RUNS"); do
+  if [ $((i % 2)) = 1 ]; then
+    "$bench" cost -a "$addr" -n 96000
+    "$embed" cost -n 96000
+  else
+    "$embed" cost -n 96000
+    "$bench" cost -a "$addr" -n 96000
+  fi
+done >"$work/out-cost"
+pub=$(grep '"path":"publisher"' "$work/out-cost" | field hook_ns | median)
+emb=$(grep '"path":"embedded"' "$work/out-cost" | field hook_ns | median)
+pcpu=$(grep '"path":"publisher"' "$work/out-cost" | field cpu_ns | median)
+ecpu=$(grep '"path":"embedded"' "$work/out-cost" | field cpu_ns | median)
 empty=$(field empty_ns <"$work/out-cost" | median)
-ratio=$(field ratio <"$work/out-cost" | median)
-pcpu=$(field publisher_cpu_ns <"$work/out-cost" | median)
-ecpu=$(field embedded_cpu_ns <"$work/out-cost" | median)
 echo "publishing cost per event (loop thread, median of $RUNS x 96000 train_batch_end):"
 printf '  publisher to trainbusd  %8.0f ns in the hook, %6.0f ns of the thread'"'"'s CPU\n' "$pub" "$pcpu"
 printf '  daemon run (embedded)   %8.0f ns in the hook, %6.0f ns of the thread'"'"'s CPU\n' "$emb" "$ecpu"
-printf '  no callback             %8.0f ns\n  ratio publisher/daemon  %8.2f (hook), %.2f (CPU)\n' "$empty" "$ratio" \
-  "$(awk -v a="$pcpu" -v b="$ecpu" 'BEGIN { print a / b }')"
+printf '  no callback             %8.0f ns\n' "$empty"
+awk -v a="$pub" -v b="$emb" -v c="$pcpu" -v d="$ecpu" \
+  'BEGIN { printf "  ratio publisher/daemon  %8.2f (hook), %.2f (CPU)\n", a / b, c / d }'
 
 for blas in env own; do
   echo

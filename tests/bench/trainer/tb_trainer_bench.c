@@ -3,14 +3,15 @@
  * run_trainer.sh; one JSON line per measurement on stdout.
  *
  *   cost -a ADDR [-n N]   the loop thread's cost per event of the publisher
- *       (trainbus/publisher.h, to the daemon at ADDR) against the daemon's
- *       own publisher (an embedded server's run callback: what a daemon run
- *       pays) and an empty callback list, in the same process. Events are
+ *       (trainbus/publisher.h, to the daemon at ADDR) against an empty
+ *       callback list, in the same process; tb_trainer_embed cost, the
+ *       same for the daemon's own publisher (an embedded server's run
+ *       callback: what a daemon run pays). Events are
  *       train_batch_end with a loss and an accuracy, fired in bursts of 32
  *       with a millisecond between bursts (about 30,000 events/s, faster
  *       than any real loop publishes, slower than the daemon takes them, so
  *       nothing is dropped: the drop path is cheaper and would flatter the
- *       figure); only the hook calls are timed. The three paths alternate in
+ *       figure); only the hook calls are timed. The two paths alternate in
  *       blocks of 3,200 events so drift hits them alike.
  *
  *   fit [-a ADDR] [-e EPOCHS]   trains the demo job (Fashion-MNIST MLP,
@@ -30,11 +31,14 @@
  *       discards them until killed (the 8 subscribers of the fit figure). */
 #define _GNU_SOURCE
 #include "trainbus/callback.h"
+#ifdef TB_BENCH_EMBEDDED
+#include "trainbus/server.h"
+#else
 #include "trainbus/client.h"
 #include "trainbus/job.h"
 #include "trainbus/model.h"
 #include "trainbus/publisher.h"
-#include "trainbus/server.h"
+#endif
 
 #include <math.h>
 #include <stdio.h>
@@ -57,12 +61,6 @@ static uint64_t cpu_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int64_t wall_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void usage(void) {
@@ -96,14 +94,24 @@ static uint64_t fire_block(tb_callbacks_t *cbs, tb_ctx_t *ctx, int64_t *index, i
   return spent;
 }
 
+/* The path measured: the publisher to a daemon, or (tb_trainer_embed, built
+ * from this file with TB_BENCH_EMBEDDED) an embedded server's run callback:
+ * the client and server libraries cannot be linked into one program (both
+ * have a TLS room of their own), so the two are two programs that
+ * run_trainer.sh runs one after the other, alternating. */
+#ifdef TB_BENCH_EMBEDDED
+#define PATH_NAME "embedded"
+#else
+#define PATH_NAME "publisher"
+#endif
+
 static int cost(const char *addr, const char *token, int n) {
-  tb_client_err_t cerr;
-  tb_publisher_opts_t po = {.addr = addr, .token = token, .name = "bench-cost", .epochs = 1};
-  tb_publisher_t *pub;
-  if (tb_publisher_new(&po, &pub, &cerr) != 0) {
-    fprintf(stderr, "tb_trainer_bench: %s\n", cerr.msg);
-    return 1;
-  }
+  tb_callbacks_t lists[2];
+  for (int i = 0; i < 2; i++)
+    tb_callbacks_init(&lists[i]);
+    /* lists[1]: empty, the loop's own cost */
+#ifdef TB_BENCH_EMBEDDED
+  (void)addr, (void)token;
   tb_server_opts_t so;
   tb_server_opts_defaults(&so);
   so.listen[0] = "127.0.0.1:0";
@@ -114,51 +122,58 @@ static int cost(const char *addr, const char *token, int n) {
   tb_err_t err = {{0}};
   if (tb_server_new(&so, &s, &err) != 0 || tb_server_start(s) != 0 ||
       tb_server_attach(s, "bench", 1, &run, &err) != 0) {
-    fprintf(stderr, "tb_trainer_bench: embedded server: %s\n", err.msg);
+    fprintf(stderr, "tb_trainer_embed: embedded server: %s\n", err.msg);
     return 1;
   }
-  tb_callbacks_t lists[3];
-  for (int i = 0; i < 3; i++)
-    tb_callbacks_init(&lists[i]);
+  tb_callbacks_add(&lists[0], tb_run_callback(run));
+#else
+  tb_client_err_t cerr;
+  tb_publisher_opts_t po = {.addr = addr, .token = token, .name = "bench-cost", .epochs = 1};
+  tb_publisher_t *pub;
+  if (tb_publisher_new(&po, &pub, &cerr) != 0) {
+    fprintf(stderr, "tb_trainer_bench: %s\n", cerr.msg);
+    return 1;
+  }
   tb_callbacks_add(&lists[0], tb_publisher_callback(pub));
-  tb_callbacks_add(&lists[1], tb_run_callback(run));
-  /* lists[2]: empty, the loop's own cost */
+#endif
   tb_ctx_t ctx;
   tb_ctx_init(&ctx);
   ctx.epochs = 1;
   ctx.steps = 1000;
   ctx.epoch = 0;
-  uint64_t spent[3] = {0}, cpu[3] = {0};
-  int64_t index[3] = {0};
+  uint64_t spent[2] = {0}, cpu[2] = {0};
+  int64_t index[2] = {0};
   int64_t done = 0;
   const int block = 3200;
   while (done < n) {
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 2; k++)
       spent[k] += fire_block(&lists[k], &ctx, &index[k], block, &cpu[k]);
     done += block;
   }
+  int64_t dropped = 0;
+#ifdef TB_BENCH_EMBEDDED
+  tb_server_stop(s);
+  tb_server_free(s);
+#else
   if (tb_publisher_finish(pub, TB_RUN_FINISHED, NULL, 60000, &cerr) != 0)
     fprintf(stderr, "tb_trainer_bench: finish: %s\n", cerr.msg);
   tb_publisher_stats_t st;
   tb_publisher_stats(pub, &st);
-  double pub_ns = (double)spent[0] / (double)done, emb_ns = (double)spent[1] / (double)done;
-  double none_ns = (double)spent[2] / (double)done;
-  /* CPU per event beyond the empty list's (the loop's own work, logs). */
-  double pub_cpu = (double)(cpu[0] - cpu[2]) / (double)done;
-  double emb_cpu = (double)(cpu[1] - cpu[2]) / (double)done;
-  printf("{\"mode\":\"cost\",\"events\":%lld,\"publisher_ns\":%.1f,\"embedded_ns\":%.1f,"
-         "\"empty_ns\":%.1f,\"ratio\":%.3f,\"publisher_cpu_ns\":%.1f,\"embedded_cpu_ns\":%.1f,"
-         "\"dropped\":%lld}\n",
-         (long long)done, pub_ns, emb_ns, none_ns, pub_ns / emb_ns, pub_cpu, emb_cpu,
-         (long long)st.dropped);
+  dropped = st.dropped;
   tb_publisher_free(pub);
-  tb_server_stop(s);
-  tb_server_free(s);
-  for (int i = 0; i < 3; i++)
+#endif
+  /* CPU per event beyond the empty list's (the loop's own work, logs). */
+  printf("{\"mode\":\"cost\",\"path\":\"%s\",\"events\":%lld,\"hook_ns\":%.1f,\"cpu_ns\":%.1f,"
+         "\"empty_ns\":%.1f,\"dropped\":%lld}\n",
+         PATH_NAME, (long long)done, (double)spent[0] / (double)done,
+         (double)(cpu[0] - cpu[1]) / (double)done, (double)spent[1] / (double)done,
+         (long long)dropped);
+  for (int i = 0; i < 2; i++)
     tb_callbacks_release(&lists[i]);
-  return st.dropped == 0 ? 0 : 1;
+  return dropped == 0 ? 0 : 1;
 }
 
+#ifndef TB_BENCH_EMBEDDED
 /* ---- fit ------------------------------------------------------------------------ */
 
 static uint64_t t_begin, t_end, c_begin, c_end;
@@ -244,6 +259,12 @@ static int fit(const char *addr, const char *token, int epochs) {
   tb_control_destroy(&control);
   tb_job_free(job);
   return r == 0 ? 0 : 1;
+}
+
+static int64_t wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* ---- lat -------------------------------------------------------------------------- */
@@ -345,6 +366,8 @@ static int sub(const char *addr) {
   return 0;
 }
 
+#endif /* TB_BENCH_EMBEDDED */
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     usage();
@@ -378,6 +401,11 @@ int main(int argc, char **argv) {
       return 2;
     }
   }
+#ifdef TB_BENCH_EMBEDDED
+  (void)epochs, (void)k, (void)limit;
+  if (strcmp(mode, "cost") == 0)
+    return cost(addr, token, n);
+#else
   if (strcmp(mode, "cost") == 0 && addr != NULL)
     return cost(addr, token, n);
   if (strcmp(mode, "fit") == 0)
@@ -386,6 +414,7 @@ int main(int argc, char **argv) {
     return lat(addr, k, limit);
   if (strcmp(mode, "sub") == 0 && addr != NULL)
     return sub(addr);
+#endif
   usage();
   return 2;
 }
