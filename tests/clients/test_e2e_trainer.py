@@ -19,7 +19,9 @@ from e2e_util import CLI, SOURCE, Daemon, need_binaries, wait_for
 
 sys.path.insert(0, os.path.join(SOURCE, "clients", "python"))
 sys.path.insert(0, os.path.join(SOURCE, "examples"))
+sys.path.insert(0, os.path.join(SOURCE, "tests", "tls"))
 
+import tls_util as T  # noqa: E402
 import trainbus  # noqa: E402
 
 EXAMPLE = os.path.join(SOURCE, "examples", "torch_manual_loop.py")
@@ -303,6 +305,78 @@ class TrainerE2E(unittest.TestCase):
         self.assertEqual(names[-2:], ["epoch_end", "train_end"])
         runs = json.loads(d.cli("status", "--run", run, "--json").stdout)
         self.assertEqual((runs["name"], runs["epochs"], runs["steps"]), ("stand-in", 1000, 5))
+
+    # -- over TLS, with the trainer token -----------------------------------
+
+    def test_trainers_over_tls_with_the_trainer_token(self):
+        """`trainbus train --connect tls://...` and the Python Publisher take
+        the same TLS options as the other clients (--cacert / cafile=), and
+        the trainer token: the run is published and steered over TLS. The
+        observer token cannot publish; an untrusted server is refused
+        promptly."""
+        tt, ot = "trainer-token-0123456789", "observer-token-0123456789"
+        d = self.daemon("--trainer-token", tt, "--observer-token", ot, *T.daemon_args())
+        self.assertTrue(d.addr.startswith("tls://127.0.0.1:"), d.addr)
+        ca = T.path("ca.pem")
+        job = write_json(JOB, self)
+        local = local_json_events(job)
+        env = dict(d.env(token=False))
+        env.pop("TRAINBUS_TOKEN", None)
+        r = subprocess.run([CLI, "train", job, "--connect", d.addr, "--token", tt, "--cacert", ca,
+                            "--verbose", "0"], env=env, capture_output=True, text=True,
+                           timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("publishing as run r1", r.stderr)
+        with trainbus.Client(d.addr, d.token, cafile=ca) as c:
+            hist = c.history_all("r1")
+        self.assertEqual(hook_events(hist), hook_events(local))
+        self.assertEqual(hist[-1]["state"], "finished")
+        # The Python Publisher over TLS, steered by set-lr over TLS.
+        rates = []
+        pub = trainbus.Publisher(addr=d.addr, token=tt, cafile=ca, name="tls-loop",
+                                 get_lr=lambda: rates[-1] if rates else 0.1,
+                                 set_lr=rates.append)
+        self.assertEqual(pub.run, "r2")
+        answers = []
+        setter = threading.Thread(target=lambda: answers.append(
+            d.cli("set-lr", "0.05", "--run", "r2", "--cacert", ca)))
+        pub.on_train_begin()
+        epoch = 0
+        while epoch < 2000 and 0.05 not in rates:
+            pub.on_epoch_begin(epoch)
+            pub.on_train_batch_begin(0)
+            pub.on_train_batch_end(0, {"loss": 1.0})
+            pub.on_epoch_end(epoch, {"loss": 1.0})
+            if epoch == 3:
+                setter.start()
+            epoch += 1
+            time.sleep(0.005)
+        setter.join(60)
+        pub.on_train_end()
+        pub.finish()
+        self.assertIn(0.05, rates)
+        answer = answers[0]
+        self.assertEqual(answer.returncode, 0, answer.stderr)
+        self.assertIn("-> 0.05 at epoch", answer.stdout)
+        self.assertEqual(pub.stats["rejected"], 0, list(pub.errors))
+        # The observer token grants no trainer role: refused at auth.
+        with self.assertRaises(trainbus.RemoteError) as cm:
+            trainbus.Publisher(addr=d.addr, token=ot, cafile=ca)
+        self.assertEqual(cm.exception.name, "forbidden", str(cm.exception))
+        r = subprocess.run([CLI, "train", job, "--connect", d.addr, "--token", ot, "--cacert", ca,
+                            "--verbose", "0"], env=env, capture_output=True, text=True,
+                           timeout=300)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("the observer token grants the observer role, not trainer", r.stderr)
+        # Without the CA: the server is not trusted, promptly (exit 3).
+        t0 = time.monotonic()
+        r = subprocess.run([CLI, "train", job, "--connect", d.addr, "--token", tt, "--verbose",
+                            "0"], env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("certificate", r.stderr)
+        self.assertLess(time.monotonic() - t0, 10)
+        with trainbus.Client(d.addr, d.token, cafile=ca) as c:
+            self.assertEqual([x["run"] for x in c.runs()], ["r1", "r2"])
 
     # -- trainbus train --connect ----------------------------------------
 

@@ -37,6 +37,8 @@ import trainbus  # noqa: E402
 
 EPOCHS = 40
 MAX_LINE = 65536
+OBSERVER_TOKEN = "hostile-observer-token-0123"
+TRAINER_TOKEN = "hostile-trainer-token-0123"
 # Memory is measured only in a plain build (ASan's shadow memory and
 # valgrind change it), as in test_hostile_resources.
 MEASURE = os.environ.get("TB_SANITIZED") != "1" and not H.WRAP
@@ -102,14 +104,15 @@ class GoodTrainer:
     event and notice it gets."""
 
     def __init__(self, d):
+        tls = {"cafile": H.tls_util.path("ca.pem")} if H.TLS else {}
         self.pub = trainbus.Publisher(addr=d.addr, token=H.TOKEN, name="good", steps=20,
-                                      client_name="good-trainer")
+                                      client_name="good-trainer", **tls)
         self.run = self.pub.run
         self.stop = threading.Event()
         self.published = 0
         self.error = None
         self.watch_events, self.watch_notes = [], []
-        self.sub = trainbus.Client(d.addr, H.TOKEN)
+        self.sub = trainbus.Client(d.addr, H.TOKEN, **tls)
         self.sub_iter = self.sub.subscribe(runs=[self.run], since_seq=1, notices=True)
         self.watch_thread = threading.Thread(target=self._watch, daemon=True)
         self.watch_thread.start()
@@ -174,8 +177,10 @@ class Trainers(unittest.TestCase):
         cls.ref_thread = threading.Thread(target=reference, daemon=True)
         cls.ref_thread.start()
         cls.wpath = os.path.join(tempfile.mkdtemp(prefix="tb-hostile-tr-"), "w.tbw")
-        cls.d = H.Daemon(H.job(cls.wpath, EPOCHS), args=("--trainer-timeout-ms", "60000"))
-        cls.d.addr = "%s:%d" % (cls.d.host, cls.d.port)
+        cls.d = H.Daemon(H.job(cls.wpath, EPOCHS),
+                         args=("--trainer-timeout-ms", "60000", "--observer-token", OBSERVER_TOKEN,
+                               "--trainer-token", TRAINER_TOKEN))
+        cls.d.addr = "%s%s:%d" % ("tls://" if H.TLS else "", cls.d.host, cls.d.port)
         # The gate: holds r1 at its first epoch_end (and later at train_end).
         cls.gate = H.controller(cls.d)
         cls.gate.ok("subscribe", {"runs": ["r1"], "events": ["epoch_end", "train_end"],
@@ -403,7 +408,33 @@ class Trainers(unittest.TestCase):
             while m.get("method") == "event":
                 m = o.read_msg(10)
             self.assertEqual((m.get("method"), m["params"]["name"]), ("rejected", "forbidden"), m)
-            # The trainer role needs the token, and may not observe or control.
+            # The observer token (read-only) cannot publish, nor be a trainer.
+            v = self.d.connect()
+            try:
+                self.assertEqual(v.auth("observer", token=OBSERVER_TOKEN)["role"], "observer")
+                r = v.call("publish", {"run": good, "events": [ev(10 ** 6, "epoch_end", 0)]})
+                self.assertEqual(err_name(r), "forbidden", r)
+                self.assertIn("observer token, which is read-only", r["error"]["message"])
+            finally:
+                v.close()
+            for role, token in (("trainer", OBSERVER_TOKEN), ("observer", TRAINER_TOKEN),
+                                ("controller", TRAINER_TOKEN)):
+                v = self.d.connect()
+                try:
+                    r = v.call("auth", {"role": role, "token": token})
+                    if role == "controller":  # granted the token's own, lesser role
+                        self.assertEqual(r["result"]["role"], "trainer", r)
+                        r = v.call("stop", {"run": "r1"})
+                    self.assertEqual(err_name(r), "forbidden", (role, r))
+                finally:
+                    v.close()
+            # The trainer token makes a trainer, and nothing else.
+            tt = Trainer(self.d, token=TRAINER_TOKEN)
+            try:
+                self.assertEqual(tt.call("finish", {"run": tt.run})["result"], {"ok": True})
+            finally:
+                tt.close()
+            # The trainer role needs a token, and may not observe or control.
             n = self.d.connect()
             r = n.call("auth", {"role": "trainer"})
             self.assertEqual(err_name(r), "unauthorized", r)
