@@ -410,6 +410,53 @@ class TrainerE2E(unittest.TestCase):
         with open(os.path.join(tmp, "local.tbw"), "rb") as f:
             self.assertEqual(weights, [f.read()] * 2)
 
+    def test_cli_connect_pause_resume_checkpoint(self):
+        """pause, resume and checkpoint of a `trainbus train --connect` run
+        reach its loop: paused and running again (state events), and a
+        checkpoint the loop wrote in the job's checkpoint_dir, its path in
+        the answer; a job without checkpoint_dir refuses checkpoint."""
+        d = self.daemon()
+        ck = tempfile.mkdtemp(prefix="tb-trainer-ck-")
+        job = write_json(dict(SLOW, checkpoint_dir=ck), self)
+        t = subprocess.Popen([CLI, "train", job, "--connect", d.addr, "--verbose", "0"],
+                             env=d.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+        self.addCleanup(lambda: t.poll() is None and t.kill())
+        self.assertTrue(wait_for(lambda: any(e["event"] == "epoch_end"
+                                             for e in self.history(d)), timeout=60))
+        self.assertEqual(d.cli("pause", "--run", "r1").returncode, 0)
+        self.assertTrue(wait_for(lambda: json.loads(d.cli("status", "--run", "r1", "--json")
+                                                    .stdout)["state"] == "paused"))
+        n = len(self.history(d))
+        time.sleep(0.3)
+        self.assertEqual(len(self.history(d)), n)  # nothing trains while paused
+        r = d.cli("checkpoint", "--run", "r1")  # applied while paused, as a daemon run's
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path = r.stdout.split("checkpoint ", 1)[1].split(" at epoch")[0]
+        self.assertTrue(path.startswith(ck) and os.path.exists(path), r.stdout)
+        self.assertEqual(d.cli("resume", "--run", "r1").returncode, 0)
+        self.assertTrue(wait_for(lambda: len(self.history(d)) > n + 10))
+        self.assertEqual(d.cli("stop", "--run", "r1").returncode, 0)
+        _, err = t.communicate(timeout=120)
+        self.assertEqual(t.returncode, 0, err)
+        hist = self.history(d)
+        self.assertEqual([e["state"] for e in hist if e["event"] == "state"],
+                         ["running", "paused", "running", "stopping", "stopped"])
+        ctl = [e for e in hist if e["event"] == "control"]
+        self.assertEqual([e["action"] for e in ctl], ["pause", "checkpoint", "resume", "stop"])
+        self.assertEqual(ctl[1]["reason"], "wrote " + path)
+        # Without a checkpoint_dir the run takes no checkpoint request.
+        t = subprocess.Popen([CLI, "train", write_json(SLOW, self), "--connect", d.addr,
+                              "--verbose", "0"], env=d.env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: t.poll() is None and t.kill())
+        self.assertTrue(wait_for(lambda: bool(self.history(d, "r2")), timeout=60))
+        r = d.cli("checkpoint", "--run", "r2")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("nowhere to write checkpoints", r.stderr)
+        self.assertEqual(d.cli("stop", "--run", "r2").returncode, 0)
+        self.assertEqual(t.wait(120), 0)
+
     def test_trainer_sigkilled_and_restarted_with_its_run(self):
         d = self.daemon("--trainer-timeout-ms", "60000")
         ck = tempfile.mkdtemp(prefix="tb-trainer-ck-")
