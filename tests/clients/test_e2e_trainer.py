@@ -112,7 +112,16 @@ class TrainerE2E(unittest.TestCase):
         w = subprocess.Popen([CLI, "watch", "--run", run, "--json"], env=d.env(),
                              stdout=subprocess.PIPE, text=True)
         self.addCleanup(lambda: w.poll() is None and w.kill())
-        seen = [json.loads(w.stdout.readline()) for _ in range(6)]
+        # Read all it prints (a pipe left full would block it, and its exit).
+        lines = []
+        def pump():
+            for line in w.stdout:
+                lines.append(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        self.assertTrue(wait_for(lambda: len(lines) >= 6, timeout=60))
+        seen = [json.loads(line) for line in lines[:6]]
         self.assertTrue(all(e["run"] == run and e["source"] == "trainer" for e in seen), seen)
         self.assertIn("train_batch_end", [e["event"] for e in seen])
         runs = json.loads(d.cli("runs", "--json").stdout.splitlines()[0])
@@ -146,6 +155,8 @@ class TrainerE2E(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(p.wait(60), 0, p.stderr.read())
         self.assertEqual(w.wait(30), 0)
+        reader.join(10)
+        self.assertEqual(json.loads(lines[-1])["state"], "stopped")
         hist = self.history(d, run)
         stop = [e for e in hist if e["event"] == "control" and e["action"] == "stop"][0]
         rest = [e["event"] for e in hist if e["seq"] > stop["seq"] and e["event"] in HOOKS]
