@@ -141,6 +141,36 @@ static bool run_char(char c) {
          c == '_' || c == '-' || c == ':';
 }
 
+/* What the framer checks of every line from a daemon (valid UTF-8, no raw
+ * control bytes but TAB), checked of a broker payload: the decoders after it
+ * rely on it as they do on a framed line. */
+static int check_text(const char *p, size_t len, const char *what, tb_proto_err_t *err) {
+  tb_buf_t b;
+  tb_buf_init(&b);
+  if (tb_buf_append(&b, p, len) || tb_buf_append(&b, "\n", 1)) {
+    tb_buf_free(&b);
+    return perr(err, TB_PROTO_EINTERNAL, "out of memory");
+  }
+  size_t scan = 0, line_len = 0;
+  int rc = tb_frame_next(b.data, b.len, &scan, len, &line_len);
+  tb_buf_free(&b);
+  if (rc == (int)len + 1 && line_len == len)
+    return 0;
+  if (rc > 0) /* a line ended early: a raw newline in the payload */
+    return perr(err, TB_PROTO_EPARSE, "%s: a raw newline at byte %zu", what, line_len);
+  return perr(err, TB_PROTO_EPARSE, "%s: not valid UTF-8 text without control bytes", what);
+}
+
+static bool valid_run(const char *id) {
+  size_t n = strlen(id);
+  if (n == 0 || n >= TB_PROTO_RUN_MAX)
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if (!run_char(id[i]))
+      return false;
+  return true;
+}
+
 /* Matches literal word then sep at *p; advances. */
 static bool eat(const char **p, const char *end, const char *word, char sep) {
   size_t n = strlen(word);
@@ -168,7 +198,7 @@ int tb__ctl_topic_parse(const char *topic, size_t len, char sep, const char *ns,
     } else {
       p++;
     }
-    if (!run_char(c) || (c == '.' && sep != '.'))
+    if (!run_char(c))
       return perr(err, TB_PROTO_EINVALID_REQUEST,
                   "subject: the run id may only hold A-Z a-z 0-9 . _ - : (got byte 0x%02x)",
                   (unsigned char)c);
@@ -234,6 +264,9 @@ int tb__ctl_request(const char *method, const char *run, const char *payload, si
     len--;
   bool names_run = false;
   bool empty = len == 0;
+  int trc = empty ? 0 : check_text(payload, len, "payload", err);
+  if (trc != 0)
+    return trc;
   if (!empty) {
     const char *stop = NULL;
     cJSON *doc = cJSON_ParseWithLengthOpts(payload, len, &stop, false);
@@ -329,6 +362,12 @@ int tb__reply_error(tb_buf_t *b, int code, const char *name, const char *msg) {
 
 /* Parses p as one JSON object (nothing before or after but whitespace). */
 static cJSON *parse_object(const char *p, size_t len, const char *what, tb_proto_err_t *err) {
+  if (len > TB_PROTO_MAX_LINE_CEIL) {
+    perr(err, TB_PROTO_ETOO_LARGE, "%s: %zu bytes, at most %d", what, len, TB_PROTO_MAX_LINE_CEIL);
+    return NULL;
+  }
+  if (check_text(p, len, what, err) != 0)
+    return NULL;
   const char *stop = NULL;
   cJSON *doc = cJSON_ParseWithLengthOpts(p, len, &stop, false);
   if (doc != NULL && stop != NULL) {
@@ -356,7 +395,22 @@ int tb__event_payload_decode(const char *p, size_t len, tb_smsg_t *m, tb_proto_e
   cJSON *doc = parse_object(p, len, "event", err);
   if (doc == NULL)
     return err ? err->code : TB_PROTO_EPARSE;
+  /* The client decoder truncates long strings into its fixed fields; what a
+   * follower keys on must be whole: the run id and the event name. */
+  const cJSON *run = cJSON_GetObjectItemCaseSensitive(doc, "run");
+  const cJSON *name = cJSON_GetObjectItemCaseSensitive(doc, "event");
+  bool ok_run = cJSON_IsString(run) && valid_run(run->valuestring);
+  bool ok_name = cJSON_IsString(name) && name->valuestring[0] != '\0' &&
+                 strlen(name->valuestring) < TB_PROTO_NAME_MAX;
+  for (const char *c = ok_name ? name->valuestring : ""; *c; c++)
+    ok_name = ok_name && ((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_');
   cJSON_Delete(doc);
+  if (!ok_run)
+    return perr(err, TB_PROTO_EINVALID_PARAMS, "event.run: expected a run id");
+  if (!ok_name)
+    return perr(err, TB_PROTO_EINVALID_PARAMS,
+                "event.event: expected a name of 1 to %d characters from a-z 0-9 _",
+                TB_PROTO_NAME_MAX - 1);
   static const char pre[] = "{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":";
   tb_buf_t b;
   tb_buf_init(&b);
@@ -370,6 +424,12 @@ int tb__event_payload_decode(const char *p, size_t len, tb_smsg_t *m, tb_proto_e
   if (rc == 0 && m->kind != TB_SMSG_EVENT) {
     tb_smsg_free(m);
     rc = perr(err, TB_PROTO_EINVALID_PARAMS, "event: not an event's params");
+  } else if (rc == 0 && (m->event.seq < 1 || m->event.seq > TB_PROTO_INT_MAX)) {
+    /* The client decoder is lenient here; seqs order everything a follower does. */
+    int64_t seq = m->event.seq;
+    tb_smsg_free(m);
+    rc = perr(err, TB_PROTO_EINVALID_PARAMS, "event.seq: expected 1..2^53-1, got %lld",
+              (long long)seq);
   }
   return rc;
 }
@@ -401,6 +461,8 @@ int tb__status_decode(const char *p, size_t len, tb_run_info_t *out, tb_proto_er
     return err ? err->code : TB_PROTO_EPARSE;
   int rc = tb_run_info_decode(doc, out, err);
   cJSON_Delete(doc);
+  if (rc == 0 && !valid_run(out->id))
+    rc = perr(err, TB_PROTO_EINVALID_PARAMS, "status.run: not a run id");
   return rc;
 }
 
@@ -426,7 +488,9 @@ int tb__runs_decode(const char *p, size_t len, tb_run_info_t **runs, int *n, tb_
   }
   const cJSON *it;
   cJSON_ArrayForEach(it, arr) {
-    if ((rc = tb_run_info_decode(it, &(*runs)[*n], err)) != 0) {
+    if ((rc = tb_run_info_decode(it, &(*runs)[*n], err)) != 0 ||
+        (!valid_run((*runs)[*n].id) &&
+         (rc = perr(err, TB_PROTO_EINVALID_PARAMS, "runs[%d].run: not a run id", *n)) != 0)) {
       free(*runs);
       *runs = NULL;
       *n = 0;
