@@ -374,13 +374,14 @@ int main(int argc, char **argv) {
       if (doc != NULL && cJSON_IsObject(doc)) {
         cJSON_DeleteItemFromObjectCaseSensitive(doc, "epochs");
         cJSON_AddNumberToObject(doc, "epochs", (double)epochs);
-        char *patched = cJSON_PrintUnformatted(doc);
-        if (patched != NULL) {
+        tb_buf_t patched;
+        tb_buf_init(&patched);
+        if (tb_json_value(&patched, doc) == 0 && tb_buf_append(&patched, "", 1) == 0) {
           free(text);
-          text = strdup(patched);
+          text = strdup(patched.data);
           len = strlen(text);
-          cJSON_free(patched);
         }
+        tb_buf_free(&patched);
       }
       cJSON_Delete(doc);
     }
