@@ -363,9 +363,9 @@ static void publish_runs(pub_t *p) {
     rc = rc || tb_buf_append(o, "}", 1);
     if (rc != 0)
       return;
-    if (max != 0 && o->len + 256 > max && skip < p->n_runs)
-      continue;
     tb__msg_t m = {.kind = TB__TOPIC_RUNS, .data = o->data, .len = o->len};
+    if (max != 0 && o->len + b->be->overhead(b, &m) > max && skip < p->n_runs)
+      continue;
     tb_client_err_t err = {0};
     if (b->be->publish(b, &m, &err) == 0)
       p->runs_dirty = false;
@@ -422,15 +422,16 @@ static void publish_bridge(pub_t *p) {
 static void apply(prun_t *r, const tb__item_t *it) {
   tb_run_info_t *i = &r->info;
   if (it->kind == TB__ITEM_RUNINFO) {
-    int64_t last = i->last_seq;
-    /* The daemon's answer may be older than events already published. */
-    if (it->info.last_seq >= last) {
+    /* The daemon's view is the status only once the broker holds every
+     * event up to it (it->seq: where the broker stands); until then the
+     * events yet to be published move the status, and only the number of
+     * epochs (in no event) is taken. */
+    i->epochs = it->info.epochs;
+    if (it->info.last_seq <= it->seq && it->info.last_seq >= i->last_seq) {
       char id[TB_PROTO_RUN_MAX];
       memcpy(id, i->id, sizeof id);
       *i = it->info;
       memcpy(i->id, id, sizeof id);
-    } else {
-      i->epochs = it->info.epochs;
     }
     return;
   }
@@ -463,9 +464,7 @@ static void publish_event(pub_t *p, tb__item_t *it) {
                  .data = it->payload,
                  .len = it->len};
   size_t max = b->be->max_payload(b);
-  /* Headers (run, seq, message id) and protocol framing take up to 256 bytes
-   * of a NATS message's budget and of an MQTT packet. */
-  if (max != 0 && it->len + 256 > max) {
+  if (max != 0 && it->len + b->be->overhead(b, &m) > max) {
     tb_event_t ev = {.run = it->run,
                      .seq = it->seq,
                      .name = it->name,
@@ -473,7 +472,7 @@ static void publish_event(pub_t *p, tb__item_t *it) {
                      .batch = it->batch ? it->info.batch : -1,
                      .time_us = it->time_us};
     p->buf.len = 0;
-    if (tb__event_stub(&p->buf, &ev, it->len) != 0 || p->buf.len + 256 > max) {
+    if (tb__event_stub(&p->buf, &ev, it->len) != 0 || p->buf.len + b->be->overhead(b, &m) > max) {
       tb__blog(b, 0, "run %s seq %lld (%s, %zu bytes) does not fit the broker's %zu bytes", it->run,
                (long long)it->seq, it->name, it->len, max);
       return;

@@ -86,7 +86,7 @@ typedef struct tb__item_s {
   struct tb__item_s *next;
   tb__item_kind_t kind;
   char run[TB_PROTO_RUN_MAX];
-  int64_t seq;
+  int64_t seq;                  /* EVENT: its seq; RUNINFO: the last seq the broker holds */
   char name[TB_PROTO_NAME_MAX]; /* event name */
   bool batch;                   /* a batch event: may be dropped */
   bool truncated;               /* payload is the stub of a larger event */
@@ -163,8 +163,10 @@ typedef struct tb__backend_s {
   int (*stored_seq)(tb_bridge_t *b, const char *run, int64_t *seq, tb_client_err_t *err);
   /* Answers a control request. */
   int (*reply)(tb_bridge_t *b, const tb__ctl_t *c, const char *json, size_t len);
-  /* The largest message body the broker takes now (0: not known yet). */
+  /* The largest message the broker takes now (0: not known yet), and what
+   * of it m takes besides its body (headers, topic, properties). */
   size_t (*max_payload)(tb_bridge_t *b);
+  size_t (*overhead)(tb_bridge_t *b, const tb__msg_t *m);
   /* Publishes json as the bridge's final state and closes everything. */
   void (*close)(tb_bridge_t *b, const char *json, size_t len);
 } tb__backend_t;

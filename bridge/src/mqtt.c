@@ -381,9 +381,19 @@ static size_t mqtt_max_payload(tb_bridge_t *b) {
   pthread_mutex_lock(&q->mu);
   size_t m = q->max_packet;
   pthread_mutex_unlock(&q->mu);
-  /* The packet also holds the topic and properties; the publisher keeps
-   * 256 bytes of room besides. Larger than a megabyte is never needed. */
+  /* Larger than a megabyte is never needed. */
   return m > (1u << 20) ? 1u << 20 : m;
+}
+
+/* A PUBLISH packet besides its payload: fixed header (at most 5 bytes), the
+ * topic (2 + its length), the packet id (2), the properties (a length of at
+ * most 4, and per user property 1 + 2 + name + 2 + value). */
+static size_t mqtt_overhead(tb_bridge_t *b, const tb__msg_t *m) {
+  char topic[TB__SUBJECT_MAX];
+  size_t n = 5 + 2 + tb__topic(topic, '/', m->kind, b->ns, m->run, m->name) + 2 + 4;
+  if (m->run != NULL)
+    n += (1 + 2 + 6 + 2 + strlen(m->run)) + (1 + 2 + 6 + 2 + 20);
+  return n;
 }
 
 /* Waits for the acknowledgement of mid: 0, a broker refusal, or TB__EAGAIN
@@ -509,5 +519,6 @@ const tb__backend_t tb__mqtt_backend = {
     .stored_seq = mqtt_stored_seq,
     .reply = mqtt_reply,
     .max_payload = mqtt_max_payload,
+    .overhead = mqtt_overhead,
     .close = mqtt_close,
 };

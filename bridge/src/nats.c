@@ -334,6 +334,19 @@ static size_t nats_max_payload(tb_bridge_t *b) {
   return m > 0 ? (size_t)m : 0;
 }
 
+/* The header block nats_publish makes: "NATS/1.0\r\n", "Key: value\r\n"
+ * each, "\r\n"; max_payload counts it with the body. */
+static size_t nats_overhead(tb_bridge_t *b, const tb__msg_t *m) {
+  if (m->run == NULL)
+    return 0;
+  char seq[24];
+  size_t rl = strlen(m->run), sl = (size_t)snprintf(seq, sizeof seq, "%lld", (long long)m->seq);
+  size_t n = 10 + (8 + rl + 2) + (8 + sl + 2) + 2;
+  if (m->kind == TB__TOPIC_EVENT)
+    n += 13 + rl + 1 + sl + 2;
+  return n;
+}
+
 static int nats_publish(tb_bridge_t *b, const tb__msg_t *m, tb_client_err_t *err) {
   nats_t *n = st(b);
   char subj[TB__SUBJECT_MAX], seq[24], id[TB_PROTO_RUN_MAX + 24];
@@ -463,5 +476,6 @@ const tb__backend_t tb__nats_backend = {
     .stored_seq = nats_stored_seq,
     .reply = nats_reply,
     .max_payload = nats_max_payload,
+    .overhead = nats_overhead,
     .close = nats_close,
 };

@@ -304,6 +304,7 @@ static int connect_and_catch_up(reader_t *r, tb_client_err_t *err) {
       it->kind = TB__ITEM_RUNINFO;
       snprintf(it->run, sizeof it->run, "%s", runs[i].id);
       it->info = runs[i];
+      it->seq = run->hw;
       if (tb__queue_push(&b->q, it, &b->stopping) == TB__STOPPED)
         break;
     }

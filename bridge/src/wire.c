@@ -331,13 +331,9 @@ int tb__ctl_request(const char *method, const char *run, const char *payload, si
 }
 
 int tb__reply_result(tb_buf_t *b, const cJSON *result) {
-  char *text = cJSON_PrintUnformatted(result);
-  if (text == NULL)
-    return TB_PROTO_EINTERNAL;
   size_t start = b->len;
-  int rc = tb_buf_append(b, "{\"result\":", 10) || tb_buf_append(b, text, strlen(text)) ||
-           tb_buf_append(b, "}", 1);
-  cJSON_free(text);
+  int rc =
+      tb_buf_append(b, "{\"result\":", 10) || tb_json_value(b, result) || tb_buf_append(b, "}", 1);
   if (rc) {
     b->len = start;
     return TB_PROTO_EINTERNAL;

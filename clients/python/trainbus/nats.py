@@ -30,7 +30,7 @@ import urllib.parse
 
 from .client import FINAL_STATES, ConnectionLost, Event, RemoteError, TrainbusError, _fix_numbers
 
-__all__ = ["Msg", "Nats", "NatsError", "NoResponders", "call", "follow", "runs", "status"]
+__all__ = ["Msg", "Nats", "NatsError", "NoResponders", "call", "follow", "runs", "status", "stored"]
 
 _MAX_CONTROL_LINE = 4096
 _MAX_PAYLOAD = 64 * 1024 * 1024
@@ -59,7 +59,8 @@ class Msg:
     dict of the first value of each header), ``data`` (bytes), and for status
     messages ``status`` (an int, e.g. 503, 100) and ``description``."""
 
-    __slots__ = ("subject", "sid", "reply", "headers", "data", "status", "description")
+    __slots__ = ("subject", "sid", "reply", "headers", "data", "status", "description",
+                 "stream_seq", "pending")
 
     def __init__(self, subject, sid, reply, headers, data, status=None, description=""):
         self.subject = subject
@@ -69,6 +70,8 @@ class Msg:
         self.data = data
         self.status = status
         self.description = description
+        self.stream_seq = None  # JetStream: the message's stream sequence
+        self.pending = None     # JetStream: messages still to come for the consumer
 
     def json(self):
         return json.loads(self.data.decode("utf-8"))
@@ -399,6 +402,7 @@ class Nats:
                     break
                 cseq = mseq
                 last_sseq = sseq
+                msg.stream_seq, msg.pending = sseq, int(tok[base + 6])
                 yield msg
             self.unsubscribe(sid)
             try:
@@ -474,6 +478,33 @@ def _last(url, stream, subject, **login):
                 return None
             raise
         return json.loads(base64.b64decode(res["message"].get("data", "")))
+
+
+def stored(url, run, ns="default", **login):
+    """Every message the stream holds for run right now, in stream order, as
+    (Tb-Seq header, Event) pairs, duplicates included: what a consumer that
+    replays the run from the start gets before the live part."""
+    nc = Nats(url, **login)
+    out = []
+    try:
+        try:
+            last = nc.js_api("STREAM.MSG.GET.TB_" + ns,
+                             {"last_by_subj": _subject(ns, run, "evt", ">")})["message"]["seq"]
+        except NatsError as e:
+            if "10037" in e.message:  # nothing stored for the run
+                return out
+            raise
+        for msg in nc.ordered("TB_" + ns, _subject(ns, run, "evt", ">")):
+            out.append((int(msg.headers.get("Tb-Seq", "0")), Event(_fix_numbers(msg.json()))))
+            if msg.stream_seq >= last:
+                break
+    except NatsError as e:
+        if "10059" in e.message:
+            return out
+        raise
+    finally:
+        nc.close()
+    return out
 
 
 def status(url, run, ns="default", **login):
