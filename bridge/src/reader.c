@@ -147,8 +147,11 @@ static bool lr_of(const tb_event_t *ev, double *lr) {
 }
 
 /* Hands one event to the publisher (or skips it by the sampling rules).
- * Returns false once the bridge stops. */
-static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, bool from_history) {
+ * params is the event's params object as the daemon sent it (NULL: encode
+ * ev, which holds strings only up to TB_PROTO_TEXT_MAX - 1 bytes). Returns
+ * false once the bridge stops. */
+static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, const cJSON *params,
+                    bool from_history) {
   tb_bridge_t *b = r->b;
   tb_event_kind_t kind = tb_event_from_name(ev->name);
   bool batch = tb_event_is_batch(kind);
@@ -170,7 +173,8 @@ static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, bool from_hi
     }
   }
   r->enc.len = 0;
-  if (tb_msg_event_params(&r->enc, ev) != 0)
+  if ((params == NULL || tb_json_value(&r->enc, params) != 0) &&
+      (r->enc.len = 0, tb_msg_event_params(&r->enc, ev)) != 0)
     return true; /* out of memory: nothing sensible to hand on */
   tb__item_t *it = malloc(sizeof *it + r->enc.len + 1);
   if (it == NULL)
@@ -204,9 +208,11 @@ static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, bool from_hi
 
 static int catch_up(reader_t *r, rrun_t *run, int64_t upto, tb_client_err_t *err);
 
-/* One event from the daemon, live or from history. 0, or a connection error
- * of a catch-up it needed, or 1 once the bridge stops. */
-static int on_event(reader_t *r, const tb_event_t *ev, bool from_history, tb_client_err_t *err) {
+/* One event from the daemon, live or from history (params: its params
+ * object, or NULL). 0, or a connection error of a catch-up it needed, or 1
+ * once the bridge stops. */
+static int on_event(reader_t *r, const tb_event_t *ev, const cJSON *params, bool from_history,
+                    tb_client_err_t *err) {
   tb_bridge_t *b = r->b;
   rrun_t *run = find_run(r, ev->run);
   if (run == NULL) {
@@ -226,7 +232,7 @@ static int on_event(reader_t *r, const tb_event_t *ev, bool from_history, tb_cli
   tb__stat_add(b, &b->st.received, 1);
   if (from_history)
     tb__stat_add(b, &b->st.caught_up, 1);
-  return hand_on(r, run, ev, from_history) ? 0 : 1;
+  return hand_on(r, run, ev, params, from_history) ? 0 : 1;
 }
 
 /* Pages the run's history from what was handed on up to seq upto. */
@@ -248,7 +254,7 @@ static int catch_up(reader_t *r, rrun_t *run, int64_t upto, tb_client_err_t *err
         tb__blog(b, 0, "run %s: the daemon no longer holds seq %lld..%lld; they are lost", run->id,
                  (long long)from, (long long)r->h->event.seq - 1);
       done++;
-      rc = on_event(r, &r->h->event, true, err);
+      rc = on_event(r, &r->h->event, e, true, err);
       tb_smsg_free(r->h);
       if (rc != 0) {
         cJSON_Delete(events);
@@ -282,6 +288,7 @@ static int connect_and_catch_up(reader_t *r, tb_client_err_t *err) {
                          .call_timeout_ms = 30000};
   if ((rc = tb_client_connect(&co, &r->c, err)) != 0)
     return rc;
+  tb_client_keep_raw(r->c, true);
   tb_client_sub_opts_t so = {.every = b->o.every};
   tb_run_info_t *runs = NULL;
   int n = 0;
@@ -365,7 +372,13 @@ void *tb__reader_main(void *arg) {
     if (rc == 0) {
       int stop = 0;
       if (r.m->kind == TB_SMSG_EVENT) {
-        stop = on_event(&r, &r.m->event, false, &err);
+        /* The event's params as the daemon wrote them, strings whole. */
+        size_t len;
+        const char *raw = tb_client_raw(r.c, &len);
+        cJSON *line = raw ? cJSON_ParseWithLength(raw, len) : NULL;
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(line, "params");
+        stop = on_event(&r, &r.m->event, cJSON_IsObject(params) ? params : NULL, false, &err);
+        cJSON_Delete(line);
       } else if (r.m->kind == TB_SMSG_DROPPED) {
         tb__blog(b, 2, "the daemon dropped %lld batch events of %s (seq %lld..%lld) for the bridge",
                  (long long)r.m->dropped.count, r.m->dropped.run, (long long)r.m->dropped.from_seq,

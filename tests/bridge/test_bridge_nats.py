@@ -222,15 +222,15 @@ class NatsBridge(unittest.TestCase):
         U.report("nats_no_responders", seconds=round(took, 4))
 
     def test_oversized_messages_respect_max_payload(self):
-        """With a server max_payload of 400 bytes, events that do not fit
+        """With a server max_payload of 380 bytes, events that do not fit
         (epoch_end with six metrics) go as stubs that say so and where; an
         answer that does not fit (a checkpoint's long path) becomes a too_large
         error; a request over max_payload is refused by the server; the bridge
         goes on, and events that fit go whole."""
-        nats = U.NatsServer(conf="max_payload: 400")
+        nats = U.NatsServer(conf="max_payload: 380")
         self.procs.append(nats)
         base = tempfile.mkdtemp(prefix="tb-long-")
-        state = os.path.join(base, *["d" * 60] * 4)
+        state = os.path.join(base, *["d" * 60] * 6)
         os.makedirs(state)
         d = self.start(U.Daemon(U.demo_job(200, metrics=("accuracy", "mse", "mae"),
                                            loss="categorical_crossentropy"),
@@ -238,6 +238,7 @@ class NatsBridge(unittest.TestCase):
         b = self.start(U.Bridge(nats.url(), d, ns="big"))
         b.connected()
         d.wait_state("running")
+        U.wait_for(lambda: (tn.status(nats.url(), "r1", ns="big") or {}).get("epoch", -1) >= 2, 60)
         with self.assertRaises(trainbus.RemoteError) as cm:
             tn.call(nats.url(), "r1", "checkpoint", ns="big", timeout=30)
         self.assertEqual(cm.exception.name, "too_large")
@@ -256,20 +257,21 @@ class NatsBridge(unittest.TestCase):
         self.assertTrue(stubs and whole)
         for ev in stubs:
             full = hist[ev["seq"]]
+            # The protocol's encoding (numbers to 17 digits) is at least Python's.
             size = len(json.dumps(full, separators=(",", ":")))
-            self.assertGreater(size, 300)
             self.assertEqual((ev["event"], ev.get("epoch")), (full["event"], full.get("epoch")))
-            self.assertEqual(ev["size"], size)
+            self.assertGreaterEqual(ev["size"], size)
+            self.assertGreater(ev["size"], 300)
             self.assertEqual(ev["logs"], {})
         self.assertIn("epoch_end", {ev["event"] for ev in stubs})
         for ev in whole:
-            self.assertTrue(same_event(ev, hist[ev["seq"]]))
+            self.assertTrue(same_event(ev, hist[ev["seq"]]), (ev, hist[ev["seq"]]))
         # Every lifecycle event is there, whole or as a stub.
         want = [e["seq"] for e in U.lifecycle(hist.values())]
         self.assertEqual([s for s in want if s not in stored], [])
         # The server refuses a request over its max_payload; the bridge is not involved.
         with tn.Nats(nats.url()) as nc:
-            self.assertEqual(nc.max_payload, 400)
+            self.assertEqual(nc.max_payload, 380)
             with self.assertRaises(tn.NatsError) as cm:
                 nc.request("tb.big.run.r1.ctl.set_lr", b'{"lr":0.1,"pad":"' + b"x" * 500 + b'"}',
                            timeout=5)
