@@ -23,9 +23,10 @@
 #include <string.h>
 #include <time.h>
 
-/* QoS 1 messages handed to libmosquitto and not yet acknowledged, whose
- * answers are remembered for the publisher. */
-#define ACK_RING 64
+/* Message ids are 16 bits; the acknowledgement of each is remembered by
+ * when it came (a running count), so the publisher can wait for its own
+ * among any number of others (QoS 0 messages report too). */
+#define N_MIDS 65536
 
 typedef struct seen_s {
   char run[TB_PROTO_RUN_MAX];
@@ -41,8 +42,9 @@ typedef struct mqtt_s {
   bool connected, ever_connected;
   int connack; /* the last CONNACK's reason code */
   size_t max_packet;
-  int acked_mid[ACK_RING], acked_rc[ACK_RING];
-  int n_acked;
+  uint32_t n_acked;          /* acknowledgements so far */
+  uint32_t acked_at[N_MIDS]; /* n_acked when mid's came */
+  uint8_t acked_rc[N_MIDS];  /* its reason code */
   /* Retained statuses read at start: where each run stands on the broker. */
   bool collecting;
   int64_t last_status_ms;
@@ -203,9 +205,9 @@ static void on_publish(struct mosquitto *m, void *obj, int mid, int rc,
   tb_bridge_t *b = obj;
   mqtt_t *q = st(b);
   pthread_mutex_lock(&q->mu);
-  int i = q->n_acked++ % ACK_RING;
-  q->acked_mid[i] = mid;
-  q->acked_rc[i] = rc;
+  q->n_acked++;
+  q->acked_at[mid & (N_MIDS - 1)] = q->n_acked;
+  q->acked_rc[mid & (N_MIDS - 1)] = (uint8_t)rc;
   pthread_cond_broadcast(&q->cv);
   pthread_mutex_unlock(&q->mu);
 }
@@ -396,22 +398,23 @@ static size_t mqtt_overhead(tb_bridge_t *b, const tb__msg_t *m) {
   return n;
 }
 
-/* Waits for the acknowledgement of mid: 0, a broker refusal, or TB__EAGAIN
- * when none came within 3 s of connected time. */
-static int wait_ack(tb_bridge_t *b, mqtt_t *q, int mid, tb_client_err_t *err) {
-  int waited = 0;
+/* Waits for the acknowledgement of mid, published when n_acked was since:
+ * 0, a broker refusal, or TB__EAGAIN when none came within 3 s of connected
+ * time. */
+static int wait_ack(tb_bridge_t *b, mqtt_t *q, int mid, uint32_t since, tb_client_err_t *err) {
+  /* Time counts only while connected: a broker that is away has the
+   * message in libmosquitto's queue, which sends it again on reconnection. */
+  int64_t waited = 0, t = tb__mono_ms();
   pthread_mutex_lock(&q->mu);
   for (;;) {
-    int lo = q->n_acked > ACK_RING ? q->n_acked - ACK_RING : 0;
-    for (int i = q->n_acked - 1; i >= lo; i--) {
-      if (q->acked_mid[i % ACK_RING] == mid) {
-        int rc = q->acked_rc[i % ACK_RING];
-        pthread_mutex_unlock(&q->mu);
-        if (rc >= 128)
-          return tb__berr(err, TB_BRIDGE_EBROKER, "the MQTT broker refused it: %s",
-                          mosquitto_reason_string(rc));
-        return 0;
-      }
+    uint32_t at = q->acked_at[mid & (N_MIDS - 1)];
+    if (at - since - 1 < 0x80000000u) { /* at > since, modulo 2^32 */
+      int rc = q->acked_rc[mid & (N_MIDS - 1)];
+      pthread_mutex_unlock(&q->mu);
+      if (rc >= 128)
+        return tb__berr(err, TB_BRIDGE_EBROKER, "the MQTT broker refused it: %s",
+                        mosquitto_reason_string(rc));
+      return 0;
     }
     if (waited >= 3000) {
       pthread_mutex_unlock(&q->mu);
@@ -421,9 +424,12 @@ static int wait_ack(tb_bridge_t *b, mqtt_t *q, int mid, tb_client_err_t *err) {
       pthread_mutex_unlock(&q->mu);
       return tb__berr(err, TB__EAGAIN, "stopping");
     }
+    bool up = q->connected;
     timed_wait(q, 50);
-    if (q->connected)
-      waited += 50;
+    int64_t now = tb__mono_ms();
+    if (up && q->connected)
+      waited += now - t;
+    t = now;
   }
 }
 
@@ -431,6 +437,7 @@ static int mqtt_publish(tb_bridge_t *b, const tb__msg_t *msg, tb_client_err_t *e
   mqtt_t *q = st(b);
   pthread_mutex_lock(&q->mu);
   bool up = q->connected;
+  uint32_t since = q->n_acked;
   pthread_mutex_unlock(&q->mu);
   if (!up)
     return tb__berr(err, TB__EAGAIN, "not connected to the MQTT broker");
@@ -452,7 +459,7 @@ static int mqtt_publish(tb_bridge_t *b, const tb__msg_t *msg, tb_client_err_t *e
     return tb__berr(err, TB__EAGAIN, "MQTT: %s", mosquitto_strerror(rc));
   if (rc != MOSQ_ERR_SUCCESS)
     return tb__berr(err, TB_BRIDGE_EBROKER, "MQTT %s: %s", topic, mosquitto_strerror(rc));
-  return qos0 ? 0 : wait_ack(b, q, mid, err);
+  return qos0 ? 0 : wait_ack(b, q, mid, since, err);
 }
 
 static int mqtt_stored_seq(tb_bridge_t *b, const char *run, int64_t *seq, tb_client_err_t *err) {
@@ -502,12 +509,15 @@ static void mqtt_close(tb_bridge_t *b, const char *json, size_t len) {
   tb__topic(ctl, '/', TB__TOPIC_CTL, b->ns, "+", "+");
   mosquitto_unsubscribe(q->m, NULL, ctl);
   int mid = 0;
+  pthread_mutex_lock(&q->mu);
+  uint32_t since = q->n_acked;
+  pthread_mutex_unlock(&q->mu);
   if (mosquitto_publish_v5(q->m, &mid, topic, (int)len, json, 1, true, NULL) == MOSQ_ERR_SUCCESS) {
     /* A second for the acknowledgement, then a clean disconnect (which
      * tells the broker not to send the will: the state just went). */
     b->drain_deadline_ms = tb__mono_ms() + 1000;
     tb_client_err_t e = {0};
-    wait_ack(b, q, mid, &e);
+    wait_ack(b, q, mid, since, &e);
   }
   mqtt_cleanup(b);
 }

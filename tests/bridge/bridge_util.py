@@ -264,10 +264,15 @@ class Mosquitto(Proc):
         else:
             text = "listener %d 127.0.0.1\n%s%s\nset_tcp_nodelay true\n" % (
                 self.port, listener_extra, conf)
+        if os.geteuid() == 0:
+            # Started as root, mosquitto drops to the user "mosquitto", which
+            # cannot read this test's private directory.
+            text += "\nuser root\n"
         with open(path, "w") as f:
             f.write(text)
         super().__init__([MOSQUITTO, "-c", path], name="mosquitto")
-        wait_for(self._accepting, 10)
+        if not wait_for(lambda: self._accepting() or not self.alive(), 10) or not self.alive():
+            raise AssertionError("mosquitto did not start:\n" + self.text())
 
     def _accepting(self):
         try:
