@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The bridge benchmark (issue 16): observers following a running job's
+lifecycle events and sampled batch events (every EVERY-th batch), through
+
+  nats      trainbusd -> trainbus-bridge -> nats-server (JetStream) -> N_NATS observers
+  mqtt      trainbusd -> trainbus-bridge -> mosquitto -> N_MQTT observers
+  direct    trainbusd -> the same number of observers, subscribed directly
+
+against the same job with no observer at all (baseline), in one run, rounds
+interleaved so the machine's noise hits every configuration alike; medians of
+RUNS rounds. Per configuration: deliveries per second to the observers (over
+the run), latency from the trainer's event (its "time") to the observer,
+p50 and p99, and the training slowdown (train_begin to train_end against the
+baseline's). The observers are tests/bench/bridge/fanout_sub (one epoll
+process, one TCP connection each).
+
+The machine sets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; every configuration
+runs under that environment ("env") and with both unset ("native"), each
+against its own baseline.
+
+  python3 tests/bench/bridge/run_bridge_bench.py            # build/ must be built
+  RUNS=3 EPOCHS=40 N_NATS=1000 N_MQTT=100 EVERY=25 python3 ...
+
+Prints a markdown table per kernel choice and writes them, with the raw
+figures, to build/bridge-bench/RESULTS-<time>.md."""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+BUILD = os.environ.get("BUILD", os.path.join(ROOT, "build"))
+os.environ.setdefault("TRAINBUSD", os.path.join(BUILD, "trainbusd"))
+os.environ.setdefault("TRAINBUS_BRIDGE", os.path.join(BUILD, "trainbus-bridge"))
+os.environ.setdefault("TRAINBUS_CLI", os.path.join(BUILD, "trainbus"))
+os.environ.setdefault("TB_SOURCE_DIR", ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests", "bridge"))
+import bridge_util as U  # noqa: E402
+
+RUNS = int(os.environ.get("RUNS", "3"))
+EPOCHS = int(os.environ.get("EPOCHS", "40"))
+N_NATS = int(os.environ.get("N_NATS", "1000"))
+N_MQTT = int(os.environ.get("N_MQTT", "100"))
+EVERY = int(os.environ.get("EVERY", "25"))
+KERNELS = os.environ.get("KERNELS", "env,native").split(",")
+FANOUT = os.path.join(BUILD, "tests", "bench", "bridge", "fanout_sub")
+TIMEOUT = 300
+
+
+def env_for(kernels):
+    e = dict(os.environ)
+    if kernels == "native":
+        e.pop("OPENBLAS_CORETYPE", None)
+        e.pop("OPENBLAS_L2_SIZE", None)
+    return e
+
+
+class Daemon(U.Daemon):
+    def __init__(self, env, **kw):
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env)
+        try:
+            super().__init__(**kw)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def one(config, kernels, round_no, brokers):
+    """One run of config; returns its figures."""
+    env = env_for(kernels)
+    job = U.demo_job(EPOCHS)
+    procs = []
+    try:
+        if config == "baseline":
+            d = Daemon(env, job=job)
+            procs.append(d)
+            d.wait_state("finished", timeout=TIMEOUT)
+            return {"wall": U.train_wall(d.history())}
+        d = Daemon(env)
+        procs.append(d)
+        ns = "b%s%d%s" % (kernels[0], round_no, config.replace("-", ""))
+        if config.startswith("direct"):
+            port, mode, n = int(d.addr.rsplit(":", 1)[1]), "trainbus", int(config.split("-")[1])
+        else:
+            broker = brokers[config]
+            b = U.Bridge(broker.url(), d, ns=ns, args=["--every", str(EVERY), "--batch-hz", "0",
+                                                       "--quiet"])
+            procs.append(b)
+            U.wait_for(lambda: "following" in b.text() or not b.alive(), 30)
+            port, mode = broker.port, config
+            n = N_NATS if config == "nats" else N_MQTT
+        sub = subprocess.Popen([FANOUT, mode, str(port), str(n), ns, str(EVERY), str(TIMEOUT)],
+                               stdout=subprocess.PIPE, text=True)
+        line = sub.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError("%s: fanout_sub did not get ready: %r" % (config, line))
+        with d.client("controller") as c:
+            c.submit(job)
+        out = sub.stdout.read()
+        sub.wait(TIMEOUT)
+        res = json.loads(out.strip().splitlines()[-1])
+        d.wait_state("finished", timeout=TIMEOUT)
+        res["wall"] = U.train_wall(d.history())
+        return res
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def table(kernels, results, base):
+    rows = ["| %s kernels | observers | deliveries/s | latency p50 / p99 | training slowdown |"
+            % kernels, "|---|---|---|---|---|"]
+    names = {"nats": "trainbus-bridge -> NATS 2.9 (JetStream)",
+             "mqtt": "trainbus-bridge -> mosquitto 2.0",
+             "direct-%d" % N_NATS: "trainbusd direct",
+             "direct-%d" % N_MQTT: "trainbusd direct"}
+    for config, runs in results.items():
+        if config == "baseline":
+            continue
+        n = N_NATS if config in ("nats", "direct-%d" % N_NATS) else N_MQTT
+        med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
+        rows.append("| %s | %d | %s | %s / %s ms | %+.1f %% |" % (
+            names[config], n, "{:,.0f}".format(med("delivered_per_s")),
+            "%.2f" % (med("p50_us") / 1000), "%.2f" % (med("p99_us") / 1000),
+            (med("wall") / base - 1) * 100))
+    return "\n".join(rows)
+
+
+def main():
+    if not os.access(FANOUT, os.X_OK):
+        sys.exit("build %s first (cmake --build build)" % FANOUT)
+    brokers = {"nats": U.NatsServer(), "mqtt": U.Mosquitto()}
+    configs = ["baseline", "direct-%d" % N_NATS, "nats", "direct-%d" % N_MQTT, "mqtt"]
+    if N_NATS == N_MQTT:
+        configs.remove("direct-%d" % N_MQTT)
+    report = ["# trainbus-bridge benchmark",
+              "",
+              "%s; job: the demo (spirals, 3x256 MLP), %d epochs; observers follow lifecycle "
+              "events and every %d-th batch event; medians of %d rounds, interleaved."
+              % (time.strftime("%Y-%m-%d %H:%M"), EPOCHS, EVERY, RUNS), ""]
+    raw = {}
+    try:
+        for kernels in KERNELS:
+            results = {c: [] for c in configs}
+            for r in range(RUNS):
+                for config in configs:
+                    res = one(config, kernels, r, brokers)
+                    results[config].append(res)
+                    print("%s round %d %s: %s" % (kernels, r, config, json.dumps(res)),
+                          flush=True)
+            base = statistics.median(x["wall"] for x in results["baseline"])
+            t = table(kernels, results, base)
+            print("\n" + t + "\n\nbaseline training %.2f s (median)\n" % base, flush=True)
+            report += [t, "", "Baseline (no observer, no bridge): %.2f s of training, median."
+                       % base, ""]
+            raw[kernels] = results
+    finally:
+        for b in brokers.values():
+            b.stop()
+    out = os.path.join(BUILD, "bridge-bench")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "RESULTS-%s.md" % time.strftime("%Y%m%d-%H%M%S"))
+    with open(path, "w") as f:
+        f.write("\n".join(report) + "\n\n## Raw\n\n```\n" + json.dumps(raw, indent=1) + "\n```\n")
+    print("written to", path)
+
+
+if __name__ == "__main__":
+    main()
