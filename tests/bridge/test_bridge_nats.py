@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -369,6 +370,31 @@ class NatsBridge(unittest.TestCase):
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(len(out.stdout.splitlines()), U.QUICK_JOB["epochs"])
+
+    def test_python_examples(self):
+        """clients/python/examples/nats_control.py steers a running run and
+        nats_watch.py then shows it, history first, to its end."""
+        ex = os.path.join(U.SOURCE, "clients", "python", "examples")
+        env = dict(os.environ, PYTHONPATH=os.path.join(U.SOURCE, "clients", "python"))
+        d = self.start(U.Daemon(U.demo_job(200)))
+        b = self.start(U.Bridge(self.url, d, ns="ex"))
+        b.connected()
+        d.wait_state("running")
+        U.wait_for(lambda: tn.status(self.url, "r1", ns="ex"), 20)
+        out = subprocess.run([sys.executable, os.path.join(ex, "nats_control.py"), self.url, "ex",
+                              "r1", "0.0007"], capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("lr 0.001 -> 0.0007, applied at epoch", out.stdout)
+        self.assertIn("resumed", out.stdout)
+        tn.call(self.url, "r1", "stop", ns="ex")
+        d.wait_state("stopped")
+        out = subprocess.run([sys.executable, os.path.join(ex, "nats_watch.py"), self.url, "ex"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.splitlines()
+        self.assertEqual(lines[0], "run r1: queued -> running")
+        self.assertIn("run r1: set_lr 0.0007", out.stdout)
+        self.assertEqual(lines[-1], "run r1: stopping -> stopped")
 
     def test_daemon_supervises_the_bridge(self):
         """trainbusd --bridge URL starts the bridge, starts it again when it
