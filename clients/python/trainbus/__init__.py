@@ -8,6 +8,8 @@
   :func:`run_callback`. In lockstep mode the trainer waits for the callback at
   each hook it overrides, so ``self.set_lr(...)`` or ``self.model.stop_training
   = True`` takes effect before training goes on, as it would locally.
+- :mod:`trainbus.nats` follows runs and sends control through a NATS broker
+  that trainbus-bridge publishes into (docs/BRIDGE.md): history, then live.
 """
 
 from .client import (
