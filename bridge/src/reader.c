@@ -146,11 +146,38 @@ static bool lr_of(const tb_event_t *ev, double *lr) {
   return false;
 }
 
+/* Where an event's params object comes from, as the daemon wrote it: a
+ * history element, or the raw line of a live notification. Without either,
+ * ev is encoded again (tb_event_t keeps strings only up to TB_PROTO_TEXT_MAX
+ * - 1 bytes: a long checkpoint reason would be cut). */
+typedef struct src_s {
+  const cJSON *params;
+  const char *line;
+  size_t len;
+} src_t;
+
+/* The params of an event line, into r->enc: the daemon's own bytes when the
+ * line has the shape its encoder writes, else through cJSON. */
+static int params_of(reader_t *r, const src_t *src) {
+  static const char pre[] = "{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":{";
+  size_t n = sizeof pre - 1;
+  if (src->params != NULL)
+    return tb_json_value(&r->enc, src->params);
+  if (src->line == NULL)
+    return -1;
+  if (src->len > n + 2 && memcmp(src->line, pre, n) == 0 && src->line[src->len - 1] == '}' &&
+      src->line[src->len - 2] == '}')
+    return tb_buf_append(&r->enc, src->line + n - 1, src->len - n);
+  cJSON *doc = cJSON_ParseWithLength(src->line, src->len);
+  const cJSON *p = cJSON_GetObjectItemCaseSensitive(doc, "params");
+  int rc = cJSON_IsObject(p) ? tb_json_value(&r->enc, p) : -1;
+  cJSON_Delete(doc);
+  return rc;
+}
+
 /* Hands one event to the publisher (or skips it by the sampling rules).
- * params is the event's params object as the daemon sent it (NULL: encode
- * ev, which holds strings only up to TB_PROTO_TEXT_MAX - 1 bytes). Returns
- * false once the bridge stops. */
-static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, const cJSON *params,
+ * Returns false once the bridge stops. */
+static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, const src_t *src,
                     bool from_history) {
   tb_bridge_t *b = r->b;
   tb_event_kind_t kind = tb_event_from_name(ev->name);
@@ -173,8 +200,7 @@ static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, const cJSON 
     }
   }
   r->enc.len = 0;
-  if ((params == NULL || tb_json_value(&r->enc, params) != 0) &&
-      (r->enc.len = 0, tb_msg_event_params(&r->enc, ev)) != 0)
+  if (params_of(r, src) != 0 && (r->enc.len = 0, tb_msg_event_params(&r->enc, ev)) != 0)
     return true; /* out of memory: nothing sensible to hand on */
   tb__item_t *it = malloc(sizeof *it + r->enc.len + 1);
   if (it == NULL)
@@ -208,10 +234,9 @@ static bool hand_on(reader_t *r, rrun_t *run, const tb_event_t *ev, const cJSON 
 
 static int catch_up(reader_t *r, rrun_t *run, int64_t upto, tb_client_err_t *err);
 
-/* One event from the daemon, live or from history (params: its params
- * object, or NULL). 0, or a connection error of a catch-up it needed, or 1
- * once the bridge stops. */
-static int on_event(reader_t *r, const tb_event_t *ev, const cJSON *params, bool from_history,
+/* One event from the daemon, live or from history. 0, or a connection
+ * error of a catch-up it needed, or 1 once the bridge stops. */
+static int on_event(reader_t *r, const tb_event_t *ev, const src_t *src, bool from_history,
                     tb_client_err_t *err) {
   tb_bridge_t *b = r->b;
   rrun_t *run = find_run(r, ev->run);
@@ -232,7 +257,7 @@ static int on_event(reader_t *r, const tb_event_t *ev, const cJSON *params, bool
   tb__stat_add(b, &b->st.received, 1);
   if (from_history)
     tb__stat_add(b, &b->st.caught_up, 1);
-  return hand_on(r, run, ev, params, from_history) ? 0 : 1;
+  return hand_on(r, run, ev, src, from_history) ? 0 : 1;
 }
 
 /* Pages the run's history from what was handed on up to seq upto. */
@@ -254,7 +279,8 @@ static int catch_up(reader_t *r, rrun_t *run, int64_t upto, tb_client_err_t *err
         tb__blog(b, 0, "run %s: the daemon no longer holds seq %lld..%lld; they are lost", run->id,
                  (long long)from, (long long)r->h->event.seq - 1);
       done++;
-      rc = on_event(r, &r->h->event, e, true, err);
+      src_t src = {.params = e};
+      rc = on_event(r, &r->h->event, &src, true, err);
       tb_smsg_free(r->h);
       if (rc != 0) {
         cJSON_Delete(events);
@@ -373,12 +399,9 @@ void *tb__reader_main(void *arg) {
       int stop = 0;
       if (r.m->kind == TB_SMSG_EVENT) {
         /* The event's params as the daemon wrote them, strings whole. */
-        size_t len;
-        const char *raw = tb_client_raw(r.c, &len);
-        cJSON *line = raw ? cJSON_ParseWithLength(raw, len) : NULL;
-        const cJSON *params = cJSON_GetObjectItemCaseSensitive(line, "params");
-        stop = on_event(&r, &r.m->event, cJSON_IsObject(params) ? params : NULL, false, &err);
-        cJSON_Delete(line);
+        src_t src = {0};
+        src.line = tb_client_raw(r.c, &src.len);
+        stop = on_event(&r, &r.m->event, &src, false, &err);
       } else if (r.m->kind == TB_SMSG_DROPPED) {
         tb__blog(b, 2, "the daemon dropped %lld batch events of %s (seq %lld..%lld) for the bridge",
                  (long long)r.m->dropped.count, r.m->dropped.run, (long long)r.m->dropped.from_seq,
