@@ -17,6 +17,22 @@ int tb__nats_options(const tb_broker_opts_t *o, const char *default_name, natsOp
  * or TB_BRIDGE_EBROKER. */
 int tb__nats_connect_code(natsStatus s);
 
+/* A one-shot event a broker library's thread signals and another waits for
+ * (a subscription's last callback returned; a connection's closed callback
+ * ran): after it, the library calls nothing of ours, and what its callbacks
+ * use may be freed. */
+typedef struct tb__once_s {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool done;
+} tb__once_t;
+
+void tb__once_init(tb__once_t *o);
+/* The callback: marks it done. closure is the tb__once_t. */
+void tb__once_signal(void *closure);
+/* Waits up to timeout_ms; true if it happened. Then destroys o. */
+bool tb__once_wait(tb__once_t *o, int timeout_ms);
+
 /* Splits mqtt[s]://[user[:password]@]host[:port]. */
 int tb__mqtt_url(const char *url, char *host, size_t host_len, int *port, char *user,
                  size_t user_len, char *pass, size_t pass_len, bool *tls, tb_client_err_t *err);

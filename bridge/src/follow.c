@@ -161,7 +161,11 @@ static int follow_nats(follow_t *f, int timeout_ms, tb_client_err_t *err) {
   so.Config.DeliverPolicy = o->since_seq > 0 ? js_DeliverAll : js_DeliverNew;
   natsSubscription *sub = NULL;
   jsErrCode jerr = 0;
+  tb__once_t done;
+  tb__once_init(&done);
   natsStatus s = js_Subscribe(&sub, js, subj, on_nats_msg, f, NULL, &so, &jerr);
+  if (s == NATS_OK)
+    natsSubscription_SetOnCompleteCB(sub, tb__once_signal, &done);
   if (s != NATS_OK) {
     if (jerr == JSStreamNotFoundErr || s == NATS_NOT_FOUND)
       rc = tb__berr(err, TB_PROTO_ENO_SUCH_RUN,
@@ -174,7 +178,10 @@ static int follow_nats(follow_t *f, int timeout_ms, tb_client_err_t *err) {
     return rc;
   }
   rc = wait_done(f, timeout_ms, err);
-  natsSubscription_Unsubscribe(sub);
+  /* The message callback runs on libnats's dispatch thread: f may go only
+   * once its last call has returned. */
+  if (natsSubscription_Unsubscribe(sub) == NATS_OK)
+    tb__once_wait(&done, 5000);
   natsSubscription_Destroy(sub);
   nats_disconnect(opts, nc, js);
   return rc;

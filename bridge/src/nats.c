@@ -14,14 +14,51 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct nats_s {
   natsOptions *opts;
   natsConnection *nc;
   jsCtx *js;
   natsSubscription *ctl_sub;
+  tb__once_t ctl_done; /* the control subscription's last callback returned */
+  tb__once_t closed;   /* the connection's closed callback ran: no more callbacks */
   char stream[48], last_stream[48];
 } nats_t;
+
+void tb__once_init(tb__once_t *o) {
+  pthread_mutex_init(&o->mu, NULL);
+  pthread_cond_init(&o->cv, NULL);
+  o->done = false;
+}
+
+void tb__once_signal(void *closure) {
+  tb__once_t *o = closure;
+  pthread_mutex_lock(&o->mu);
+  o->done = true;
+  pthread_cond_broadcast(&o->cv);
+  pthread_mutex_unlock(&o->mu);
+}
+
+bool tb__once_wait(tb__once_t *o, int timeout_ms) {
+  int64_t end = tb__mono_ms() + timeout_ms;
+  pthread_mutex_lock(&o->mu);
+  while (!o->done && tb__mono_ms() < end) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 50 * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&o->cv, &o->mu, &ts);
+  }
+  bool done = o->done;
+  pthread_mutex_unlock(&o->mu);
+  pthread_mutex_destroy(&o->mu);
+  pthread_cond_destroy(&o->cv);
+  return done;
+}
 
 static nats_t *st(tb_bridge_t *b) {
   return b->be_state;
@@ -50,6 +87,10 @@ static void on_reconnected(natsConnection *nc, void *closure) {
   char url[256] = "";
   natsConnection_GetConnectedUrl(nc, url, sizeof url);
   tb__blog(b, 1, "reconnected to the NATS server %s", url);
+}
+
+static void on_closed(natsConnection *nc, void *closure) {
+  tb__once_signal(&((nats_t *)closure)->closed);
 }
 
 static void on_error(natsConnection *nc, natsSubscription *sub, natsStatus err, void *closure) {
@@ -265,17 +306,29 @@ static int make_streams(tb_bridge_t *b, tb_client_err_t *err) {
   return add_stream(b, &cfg, err);
 }
 
+/* Stops the control subscription and waits until its last callback has
+ * returned (libnats calls it on a dispatch thread of its own). */
+static void stop_ctl(nats_t *n) {
+  if (n->ctl_sub == NULL)
+    return;
+  if (natsSubscription_Unsubscribe(n->ctl_sub) == NATS_OK)
+    tb__once_wait(&n->ctl_done, 5000);
+  natsSubscription_Destroy(n->ctl_sub);
+  n->ctl_sub = NULL;
+}
+
 static void nats_cleanup(tb_bridge_t *b) {
   nats_t *n = st(b);
   if (n == NULL)
     return;
-  if (n->ctl_sub != NULL) {
-    natsSubscription_Unsubscribe(n->ctl_sub);
-    natsSubscription_Destroy(n->ctl_sub);
-  }
+  stop_ctl(n);
   jsCtx_Destroy(n->js);
   if (n->nc != NULL) {
+    /* The connection's callbacks (disconnected, closed) run on libnats's
+     * own thread after Close returns: wait for the last, closed, before
+     * anything they use goes. */
     natsConnection_Close(n->nc);
+    tb__once_wait(&n->closed, 5000);
     natsConnection_Destroy(n->nc);
   }
   natsOptions_Destroy(n->opts);
@@ -289,6 +342,8 @@ static int nats_open(tb_bridge_t *b, tb_client_err_t *err) {
   if (n == NULL)
     return tb__berr(err, TB_CLIENT_ENOMEM, "out of memory");
   b->be_state = n;
+  tb__once_init(&n->ctl_done);
+  tb__once_init(&n->closed);
   snprintf(n->stream, sizeof n->stream, "TB_%s", b->ns);
   snprintf(n->last_stream, sizeof n->last_stream, "TB_%s_LAST", b->ns);
   char name[64];
@@ -301,6 +356,8 @@ static int nats_open(tb_bridge_t *b, tb_client_err_t *err) {
     s = natsOptions_SetReconnectedCB(n->opts, on_reconnected, b);
   if (rc == 0 && s == NATS_OK)
     s = natsOptions_SetErrorHandler(n->opts, on_error, b);
+  if (rc == 0 && s == NATS_OK)
+    s = natsOptions_SetClosedCB(n->opts, on_closed, n);
   if (rc == 0 && s != NATS_OK)
     rc = fail(err, TB_CLIENT_ENOMEM, "NATS options", s, 0);
   if (rc == 0 && (s = natsConnection_Connect(&n->nc, n->opts)) != NATS_OK)
@@ -317,8 +374,10 @@ static int nats_open(tb_bridge_t *b, tb_client_err_t *err) {
   if (rc == 0 && (s = natsConnection_QueueSubscribe(&n->ctl_sub, n->nc, ctl, "trainbus-bridge",
                                                     on_ctl, b)) != NATS_OK)
     rc = fail(err, TB_BRIDGE_EBROKER, ctl, s, 0);
-  if (rc == 0)
+  if (rc == 0) {
     natsSubscription_SetPendingLimits(n->ctl_sub, 4096, 64 << 20);
+    natsSubscription_SetOnCompleteCB(n->ctl_sub, tb__once_signal, &n->ctl_done);
+  }
   if (rc == 0 && (s = natsConnection_FlushTimeout(n->nc, 2000)) != NATS_OK)
     rc = fail(err, TB__EAGAIN, "NATS flush", s, 0);
   if (rc != 0)
@@ -453,11 +512,7 @@ static void nats_close(tb_bridge_t *b, const char *json, size_t len) {
   if (n == NULL)
     return;
   /* Stop taking requests first, then say the bridge is gone. */
-  if (n->ctl_sub != NULL) {
-    natsSubscription_Unsubscribe(n->ctl_sub);
-    natsSubscription_Destroy(n->ctl_sub);
-    n->ctl_sub = NULL;
-  }
+  stop_ctl(n);
   if (n->js != NULL) {
     char subj[TB__SUBJECT_MAX];
     tb__topic(subj, '.', TB__TOPIC_BRIDGE, b->ns, NULL, NULL);

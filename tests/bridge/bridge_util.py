@@ -70,6 +70,21 @@ def free_port():
     return port
 
 
+SANITIZER_RE = re.compile(r"ERROR: (Address|Leak|Thread|UndefinedBehavior)Sanitizer|runtime error:")
+
+
+def stop_all(test, procs):
+    """Stops procs (newest first) and fails test if any of them (the ASan
+    build's trainbusd and trainbus-bridge) reported a sanitizer finding."""
+    for p in reversed(procs):
+        p.stop()
+    bad = [(p.name, [l for l in p.log if SANITIZER_RE.search(l)][:3]) for p in procs
+           if any(SANITIZER_RE.search(l) for l in p.log)]
+    if bad:
+        test.fail("sanitizer reports: %s\n%s" % (bad, "\n".join(
+            "\n".join(p.log[-60:]) for p in procs if p.name == bad[0][0])))
+
+
 def wait_for(pred, timeout=20.0, step=0.05):
     end = time.monotonic() + timeout * SLOW
     while time.monotonic() < end:

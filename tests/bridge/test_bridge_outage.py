@@ -60,8 +60,7 @@ class Outages(unittest.TestCase):
         self.procs = []
 
     def tearDown(self):
-        for p in reversed(self.procs):
-            p.stop()
+        U.stop_all(self, self.procs)
 
     def start(self, p):
         self.procs.append(p)
