@@ -100,6 +100,16 @@ def report(name, **values):
     print("REPORT %s %s" % (name, json.dumps(values, sort_keys=True)), file=sys.stderr)
 
 
+def _die_with_parent():
+    """In the child, before exec: SIGKILL when the test process goes, even
+    killed by ctest's timeout, so no server outlives its test."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 class Proc:
     """A child process whose stderr (and stdout) lines are kept in .log."""
 
@@ -115,7 +125,8 @@ class Proc:
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=self.env, text=True, errors="replace")
+                                     env=self.env, text=True, errors="replace",
+                                     preexec_fn=_die_with_parent)
         self.thread = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self.thread.start()
 

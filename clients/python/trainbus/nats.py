@@ -421,9 +421,10 @@ def follow(url, run, ns="default", since_seq=1, events=None, timeout=None, **log
     (1: the whole stored history; 0: only new events), then live, with no
     gap and no duplicate, until the run's final state event (included).
     events: event names or '*' globs to yield (all by default); timeout:
-    seconds without any message (heartbeats included) before giving up, by
-    raising TrainbusError ``client_timeout``. login: user, password, token,
-    tls_ca, name (see :class:`Nats`)."""
+    seconds for connecting and for each JetStream request (a quiet run is
+    waited for as long as it takes: the consumer's heartbeats show it is
+    alive, and a consumer that stops sending them is made again). login:
+    user, password, token, tls_ca, name (see :class:`Nats`)."""
     import fnmatch
     nc = Nats(url, timeout=timeout or 5.0, **login)
     try:

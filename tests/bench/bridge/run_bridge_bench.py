@@ -14,6 +14,12 @@ p50 and p99, and the training slowdown (train_begin to train_end against the
 baseline's). The observers are tests/bench/bridge/fanout_sub (one epoll
 process, one TCP connection each).
 
+Every process of the daemon (its trainer thread, its loop) is pinned to CPU 0,
+everything else (the bridge, the broker, the observers) to CPU 1: on this
+2-core machine that stands for the daemon's machine and the rest of a
+network, so the slowdown measured is what the observers cost the trainer's
+machine, not two processes fighting over one core. (PIN=0 turns it off.)
+
 The machine sets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; every configuration
 runs under that environment ("env") and with both unset ("native"), each
 against its own baseline.
@@ -46,8 +52,23 @@ N_NATS = int(os.environ.get("N_NATS", "1000"))
 N_MQTT = int(os.environ.get("N_MQTT", "100"))
 EVERY = int(os.environ.get("EVERY", "25"))
 KERNELS = os.environ.get("KERNELS", "env,native").split(",")
+PIN = os.environ.get("PIN", "1") == "1" and os.cpu_count() and os.cpu_count() >= 2
 FANOUT = os.path.join(BUILD, "tests", "bench", "bridge", "fanout_sub")
 TIMEOUT = 300
+
+
+def pin(pid, cpus):
+    """Every thread of pid to cpus (threads made later inherit it)."""
+    if not PIN:
+        return
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass
+    except OSError:
+        pass
 
 
 def env_for(kernels):
@@ -76,13 +97,14 @@ def one(config, kernels, round_no, brokers):
     job = U.demo_job(EPOCHS)
     procs = []
     try:
-        if config == "baseline":
-            d = Daemon(env, job=job)
-            procs.append(d)
-            d.wait_state("finished", timeout=TIMEOUT)
-            return {"wall": U.train_wall(d.history())}
         d = Daemon(env)
         procs.append(d)
+        pin(d.pid, {0})
+        if config == "baseline":
+            with d.client("controller") as c:
+                c.submit(job)
+            d.wait_state("finished", timeout=TIMEOUT)
+            return {"wall": U.train_wall(d.history())}
         ns = "b%s%d%s" % (kernels[0], round_no, config.replace("-", ""))
         if config.startswith("direct"):
             port, mode, n = int(d.addr.rsplit(":", 1)[1]), "trainbus", int(config.split("-")[1])
@@ -91,11 +113,13 @@ def one(config, kernels, round_no, brokers):
             b = U.Bridge(broker.url(), d, ns=ns, args=["--every", str(EVERY), "--batch-hz", "0",
                                                        "--quiet"])
             procs.append(b)
+            pin(b.pid, {1})
             U.wait_for(lambda: "following" in b.text() or not b.alive(), 30)
             port, mode = broker.port, config
             n = N_NATS if config == "nats" else N_MQTT
         sub = subprocess.Popen([FANOUT, mode, str(port), str(n), ns, str(EVERY), str(TIMEOUT)],
-                               stdout=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, text=True, preexec_fn=U._die_with_parent)
+        pin(sub.pid, {1})
         line = sub.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError("%s: fanout_sub did not get ready: %r" % (config, line))
@@ -132,17 +156,23 @@ def table(kernels, results, base):
 
 
 def main():
+    import signal
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit("terminated"))  # the finally blocks stop servers
     if not os.access(FANOUT, os.X_OK):
         sys.exit("build %s first (cmake --build build)" % FANOUT)
     brokers = {"nats": U.NatsServer(), "mqtt": U.Mosquitto()}
+    for b in brokers.values():
+        pin(b.pid, {1})
     configs = ["baseline", "direct-%d" % N_NATS, "nats", "direct-%d" % N_MQTT, "mqtt"]
     if N_NATS == N_MQTT:
         configs.remove("direct-%d" % N_MQTT)
     report = ["# trainbus-bridge benchmark",
               "",
-              "%s; job: the demo (spirals, 3x256 MLP), %d epochs; observers follow lifecycle "
-              "events and every %d-th batch event; medians of %d rounds, interleaved."
-              % (time.strftime("%Y-%m-%d %H:%M"), EPOCHS, EVERY, RUNS), ""]
+              "%s; job: the demo (spirals, 3x256 MLP, one thread), %d epochs; observers follow "
+              "lifecycle events and every %d-th batch event; medians of %d rounds, interleaved; "
+              "%s." % (time.strftime("%Y-%m-%d %H:%M"), EPOCHS, EVERY, RUNS,
+                       "trainbusd on CPU 0, bridge, broker and observers on CPU 1" if PIN
+                       else "no pinning"), ""]
     raw = {}
     try:
         for kernels in KERNELS:
