@@ -71,6 +71,15 @@ def pin(pid, cpus):
         pass
 
 
+def cpu_s(pid):
+    """CPU seconds a process has used, its exited threads included."""
+    try:
+        st = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def env_for(kernels):
     e = dict(os.environ)
     if kernels == "native":
@@ -104,7 +113,7 @@ def one(config, kernels, round_no, brokers):
             with d.client("controller") as c:
                 c.submit(job)
             d.wait_state("finished", timeout=TIMEOUT)
-            return {"wall": U.train_wall(d.history())}
+            return {"wall": U.train_wall(d.history()), "daemon_cpu": cpu_s(d.pid)}
         ns = "b%s%d%s" % (kernels[0], round_no, config.replace("-", ""))
         if config.startswith("direct"):
             port, mode, n = int(d.addr.rsplit(":", 1)[1]), "trainbus", int(config.split("-")[1])
@@ -130,6 +139,8 @@ def one(config, kernels, round_no, brokers):
         res = json.loads(out.strip().splitlines()[-1])
         d.wait_state("finished", timeout=TIMEOUT)
         res["wall"] = U.train_wall(d.history())
+        res["daemon_cpu"] = cpu_s(d.pid)
+        res["bridge_cpu"] = cpu_s(procs[1].pid) if len(procs) > 1 else 0.0
         return res
     finally:
         for p in reversed(procs):
@@ -137,8 +148,10 @@ def one(config, kernels, round_no, brokers):
 
 
 def table(kernels, results, base):
-    rows = ["| %s kernels | observers | deliveries/s | latency p50 / p99 | training slowdown |"
-            % kernels, "|---|---|---|---|---|"]
+    base_cpu = statistics.median(r["daemon_cpu"] for r in results["baseline"])
+    rows = ["| %s kernels | observers | deliveries/s | latency p50 / p99 | CPU on the trainer's "
+            "machine besides training | training slowdown |" % kernels,
+            "|---|---|---|---|---|---|"]
     names = {"nats": "trainbus-bridge -> NATS 2.9 (JetStream)",
              "mqtt": "trainbus-bridge -> mosquitto 2.0",
              "direct-%d" % N_NATS: "trainbusd direct",
@@ -148,10 +161,11 @@ def table(kernels, results, base):
             continue
         n = N_NATS if config in ("nats", "direct-%d" % N_NATS) else N_MQTT
         med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
-        rows.append("| %s | %d | %s | %s / %s ms | %+.1f %% |" % (
+        extra = statistics.median(r["daemon_cpu"] + r["bridge_cpu"] for r in runs) - base_cpu
+        rows.append("| %s | %d | %s | %s / %s ms | %.2f s (%.0f %% of a core) | %+.1f %% |" % (
             names[config], n, "{:,.0f}".format(med("delivered_per_s")),
             "%.2f" % (med("p50_us") / 1000), "%.2f" % (med("p99_us") / 1000),
-            (med("wall") / base - 1) * 100))
+            extra, 100 * extra / med("wall"), (med("wall") / base - 1) * 100))
     return "\n".join(rows)
 
 
@@ -186,8 +200,9 @@ def main():
             base = statistics.median(x["wall"] for x in results["baseline"])
             t = table(kernels, results, base)
             print("\n" + t + "\n\nbaseline training %.2f s (median)\n" % base, flush=True)
-            report += [t, "", "Baseline (no observer, no bridge): %.2f s of training, median."
-                       % base, ""]
+            report += [t, "", "Baseline (no observer, no bridge): %.2f s of training, median. "
+                       "CPU besides training: the daemon's CPU time (its fan-out, logging) and "
+                       "the bridge's, less the baseline daemon's." % base, ""]
             raw[kernels] = results
     finally:
         for b in brokers.values():
