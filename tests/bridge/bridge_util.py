@@ -437,6 +437,12 @@ class Bridge(Proc):
         self.wait_log(r"following the daemon")
 
 
+def close_lr(got, want):
+    """Learning rates as the engine keeps them: in float32, as Keras does
+    (0.001 reads back as 0.0010000000474974513)."""
+    return got is not None and abs(got - want) <= 1e-6 * abs(want)
+
+
 def lifecycle(events):
     """The events that are never sampled nor dropped (all but *_batch_*)."""
     return [e for e in events if "_batch_" not in e["event"]]
