@@ -312,5 +312,12 @@ int main(int argc, char **argv) {
          argv[1], n, n_ready, n_done, n_lat, span, span > 0 ? (double)n_lat / span : 0,
          n_lat ? lat[n_lat / 2] : 0, n_lat ? lat[(size_t)(n_lat * 0.99)] : 0,
          n_lat ? lat[n_lat - 1] : 0);
+  for (int i = 0; i < n; i++) {
+    close(cs[i].fd);
+    free(cs[i].buf);
+  }
+  free(cs);
+  free(lat);
+  close(ep);
   return n_done == n ? 0 : 1;
 }
