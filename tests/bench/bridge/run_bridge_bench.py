@@ -25,7 +25,7 @@ runs under that environment ("env") and with both unset ("native"), each
 against its own baseline.
 
   python3 tests/bench/bridge/run_bridge_bench.py            # build/ must be built
-  RUNS=3 EPOCHS=40 N_NATS=1000 N_MQTT=100 EVERY=25 python3 ...
+  RUNS=3 EPOCHS=10 N_PER_CLASS=25000 N_NATS=1000 N_MQTT=100 EVERY=125 python3 ...
 
 Prints a markdown table per kernel choice and writes them, with the raw
 figures, to build/bridge-bench/RESULTS-<time>.md."""
@@ -47,10 +47,14 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "bridge"))
 import bridge_util as U  # noqa: E402
 
 RUNS = int(os.environ.get("RUNS", "3"))
-EPOCHS = int(os.environ.get("EPOCHS", "40"))
+# The demo job on 5x its data: epochs of about 0.7 s, so that observers see
+# a few lifecycle events a second, as a real job would give them, plus the
+# sampled batch events (every EVERY-th batch: 10 per epoch and event name).
+N_PER_CLASS = int(os.environ.get("N_PER_CLASS", "25000"))
+EPOCHS = int(os.environ.get("EPOCHS", "10"))
 N_NATS = int(os.environ.get("N_NATS", "1000"))
 N_MQTT = int(os.environ.get("N_MQTT", "100"))
-EVERY = int(os.environ.get("EVERY", "25"))
+EVERY = int(os.environ.get("EVERY", "125"))
 KERNELS = os.environ.get("KERNELS", "env,native").split(",")
 PIN = os.environ.get("PIN", "1") == "1" and os.cpu_count() and os.cpu_count() >= 2
 FANOUT = os.path.join(BUILD, "tests", "bench", "bridge", "fanout_sub")
@@ -71,10 +75,13 @@ def pin(pid, cpus):
         pass
 
 
-def cpu_s(pid):
-    """CPU seconds a process has used, its exited threads included."""
+def cpu_s(pid, main_thread=False):
+    """CPU seconds a process has used, its exited threads included; or only
+    its main thread's (trainbusd's loop: encoding, logging, fan-out; the
+    trainer is another thread)."""
+    path = "/proc/%d/task/%d/stat" % (pid, pid) if main_thread else "/proc/%d/stat" % pid
     try:
-        st = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        st = open(path).read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
@@ -104,6 +111,7 @@ def one(config, kernels, round_no, brokers):
     """One run of config; returns its figures."""
     env = env_for(kernels)
     job = U.demo_job(EPOCHS)
+    job["data"]["n_per_class"] = N_PER_CLASS
     procs = []
     try:
         d = Daemon(env)
@@ -113,7 +121,7 @@ def one(config, kernels, round_no, brokers):
             with d.client("controller") as c:
                 c.submit(job)
             d.wait_state("finished", timeout=TIMEOUT)
-            return {"wall": U.train_wall(d.history()), "daemon_cpu": cpu_s(d.pid)}
+            return {"wall": U.train_wall(d.history()), "daemon_cpu": cpu_s(d.pid, True)}
         ns = "b%s%d%s" % (kernels[0], round_no, config.replace("-", ""))
         if config.startswith("direct"):
             port, mode, n = int(d.addr.rsplit(":", 1)[1]), "trainbus", int(config.split("-")[1])
@@ -139,7 +147,7 @@ def one(config, kernels, round_no, brokers):
         res = json.loads(out.strip().splitlines()[-1])
         d.wait_state("finished", timeout=TIMEOUT)
         res["wall"] = U.train_wall(d.history())
-        res["daemon_cpu"] = cpu_s(d.pid)
+        res["daemon_cpu"] = cpu_s(d.pid, True)
         res["bridge_cpu"] = cpu_s(procs[1].pid) if len(procs) > 1 else 0.0
         return res
     finally:
@@ -182,9 +190,10 @@ def main():
         configs.remove("direct-%d" % N_MQTT)
     report = ["# trainbus-bridge benchmark",
               "",
-              "%s; job: the demo (spirals, 3x256 MLP, one thread), %d epochs; observers follow "
-              "lifecycle events and every %d-th batch event; medians of %d rounds, interleaved; "
-              "%s." % (time.strftime("%Y-%m-%d %H:%M"), EPOCHS, EVERY, RUNS,
+              "%s; job: the demo (spirals, 3x256 MLP, one thread) on %d points a class, %d "
+              "epochs; observers follow lifecycle events and every %d-th batch event; medians "
+              "of %d rounds, interleaved; %s." % (time.strftime("%Y-%m-%d %H:%M"), N_PER_CLASS,
+                                                   EPOCHS, EVERY, RUNS,
                        "trainbusd on CPU 0, bridge, broker and observers on CPU 1" if PIN
                        else "no pinning"), ""]
     raw = {}
@@ -201,8 +210,8 @@ def main():
             t = table(kernels, results, base)
             print("\n" + t + "\n\nbaseline training %.2f s (median)\n" % base, flush=True)
             report += [t, "", "Baseline (no observer, no bridge): %.2f s of training, median. "
-                       "CPU besides training: the daemon's CPU time (its fan-out, logging) and "
-                       "the bridge's, less the baseline daemon's." % base, ""]
+                       "CPU besides training: the CPU time of the daemon's loop thread (encoding, "
+                       "logging, fan-out) and of the bridge, less the baseline loop's." % base, ""]
             raw[kernels] = results
     finally:
         for b in brokers.values():
