@@ -233,7 +233,16 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: fanout_sub nats|mqtt|trainbus PORT N NS EVERY TIMEOUT_S\n");
     return 2;
   }
-  mode = strcmp(argv[1], "nats") == 0 ? M_NATS : strcmp(argv[1], "mqtt") == 0 ? M_MQTT : M_TB;
+  if (strcmp(argv[1], "nats") == 0) {
+    mode = M_NATS;
+  } else if (strcmp(argv[1], "mqtt") == 0) {
+    mode = M_MQTT;
+  } else if (strcmp(argv[1], "trainbus") == 0) {
+    mode = M_TB;
+  } else {
+    fprintf(stderr, "fanout_sub: unknown mode \"%s\" (nats, mqtt or trainbus)\n", argv[1]);
+    return 2;
+  }
   int port = atoi(argv[2]), n = atoi(argv[3]);
   ns = argv[4];
   every = atol(argv[5]);

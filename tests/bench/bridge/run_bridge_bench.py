@@ -5,6 +5,9 @@ lifecycle events and sampled batch events (every EVERY-th batch), through
   nats      trainbusd -> trainbus-bridge -> nats-server (JetStream) -> N_NATS observers
   mqtt      trainbusd -> trainbus-bridge -> mosquitto -> N_MQTT observers
   direct    trainbusd -> the same number of observers, subscribed directly
+  nats-stop as nats, with nats-server stopped (kill -STOP) for OUTAGE_S
+            seconds in the middle of the run, then continued: what a stalled
+            broker costs the trainer (the issue asks for within 2 %)
 
 against the same job with no observer at all (baseline), in one run, rounds
 interleaved so the machine's noise hits every configuration alike; medians of
@@ -55,6 +58,7 @@ EPOCHS = int(os.environ.get("EPOCHS", "10"))
 N_NATS = int(os.environ.get("N_NATS", "1000"))
 N_MQTT = int(os.environ.get("N_MQTT", "100"))
 EVERY = int(os.environ.get("EVERY", "125"))
+OUTAGE_S = float(os.environ.get("OUTAGE_S", "2.5"))
 KERNELS = os.environ.get("KERNELS", "env,native").split(",")
 PIN = os.environ.get("PIN", "1") == "1" and os.cpu_count() and os.cpu_count() >= 2
 FANOUT = os.path.join(BUILD, "tests", "bench", "bridge", "fanout_sub")
@@ -107,8 +111,27 @@ class Daemon(U.Daemon):
             os.environ.update(saved)
 
 
-def one(config, kernels, round_no, brokers):
-    """One run of config; returns its figures."""
+def stall(broker, after_s, seconds):
+    """A thread that stops broker (SIGSTOP) after_s from now for seconds,
+    then continues it (also if the run ends first)."""
+    import signal
+    import threading
+
+    def go():
+        time.sleep(after_s)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+    t = threading.Thread(target=go)
+    t.start()
+    return t
+
+
+def one(config, kernels, round_no, brokers, base_wall=None):
+    """One run of config; returns its figures. base_wall: this round's
+    baseline training time (where nats-stop puts its outage: in the middle)."""
     env = env_for(kernels)
     job = U.demo_job(EPOCHS)
     job["data"]["n_per_class"] = N_PER_CLASS
@@ -126,14 +149,14 @@ def one(config, kernels, round_no, brokers):
         if config.startswith("direct"):
             port, mode, n = int(d.addr.rsplit(":", 1)[1]), "trainbus", int(config.split("-")[1])
         else:
-            broker = brokers[config]
+            broker = brokers[config.split("-")[0]]
             b = U.Bridge(broker.url(), d, ns=ns, args=["--every", str(EVERY), "--batch-hz", "0",
                                                        "--quiet"])
             procs.append(b)
             pin(b.pid, {1})
             U.wait_for(lambda: "following" in b.text() or not b.alive(), 30)
-            port, mode = broker.port, config
-            n = N_NATS if config == "nats" else N_MQTT
+            port, mode = broker.port, config.split("-")[0]
+            n = N_NATS if config.startswith("nats") else N_MQTT
         sub = subprocess.Popen([FANOUT, mode, str(port), str(n), ns, str(EVERY), str(TIMEOUT)],
                                stdout=subprocess.PIPE, text=True, preexec_fn=U._die_with_parent)
         pin(sub.pid, {1})
@@ -142,7 +165,13 @@ def one(config, kernels, round_no, brokers):
             raise RuntimeError("%s: fanout_sub did not get ready: %r" % (config, line))
         with d.client("controller") as c:
             c.submit(job)
+        staller = None
+        if config == "nats-stop":
+            staller = stall(brokers["nats"], max(0.0, (base_wall or 6.0) / 2 - OUTAGE_S / 2),
+                            OUTAGE_S)
         out = sub.stdout.read()
+        if staller:
+            staller.join()
         sub.wait(TIMEOUT)
         res = json.loads(out.strip().splitlines()[-1])
         d.wait_state("finished", timeout=TIMEOUT)
@@ -161,13 +190,14 @@ def table(kernels, results, base):
             "machine besides training | training slowdown |" % kernels,
             "|---|---|---|---|---|---|"]
     names = {"nats": "trainbus-bridge -> NATS 2.9 (JetStream)",
+             "nats-stop": "the same, nats-server stopped %.1f s mid-run" % OUTAGE_S,
              "mqtt": "trainbus-bridge -> mosquitto 2.0",
              "direct-%d" % N_NATS: "trainbusd direct",
              "direct-%d" % N_MQTT: "trainbusd direct"}
     for config, runs in results.items():
         if config == "baseline":
             continue
-        n = N_NATS if config in ("nats", "direct-%d" % N_NATS) else N_MQTT
+        n = N_NATS if config in ("nats", "nats-stop", "direct-%d" % N_NATS) else N_MQTT
         med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
         extra = statistics.median(r["daemon_cpu"] + r["bridge_cpu"] for r in runs) - base_cpu
         rows.append("| %s | %d | %s | %s / %s ms | %.2f s (%.0f %% of a core) | %+.1f %% |" % (
@@ -185,7 +215,7 @@ def main():
     brokers = {"nats": U.NatsServer(), "mqtt": U.Mosquitto()}
     for b in brokers.values():
         pin(b.pid, {1})
-    configs = ["baseline", "direct-%d" % N_NATS, "nats", "direct-%d" % N_MQTT, "mqtt"]
+    configs = ["baseline", "direct-%d" % N_NATS, "nats", "nats-stop", "direct-%d" % N_MQTT, "mqtt"]
     if N_NATS == N_MQTT:
         configs.remove("direct-%d" % N_MQTT)
     report = ["# trainbus-bridge benchmark",
@@ -202,7 +232,8 @@ def main():
             results = {c: [] for c in configs}
             for r in range(RUNS):
                 for config in configs:
-                    res = one(config, kernels, r, brokers)
+                    base_wall = results["baseline"][-1]["wall"] if results["baseline"] else None
+                    res = one(config, kernels, r, brokers, base_wall)
                     results[config].append(res)
                     print("%s round %d %s: %s" % (kernels, r, config, json.dumps(res)),
                           flush=True)
