@@ -3,6 +3,7 @@ the real trainbusd and trainbus-bridge, mosquitto_sub and mosquitto_rr (MQTT
 5 request/response) as the clients, the CLI's watch --mqtt. Each test starts
 what it needs and stops it by PID."""
 import json
+import os
 import signal
 import subprocess
 import tempfile
@@ -205,6 +206,70 @@ class MqttBridge(unittest.TestCase):
         st = U.wait_for(lambda: (retained(m.port, "tb/acme/run/r1/status", alice) or {})
                         .get("state") == "stopped", 20)
         self.assertTrue(st)
+
+    def test_oversized_messages_respect_max_packet_size(self):
+        """mosquitto with max_packet_size 450 (which it tells MQTT 5 clients
+        in CONNACK): events that do not fit go as stubs that say so and
+        where, an answer that does not fit (a checkpoint's long path) becomes
+        a too_large error, the bridge is never disconnected for a packet too
+        large, and a request over the limit is refused by the broker (it
+        never reaches the run). As test_bridge_nats's max_payload test."""
+        m = self.start(U.Mosquitto(conf="allow_anonymous true\nmax_packet_size 450\n"))
+        sub = self.start(Sub(m, "tb/big/run/r1/evt/#", retained=False))
+        base = tempfile.mkdtemp(prefix="tb-long-")
+        state = os.path.join(base, *["d" * 60] * 6)
+        os.makedirs(state)
+        d = self.start(U.Daemon(U.demo_job(200, metrics=("accuracy", "mse", "mae"),
+                                           loss="categorical_crossentropy"), state_dir=state))
+        b = self.start(U.Bridge(m.url(), d, ns="big", args=["--verbose"]))
+        b.connected()
+        d.wait_state("running")
+        U.wait_for(lambda: (retained(m.port, "tb/big/run/r1/status") or {}).get("epoch", -1) >= 2,
+                   60)
+        b.wait_log(r"takes packets of up to 450 bytes")
+        code, ans, err = rr(m.port, "tb/big/run/r1/ctl/checkpoint", "{}", ns="big")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(ans["error"]["data"]["name"], "too_large", ans)
+        self.assertIn("packet limit", ans["error"]["message"])
+        # A request larger than the broker takes: refused before the bridge.
+        code, ans, err = rr(m.port, "tb/big/run/r1/ctl/set_lr", '{"lr":0.5}' + " " * 600,
+                            ns="big", wait=3)
+        self.assertNotEqual(code, 0)
+        self.assertIsNone(ans)
+        with d.client() as c:
+            self.assertTrue(U.close_lr(c.status("r1")["lr"], 0.001))
+        code, ans, err = rr(m.port, "tb/big/run/r1/ctl/set_lr", '{"lr":0.002}', ns="big")
+        self.assertEqual(code, 0, err)
+        self.assertIn("applied_at", ans["result"])
+        self.assertEqual(rr(m.port, "tb/big/run/r1/ctl/stop", "{}", ns="big")[1],
+                         {"result": {"ok": True}})
+        d.wait_state("stopped")
+        hist = {e["seq"]: e for e in d.history()}
+        self.assertTrue(any(e.get("action") == "checkpoint" for e in hist.values()),
+                        "the checkpoint was not applied")
+        last = max(hist)
+        U.wait_for(lambda: any(ev["seq"] == last for _, ev in sub.messages()), 30)
+        got = {ev["seq"]: ev for _, ev in sub.messages()}
+        stubs = [ev for ev in got.values() if ev.get("truncated")]
+        whole = [ev for ev in got.values() if not ev.get("truncated")]
+        self.assertTrue(stubs and whole)
+        for ev in stubs:
+            full = hist[ev["seq"]]
+            self.assertEqual((ev["event"], ev.get("epoch")), (full["event"], full.get("epoch")))
+            self.assertGreaterEqual(ev["size"], len(json.dumps(full, separators=(",", ":"))))
+            self.assertEqual(ev["logs"], {})
+        self.assertIn("epoch_end", {ev["event"] for ev in stubs})
+        for ev in whole:
+            self.assertEqual(json.dumps(ev, sort_keys=True),
+                             json.dumps(hist[ev["seq"]], sort_keys=True))
+        want = [e["seq"] for e in U.lifecycle(hist.values())]
+        self.assertEqual([s for s in want if s not in got], [], "lifecycle events missing")
+        self.assertTrue(b.alive())
+        self.assertNotIn("disconnected from the MQTT broker", b.text())
+        st = U.wait_for(lambda: (retained(m.port, "tb/big/run/r1/status") or {})
+                        .get("state") == "stopped", 20)
+        self.assertTrue(st, "the run's status did not reach the broker")
+        U.report("mqtt_oversize", stubs=len(stubs), whole=len(whole))
 
     def test_bridge_restart_resumes_where_the_broker_was(self):
         """A bridge killed mid-run and started again learns from the retained
