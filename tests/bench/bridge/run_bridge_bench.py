@@ -5,7 +5,9 @@ lifecycle events and sampled batch events (every EVERY-th batch), through
   nats      trainbusd -> trainbus-bridge -> nats-server (JetStream) -> N_NATS observers
   mqtt      trainbusd -> trainbus-bridge -> mosquitto -> N_MQTT observers
   direct    trainbusd -> the same number of observers, subscribed directly
-  nats-stop as nats, with nats-server stopped (kill -STOP) for OUTAGE_S
+  nats-1    the bridge and nats-server with one observer: what the bridge
+            itself costs the trainer, with no crowd loading the machine
+  nats-stop nats-1 with nats-server stopped (kill -STOP) for OUTAGE_S
             seconds in the middle of the run, then continued: what a stalled
             broker costs the trainer (the issue asks for within 2 %)
 
@@ -13,9 +15,12 @@ against the same job with no observer at all (baseline), in one run, rounds
 interleaved so the machine's noise hits every configuration alike; medians of
 RUNS rounds. Per configuration: deliveries per second to the observers (over
 the run), latency from the trainer's event (its "time") to the observer,
-p50 and p99, and the training slowdown (train_begin to train_end against the
-baseline's). The observers are tests/bench/bridge/fanout_sub (one epoll
-process, one TCP connection each).
+p50 and p99, the CPU the daemon's loop thread and the bridge used besides the
+baseline's, the training slowdown (train_begin to train_end against the
+baseline's) and the slowest epoch against the run's median epoch (a trainer
+that waited for a stalled broker would have one epoch seconds long). The
+observers are tests/bench/bridge/fanout_sub (one epoll process, one TCP
+connection each).
 
 Every process of the daemon (its trainer thread, its loop) is pinned to CPU 0,
 everything else (the bridge, the broker, the observers) to CPU 1: on this
@@ -129,9 +134,34 @@ def stall(broker, after_s, seconds):
     return t
 
 
-def one(config, kernels, round_no, brokers, base_wall=None):
-    """One run of config; returns its figures. base_wall: this round's
-    baseline training time (where nats-stop puts its outage: in the middle)."""
+def epoch_stall(events):
+    """The slowest epoch's duration over the median epoch's."""
+    begin, dur = {}, []
+    for e in events:
+        if e["event"] == "epoch_begin":
+            begin[e["epoch"]] = e["time"]
+        elif e["event"] == "epoch_end" and e["epoch"] in begin:
+            dur.append(e["time"] - begin.pop(e["epoch"]))
+    return max(dur) / statistics.median(dur)
+
+
+def configs():
+    """(name, observers' mode, observers, broker stalled) in the order run."""
+    out = [("baseline", None, 0, False),
+           ("direct-%d" % N_NATS, "trainbus", N_NATS, False),
+           ("nats", "nats", N_NATS, False),
+           ("direct-%d" % N_MQTT, "trainbus", N_MQTT, False),
+           ("mqtt", "mqtt", N_MQTT, False),
+           ("nats-1", "nats", 1, False),
+           ("nats-stop", "nats", 1, True)]
+    return [c for i, c in enumerate(out) if c[0] not in [d[0] for d in out[:i]]]
+
+
+def one(cfg, kernels, round_no, brokers, base_wall=None):
+    """One run of cfg (an element of configs()); returns its figures.
+    base_wall: this round's baseline training time (where nats-stop puts its
+    outage: in the middle)."""
+    config, mode, n, stalled = cfg
     env = env_for(kernels)
     job = U.demo_job(EPOCHS)
     job["data"]["n_per_class"] = N_PER_CLASS
@@ -144,19 +174,20 @@ def one(config, kernels, round_no, brokers, base_wall=None):
             with d.client("controller") as c:
                 c.submit(job)
             d.wait_state("finished", timeout=TIMEOUT)
-            return {"wall": U.train_wall(d.history()), "daemon_cpu": cpu_s(d.pid, True)}
+            hist = d.history()
+            return {"wall": U.train_wall(hist), "daemon_cpu": cpu_s(d.pid, True),
+                    "stall": epoch_stall(hist)}
         ns = "b%s%d%s" % (kernels[0], round_no, config.replace("-", ""))
-        if config.startswith("direct"):
-            port, mode, n = int(d.addr.rsplit(":", 1)[1]), "trainbus", int(config.split("-")[1])
+        if mode == "trainbus":
+            port = int(d.addr.rsplit(":", 1)[1])
         else:
-            broker = brokers[config.split("-")[0]]
+            broker = brokers[mode]
             b = U.Bridge(broker.url(), d, ns=ns, args=["--every", str(EVERY), "--batch-hz", "0",
                                                        "--quiet"])
             procs.append(b)
             pin(b.pid, {1})
             U.wait_for(lambda: "following" in b.text() or not b.alive(), 30)
-            port, mode = broker.port, config.split("-")[0]
-            n = N_NATS if config.startswith("nats") else N_MQTT
+            port = broker.port
         sub = subprocess.Popen([FANOUT, mode, str(port), str(n), ns, str(EVERY), str(TIMEOUT)],
                                stdout=subprocess.PIPE, text=True, preexec_fn=U._die_with_parent)
         pin(sub.pid, {1})
@@ -166,7 +197,7 @@ def one(config, kernels, round_no, brokers, base_wall=None):
         with d.client("controller") as c:
             c.submit(job)
         staller = None
-        if config == "nats-stop":
+        if stalled:
             staller = stall(brokers["nats"], max(0.0, (base_wall or 6.0) / 2 - OUTAGE_S / 2),
                             OUTAGE_S)
         out = sub.stdout.read()
@@ -175,7 +206,9 @@ def one(config, kernels, round_no, brokers, base_wall=None):
         sub.wait(TIMEOUT)
         res = json.loads(out.strip().splitlines()[-1])
         d.wait_state("finished", timeout=TIMEOUT)
-        res["wall"] = U.train_wall(d.history())
+        hist = d.history()
+        res["wall"] = U.train_wall(hist)
+        res["stall"] = epoch_stall(hist)
         res["daemon_cpu"] = cpu_s(d.pid, True)
         res["bridge_cpu"] = cpu_s(procs[1].pid) if len(procs) > 1 else 0.0
         return res
@@ -187,23 +220,28 @@ def one(config, kernels, round_no, brokers, base_wall=None):
 def table(kernels, results, base):
     base_cpu = statistics.median(r["daemon_cpu"] for r in results["baseline"])
     rows = ["| %s kernels | observers | deliveries/s | latency p50 / p99 | CPU on the trainer's "
-            "machine besides training | training slowdown |" % kernels,
-            "|---|---|---|---|---|---|"]
+            "machine besides training | training slowdown | slowest / median epoch |" % kernels,
+            "|---|---|---|---|---|---|---|"]
     names = {"nats": "trainbus-bridge -> NATS 2.9 (JetStream)",
+             "nats-1": "trainbus-bridge -> NATS 2.9 (JetStream)",
              "nats-stop": "the same, nats-server stopped %.1f s mid-run" % OUTAGE_S,
              "mqtt": "trainbus-bridge -> mosquitto 2.0",
              "direct-%d" % N_NATS: "trainbusd direct",
              "direct-%d" % N_MQTT: "trainbusd direct"}
-    for config, runs in results.items():
+    med_of = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
+    rows.append("| no observer, no bridge (baseline: %.2f s of training) | 0 | | | | | %.2f |"
+                % (base, med_of(results["baseline"], "stall")))
+    for config, _, n, _ in configs():
+        runs = results[config]
         if config == "baseline":
             continue
-        n = N_NATS if config in ("nats", "nats-stop", "direct-%d" % N_NATS) else N_MQTT
-        med = lambda k: statistics.median(r[k] for r in runs)  # noqa: E731
+        med = lambda k: med_of(runs, k)  # noqa: E731
         extra = statistics.median(r["daemon_cpu"] + r["bridge_cpu"] for r in runs) - base_cpu
-        rows.append("| %s | %d | %s | %s / %s ms | %.2f s (%.0f %% of a core) | %+.1f %% |" % (
-            names[config], n, "{:,.0f}".format(med("delivered_per_s")),
-            "%.2f" % (med("p50_us") / 1000), "%.2f" % (med("p99_us") / 1000),
-            extra, 100 * extra / med("wall"), (med("wall") / base - 1) * 100))
+        rows.append("| %s | %d | %s | %s / %s ms | %.2f s (%.0f %% of a core) | %+.1f %% | %.2f |"
+                    % (names[config], n, "{:,.0f}".format(med("delivered_per_s")),
+                       "%.2f" % (med("p50_us") / 1000), "%.2f" % (med("p99_us") / 1000),
+                       extra, 100 * extra / med("wall"), (med("wall") / base - 1) * 100,
+                       med("stall")))
     return "\n".join(rows)
 
 
@@ -215,9 +253,7 @@ def main():
     brokers = {"nats": U.NatsServer(), "mqtt": U.Mosquitto()}
     for b in brokers.values():
         pin(b.pid, {1})
-    configs = ["baseline", "direct-%d" % N_NATS, "nats", "nats-stop", "direct-%d" % N_MQTT, "mqtt"]
-    if N_NATS == N_MQTT:
-        configs.remove("direct-%d" % N_MQTT)
+    cfgs = configs()
     report = ["# trainbus-bridge benchmark",
               "",
               "%s; job: the demo (spirals, 3x256 MLP, one thread) on %d points a class, %d "
@@ -229,13 +265,13 @@ def main():
     raw = {}
     try:
         for kernels in KERNELS:
-            results = {c: [] for c in configs}
+            results = {c[0]: [] for c in cfgs}
             for r in range(RUNS):
-                for config in configs:
+                for cfg in cfgs:
                     base_wall = results["baseline"][-1]["wall"] if results["baseline"] else None
-                    res = one(config, kernels, r, brokers, base_wall)
-                    results[config].append(res)
-                    print("%s round %d %s: %s" % (kernels, r, config, json.dumps(res)),
+                    res = one(cfg, kernels, r, brokers, base_wall)
+                    results[cfg[0]].append(res)
+                    print("%s round %d %s: %s" % (kernels, r, cfg[0], json.dumps(res)),
                           flush=True)
             base = statistics.median(x["wall"] for x in results["baseline"])
             t = table(kernels, results, base)
