@@ -96,6 +96,10 @@ static int copy_strings(tb_bridge_t *b) {
                            &b->o.ns,
                            &b->o.daemon_addr,
                            &b->o.daemon_token,
+                           &b->o.daemon_observer_token,
+                           &b->o.daemon_ca_file,
+                           &b->o.daemon_cert_file,
+                           &b->o.daemon_key_file,
                            &b->o.state_dir};
   size_t n = sizeof fields / sizeof fields[0], total = 0;
   for (size_t i = 0; i < n; i++)

@@ -32,18 +32,7 @@ static void answer_error(tb_bridge_t *b, const tb__ctl_t *c, tb_buf_t *out, int 
 }
 
 static int open_controller(tb_bridge_t *b, tb_client_t **c, tb_client_err_t *err) {
-  char addr[1024], token[TB_PROTO_TOKEN_MAX], name[64];
-  int rc = tb__daemon_resolve(b, addr, sizeof addr, token, sizeof token, err);
-  if (rc != 0)
-    return rc;
-  snprintf(name, sizeof name, "bridge:%s", b->ns);
-  tb_client_opts_t co = {.addr = addr,
-                         .token = token,
-                         .role = TB_ROLE_CONTROLLER,
-                         .name = name,
-                         .connect_timeout_ms = 5000,
-                         .call_timeout_ms = 60000};
-  return tb_client_connect(&co, c, err);
+  return tb__daemon_connect(b, TB_ROLE_CONTROLLER, 60000, c, err);
 }
 
 static void handle(tb_bridge_t *b, tb_client_t **c, const tb__ctl_t *ctl, tb_buf_t *out) {

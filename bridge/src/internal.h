@@ -224,10 +224,16 @@ int tb__berr(tb_client_err_t *err, int code, const char *fmt, ...)
 
 /* reader.c: the daemon side (observer connection, catch-up). */
 void *tb__reader_main(void *arg);
-/* Resolves the daemon's address and token as tb_bridge_opts_t describes, at
+/* Resolves the daemon's address and the token for role (TB_ROLE_OBSERVER:
+ * the observer token if there is one, else the control token;
+ * TB_ROLE_CONTROLLER: the control token) as tb_bridge_opts_t describes, at
  * this moment. 0 or TB_CLIENT_EADDRESS with err. */
-int tb__daemon_resolve(const tb_bridge_t *b, char *addr, size_t addr_len, char *token,
-                       size_t token_len, tb_client_err_t *err);
+int tb__daemon_resolve(const tb_bridge_t *b, tb_role_t role, char *addr, size_t addr_len,
+                       char *token, size_t token_len, tb_client_err_t *err);
+/* Connects to the daemon as role (resolved as above, with the TLS options)
+ * named "bridge:NS". tb_client_connect's result. */
+int tb__daemon_connect(const tb_bridge_t *b, tb_role_t role, int call_timeout_ms, tb_client_t **c,
+                       tb_client_err_t *err);
 
 /* ctl.c: the control workers. */
 void *tb__ctl_main(void *arg);

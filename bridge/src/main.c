@@ -19,10 +19,20 @@ static void usage(FILE *f) {
           "USER:PASSWORD@ (or, for NATS, TOKEN@) before the host.\n"
           "\n"
           "the daemon:\n"
-          "  --connect ADDR        HOST:PORT or a Unix socket (default $TRAINBUS_ADDR, else\n"
+          "  --connect ADDR        HOST:PORT, tls://HOST:PORT or a Unix socket (default\n"
+          "                        $TRAINBUS_ADDR, else\n"
           "                        STATE_DIR/address, read again at every reconnect)\n"
-          "  --token TOKEN         the daemon's token, for control (default $TRAINBUS_TOKEN,\n"
-          "                        else STATE_DIR/token when the address came from there)\n"
+          "  --token TOKEN         the daemon's control token, for control requests (default\n"
+          "                        $TRAINBUS_TOKEN, else STATE_DIR/token when the address\n"
+          "                        came from there)\n"
+          "  --observer-token TOKEN  the daemon's read-only token, for reading the events\n"
+          "                        (default $TRAINBUS_OBSERVER_TOKEN, else\n"
+          "                        STATE_DIR/observer_token likewise, else the control token)\n"
+          "  --cacert FILE         trust the CA certificates in FILE (PEM) for a tls:// daemon\n"
+          "                        (default $TRAINBUS_CACERT, else the system's CAs)\n"
+          "  --insecure            do not check the daemon's certificate (warns)\n"
+          "  --cert FILE, --key FILE  a client certificate for the daemon (default\n"
+          "                        $TRAINBUS_CERT, $TRAINBUS_KEY)\n"
           "  --state-dir DIR       where trainbusd writes address and token (default\n"
           "                        $TRAINBUS_STATE_DIR, else ~/.trainbus)\n"
           "\n"
@@ -80,6 +90,11 @@ int main(int argc, char **argv) {
   enum {
     O_CONNECT = 256,
     O_TOKEN,
+    O_OBS_TOKEN,
+    O_CACERT,
+    O_INSECURE,
+    O_DCERT,
+    O_DKEY,
     O_STATE_DIR,
     O_NS,
     O_EVERY,
@@ -104,6 +119,11 @@ int main(int argc, char **argv) {
   };
   static const struct option table[] = {{"connect", required_argument, NULL, O_CONNECT},
                                         {"token", required_argument, NULL, O_TOKEN},
+                                        {"observer-token", required_argument, NULL, O_OBS_TOKEN},
+                                        {"cacert", required_argument, NULL, O_CACERT},
+                                        {"insecure", no_argument, NULL, O_INSECURE},
+                                        {"cert", required_argument, NULL, O_DCERT},
+                                        {"key", required_argument, NULL, O_DKEY},
                                         {"state-dir", required_argument, NULL, O_STATE_DIR},
                                         {"ns", required_argument, NULL, O_NS},
                                         {"every", required_argument, NULL, O_EVERY},
@@ -147,6 +167,21 @@ int main(int argc, char **argv) {
       break;
     case O_TOKEN:
       o.daemon_token = optarg;
+      break;
+    case O_OBS_TOKEN:
+      o.daemon_observer_token = optarg;
+      break;
+    case O_CACERT:
+      o.daemon_ca_file = optarg;
+      break;
+    case O_INSECURE:
+      o.daemon_insecure = true;
+      break;
+    case O_DCERT:
+      o.daemon_cert_file = optarg;
+      break;
+    case O_DKEY:
+      o.daemon_key_file = optarg;
       break;
     case O_STATE_DIR:
       o.state_dir = optarg;
@@ -236,6 +271,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   o.broker.url = argv[optind];
+  if (o.daemon_insecure)
+    fprintf(stderr, "trainbus-bridge: warning: --insecure: the daemon's certificate is not "
+                    "checked; anyone between the bridge and the daemon can read and steer\n");
 
   tb_bridge_t *b;
   tb_client_err_t err;

@@ -49,8 +49,13 @@ static bool read_first_line(const char *dir, const char *name, char *out, size_t
   return out[0] != '\0';
 }
 
-int tb__daemon_resolve(const tb_bridge_t *b, char *addr, size_t addr_len, char *token,
-                       size_t token_len, tb_client_err_t *err) {
+static const char *env_or(const char *given, const char *var) {
+  const char *e = given != NULL ? given : getenv(var);
+  return e != NULL && e[0] != '\0' ? e : NULL;
+}
+
+int tb__daemon_resolve(const tb_bridge_t *b, tb_role_t role, char *addr, size_t addr_len,
+                       char *token, size_t token_len, tb_client_err_t *err) {
   char dir[1024], dir_addr[1024] = "";
   const char *sd = b->o.state_dir ? b->o.state_dir : getenv("TRAINBUS_STATE_DIR");
   if (sd != NULL && sd[0] != '\0') {
@@ -60,7 +65,7 @@ int tb__daemon_resolve(const tb_bridge_t *b, char *addr, size_t addr_len, char *
     snprintf(dir, sizeof dir, "%s/.trainbus", home ? home : ".");
   }
   bool have_dir_addr = read_first_line(dir, "address", dir_addr, sizeof dir_addr);
-  const char *env_addr = getenv("TRAINBUS_ADDR"), *env_token = getenv("TRAINBUS_TOKEN");
+  const char *env_addr = getenv("TRAINBUS_ADDR");
   if (b->o.daemon_addr != NULL)
     snprintf(addr, addr_len, "%s", b->o.daemon_addr);
   else if (env_addr != NULL && env_addr[0] != '\0')
@@ -72,15 +77,48 @@ int tb__daemon_resolve(const tb_bridge_t *b, char *addr, size_t addr_len, char *
                     "no daemon address: give --connect, set TRAINBUS_ADDR, or start trainbusd "
                     "(it writes %.900s/address)",
                     dir);
-  token[0] = '\0';
-  if (b->o.daemon_token != NULL)
-    snprintf(token, token_len, "%s", b->o.daemon_token);
-  else if (env_token != NULL && env_token[0] != '\0')
-    snprintf(token, token_len, "%s", env_token);
-  else if (have_dir_addr && strcmp(dir_addr, addr) == 0)
-    /* A state directory's token belongs to the daemon at its address only. */
-    read_first_line(dir, "token", token, token_len);
+  /* The control token (--token, $TRAINBUS_TOKEN, the directory's `token`)
+   * and the read-only one (--observer-token, $TRAINBUS_OBSERVER_TOKEN, the
+   * directory's `observer_token`); a state directory's tokens belong to the
+   * daemon at its address only. The side that only reads holds no more than
+   * it needs: the observer token where there is one. Control goes with the
+   * control token; with none, with the observer token, so that the daemon
+   * itself answers that it is read-only. */
+  bool from_dir = have_dir_addr && strcmp(dir_addr, addr) == 0;
+  char ctl[TB_PROTO_TOKEN_MAX] = "", obs[TB_PROTO_TOKEN_MAX] = "";
+  const char *given = env_or(b->o.daemon_token, "TRAINBUS_TOKEN");
+  if (given != NULL)
+    snprintf(ctl, sizeof ctl, "%s", given);
+  else if (from_dir)
+    read_first_line(dir, "token", ctl, sizeof ctl);
+  given = env_or(b->o.daemon_observer_token, "TRAINBUS_OBSERVER_TOKEN");
+  if (given != NULL)
+    snprintf(obs, sizeof obs, "%s", given);
+  else if (from_dir)
+    read_first_line(dir, "observer_token", obs, sizeof obs);
+  const char *pick = role == TB_ROLE_OBSERVER ? (obs[0] ? obs : ctl) : (ctl[0] ? ctl : obs);
+  snprintf(token, token_len, "%s", pick);
   return 0;
+}
+
+int tb__daemon_connect(const tb_bridge_t *b, tb_role_t role, int call_timeout_ms, tb_client_t **c,
+                       tb_client_err_t *err) {
+  char addr[1024], token[TB_PROTO_TOKEN_MAX], name[64];
+  int rc = tb__daemon_resolve(b, role, addr, sizeof addr, token, sizeof token, err);
+  if (rc != 0)
+    return rc;
+  snprintf(name, sizeof name, "bridge:%s", b->ns);
+  tb_client_opts_t co = {.addr = addr,
+                         .token = token,
+                         .role = role,
+                         .name = name,
+                         .connect_timeout_ms = 5000,
+                         .call_timeout_ms = call_timeout_ms,
+                         .ca_file = env_or(b->o.daemon_ca_file, "TRAINBUS_CACERT"),
+                         .insecure = b->o.daemon_insecure,
+                         .cert_file = env_or(b->o.daemon_cert_file, "TRAINBUS_CERT"),
+                         .key_file = env_or(b->o.daemon_key_file, "TRAINBUS_KEY")};
+  return tb_client_connect(&co, c, err);
 }
 
 /* ------------------------------------------------------------- the runs -- */
@@ -301,18 +339,8 @@ static int catch_up(reader_t *r, rrun_t *run, int64_t upto, tb_client_err_t *err
  * connection is then closed). */
 static int connect_and_catch_up(reader_t *r, tb_client_err_t *err) {
   tb_bridge_t *b = r->b;
-  char addr[1024], token[TB_PROTO_TOKEN_MAX], name[64];
-  int rc = tb__daemon_resolve(b, addr, sizeof addr, token, sizeof token, err);
+  int rc = tb__daemon_connect(b, TB_ROLE_OBSERVER, 30000, &r->c, err);
   if (rc != 0)
-    return rc;
-  snprintf(name, sizeof name, "bridge:%s", b->ns);
-  tb_client_opts_t co = {.addr = addr,
-                         .token = token,
-                         .role = TB_ROLE_OBSERVER,
-                         .name = name,
-                         .connect_timeout_ms = 5000,
-                         .call_timeout_ms = 30000};
-  if ((rc = tb_client_connect(&co, &r->c, err)) != 0)
     return rc;
   tb_client_keep_raw(r->c, true);
   tb_client_sub_opts_t so = {.every = b->o.every};
@@ -387,7 +415,8 @@ void *tb__reader_main(void *arg) {
       }
       if (r.c == NULL) /* stopped during the catch-up */
         break;
-      tb__blog(b, 1, "following the daemon at %s", tb_client_hello(r.c)->server);
+      tb__blog(b, 1, "following the daemon at %s (%s)", tb_client_hello(r.c)->server,
+               tb_role_name(tb_client_role(r.c)));
       last_err[0] = '\0';
       delay = 100;
       set_daemon_state(b, "connected");

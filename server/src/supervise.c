@@ -2,9 +2,14 @@
  * keeps it running.
  *
  * The bridge is a separate process and an ordinary client (the daemon links
- * no broker library): it gets the daemon's address and token in its
- * environment (TRAINBUS_ADDR, TRAINBUS_TOKEN; never on its command line,
- * where any user could read the token), its output goes to the daemon's
+ * no broker library): it gets the daemon's address, control token and
+ * observer token in its environment (TRAINBUS_ADDR, TRAINBUS_TOKEN,
+ * TRAINBUS_OBSERVER_TOKEN; never on its command line, where any user could
+ * read a token), so that it reads the events with the read-only token and
+ * only its control requests carry the control token. The rest of the
+ * daemon's environment goes along (TRAINBUS_CACERT for a tls:// address, if
+ * the daemon's certificate is not from a CA the system trusts). Its output
+ * goes to the daemon's
  * stderr, and when it exits it is started again after a back-off that
  * doubles from half a second to 30 seconds (back to half a second once a
  * bridge has run for a minute). Exit status 2 (its options are wrong) is not
@@ -130,22 +135,28 @@ int tb__supervise_start(tb__supervise_t *sv, tb_server_t *s, const char *url,
   size_t n = 0;
   while (environ[n] != NULL)
     n++;
-  sv->env = calloc(n + 3, sizeof *sv->env);
+  sv->env = calloc(n + 4, sizeof *sv->env);
   const char *addr = tb_server_address(s, 0), *token = tb_server_token(s);
-  size_t la = strlen(addr) + 16, lt = strlen(token) + 16;
+  const char *obs = tb_server_observer_token(s) ? tb_server_observer_token(s) : "";
+  size_t la = strlen(addr) + 16, lt = strlen(token) + 16, lo = strlen(obs) + 32;
   sv->env_addr = malloc(la);
   sv->env_token = malloc(lt);
-  if (sv->env == NULL || sv->env_addr == NULL || sv->env_token == NULL)
+  sv->env_obs = malloc(lo);
+  if (sv->env == NULL || sv->env_addr == NULL || sv->env_token == NULL || sv->env_obs == NULL)
     return UV_ENOMEM;
   snprintf(sv->env_addr, la, "TRAINBUS_ADDR=%s", addr);
   snprintf(sv->env_token, lt, "TRAINBUS_TOKEN=%s", token);
+  snprintf(sv->env_obs, lo, "TRAINBUS_OBSERVER_TOKEN=%s", obs);
   size_t k = 0;
   for (size_t i = 0; i < n; i++)
     if (strncmp(environ[i], "TRAINBUS_ADDR=", 14) != 0 &&
-        strncmp(environ[i], "TRAINBUS_TOKEN=", 15) != 0)
+        strncmp(environ[i], "TRAINBUS_TOKEN=", 15) != 0 &&
+        strncmp(environ[i], "TRAINBUS_OBSERVER_TOKEN=", 24) != 0)
       sv->env[k++] = environ[i];
   sv->env[k++] = sv->env_addr;
   sv->env[k++] = sv->env_token;
+  if (obs[0] != '\0')
+    sv->env[k++] = sv->env_obs;
 
   int r = uv_timer_init(sv->loop, &sv->timer);
   if (r != 0)
@@ -178,5 +189,6 @@ void tb__supervise_free(tb__supervise_t *sv) {
   free(sv->env);
   free(sv->env_addr);
   free(sv->env_token);
+  free(sv->env_obs);
   memset(sv, 0, sizeof *sv);
 }

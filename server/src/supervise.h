@@ -12,14 +12,15 @@ typedef struct tb__supervise_s {
   uv_timer_t timer; /* the restart back-off, then the SIGKILL deadline */
   char **argv;      /* the bridge's path, its arguments, the broker URL */
   int argc;
-  char **env, *env_addr, *env_token;
+  char **env, *env_addr, *env_token, *env_obs;
   int backoff_ms;
   uint64_t started_ms;
   bool active, running, stopping, stopping_done;
 } tb__supervise_t;
 
 /* Starts trainbus-bridge ARGS... URL for server s (its first listener's
- * address and its token go in the bridge's environment). 0 or a UV_E* code. */
+ * address, its control and observer tokens go in the bridge's
+ * environment). 0 or a UV_E* code. */
 int tb__supervise_start(tb__supervise_t *sv, tb_server_t *s, const char *url,
                         const char *const *args, int n_args);
 /* SIGTERM to the bridge, no more restarts; its handles close once it has

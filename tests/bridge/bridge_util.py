@@ -167,6 +167,13 @@ class Proc:
     def kill(self):
         return self.stop(signal.SIGKILL)
 
+    def wait(self, timeout):
+        """Waits for the process to exit by itself; its exit status, once
+        every line it wrote is in .log (the pump has read to the end)."""
+        rc = self.proc.wait(timeout)
+        self.thread.join(5)
+        return rc
+
     def wait_log(self, pattern, timeout=20.0, start=0):
         rx = re.compile(pattern)
         found = wait_for(lambda: any(rx.search(l) for l in self.log[start:]), timeout)
@@ -342,20 +349,33 @@ def demo_job(epochs, metrics=("accuracy",), loss="sparse_categorical_crossentrop
     return job
 
 
+# What the daemon and the bridge would take from the environment: the tests
+# give each what it needs explicitly.
+DAEMON_ENV = ("TRAINBUS_TOKEN", "TRAINBUS_ADDR", "TRAINBUS_STATE_DIR", "TRAINBUS_OBSERVER_TOKEN",
+              "TRAINBUS_TRAINER_TOKEN", "TRAINBUS_CACERT", "TRAINBUS_CERT", "TRAINBUS_KEY")
+
+
 class Daemon(Proc):
     """trainbusd on 127.0.0.1 (port 0 unless given), its own state directory,
     a job file. token None: the daemon makes one (and writes it to the state
-    directory, as the bridge reads it there)."""
+    directory, as the bridge reads it there). tls: (certificate, key) for
+    --tls-cert/--tls-key (the certificate is then also the CA the test's
+    clients trust); observer_token: --observer-token."""
 
     LISTEN_RE = re.compile(r"^trainbusd: listening on (\S+)$")
 
     def __init__(self, job=None, state_dir=None, token=TOKEN, args=(), resume=False,
-                 listen="127.0.0.1:0"):
+                 listen="127.0.0.1:0", tls=None, observer_token=None, env=None):
         self.state_dir = state_dir or tempfile.mkdtemp(prefix="tb-bridge-d-")
         self.token = token
+        self.cafile = tls[0] if tls else None
         cmd = [TRAINBUSD, "--listen", listen, "--state-dir", self.state_dir, "--quiet"]
         if token:
             cmd += ["--token", token]
+        if observer_token:
+            cmd += ["--observer-token", observer_token]
+        if tls:
+            cmd += ["--tls-cert", tls[0], "--tls-key", tls[1]]
         if resume:
             cmd += ["--resume"]
         if job is not None and not resume:
@@ -366,9 +386,10 @@ class Daemon(Proc):
         elif not resume:
             cmd += ["--no-job"]
         cmd += list(args)
-        env = dict(os.environ)
-        for k in ("TRAINBUS_TOKEN", "TRAINBUS_ADDR", "TRAINBUS_STATE_DIR"):
+        extra, env = env, dict(os.environ)
+        for k in DAEMON_ENV:
             env.pop(k, None)
+        env.update(extra or {})
         super().__init__(cmd, env=env, name="trainbusd")
         self.addr = None
         wait_for(lambda: any(self.LISTEN_RE.match(l) for l in self.log), 15)
@@ -383,7 +404,7 @@ class Daemon(Proc):
 
     def client(self, role="observer"):
         tok = self.token or open(os.path.join(self.state_dir, "token")).read().strip()
-        return trainbus.Client(self.addr, tok, role=role, name="bridge-test")
+        return trainbus.Client(self.addr, tok, role=role, name="bridge-test", cafile=self.cafile)
 
     def history(self, run="r1"):
         """Every event of run the daemon holds, in seq order."""
@@ -428,7 +449,7 @@ class Bridge(Proc):
             cmd += ["--state-dir", state_dir]
         cmd += list(args) + [url]
         e = dict(os.environ)
-        for k in ("TRAINBUS_TOKEN", "TRAINBUS_ADDR", "TRAINBUS_STATE_DIR"):
+        for k in DAEMON_ENV:
             e.pop(k, None)
         e.update(env or {})
         super().__init__(cmd, env=e, name="trainbus-bridge")

@@ -173,7 +173,8 @@ class NatsBridge(unittest.TestCase):
         ev = stored[at["seq"]]
         self.assertEqual((ev["event"], ev["action"]), ("control", "set_lr"))
         self.assertTrue(U.close_lr(ev["value"], 0.0042), ev)
-        self.assertEqual((ev["epoch"], ev["batch"]), (at["epoch"], at["batch"]))
+        # Between epochs the event has no batch and applied_at says -1.
+        self.assertEqual((ev["epoch"], ev.get("batch", -1)), (at["epoch"], at["batch"]))
         self.assertIn("bridge:ctl", ev["by"])
         # The rate took effect from the next batch: the next epoch_end's logs carry it.
         after = [e for s, e in sorted(stored.items()) if s > at["seq"] and e["event"] == "epoch_end"]
@@ -312,7 +313,7 @@ class NatsBridge(unittest.TestCase):
         d = self.start(U.Daemon(U.demo_job(200)))
         bad = self.start(U.Bridge(nats.url(), d, ns="acme", args=["--user", "bridge", "--password",
                                                                   "wrong"]))
-        self.assertEqual(bad.proc.wait(30 * U.SLOW), 1, bad.text())
+        self.assertEqual(bad.wait(30 * U.SLOW), 1, bad.text())
         self.assertIn("Authorization", bad.text())
         b = self.start(U.Bridge(nats.url(), d, ns="acme", env={"TRAINBUS_BROKER_PASSWORD":
                                                                "b-secret"},
@@ -372,7 +373,7 @@ class NatsBridge(unittest.TestCase):
         self.assertIn("Epoch %d/%d" % (U.QUICK_JOB["epochs"], U.QUICK_JOB["epochs"]), out.stdout)
         # Plain TCP to a TLS server, or no token: refused.
         plain = self.start(U.Bridge(nats.url("tls"), d, ns="tls", args=["--tls-ca", cert]))
-        self.assertEqual(plain.proc.wait(30 * U.SLOW), 1, plain.text())
+        self.assertEqual(plain.wait(30 * U.SLOW), 1, plain.text())
 
         seed, pub = U.nkey_user(tmp)
         other, _ = U.nkey_user(tempfile.mkdtemp())
@@ -382,12 +383,74 @@ class NatsBridge(unittest.TestCase):
         b2.connected()
         b2.wait_log(r"published|following")
         b3 = self.start(U.Bridge(nk.url(), d, ns="nk", args=["--nkey-seed", other]))
-        self.assertEqual(b3.proc.wait(30 * U.SLOW), 1, b3.text())
+        self.assertEqual(b3.wait(30 * U.SLOW), 1, b3.text())
         out = subprocess.run([U.CLI, "watch", "--nats", nk.url(), "--ns", "nk", "--nkey-seed",
                               seed, "--events", "epoch_end", "--json", "--timeout", "20"],
                              capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(len(out.stdout.splitlines()), U.QUICK_JOB["epochs"])
+
+    def test_daemon_over_tls_by_role(self):
+        """A daemon on TLS with an observer (read-only) token: the bridge
+        reaches it at its tls:// address trusting --cacert, reads the events
+        with the observer token (granted observer) and steers with the
+        control token; a bridge given only the observer token gets the
+        daemon's forbidden for every control request; one that trusts
+        another CA is refused by TLS and keeps trying; trainbusd --bridge
+        hands its bridge both tokens, and TRAINBUS_CACERT from its own
+        environment."""
+        tmp = tempfile.mkdtemp(prefix="tb-dtls-")
+        cert, key = U.certs(tmp)
+        other, _ = U.certs(tempfile.mkdtemp(prefix="tb-dtls-other-"))
+        obs = "bridge-observer-token-0123456789"
+        d = self.start(U.Daemon(U.demo_job(200), tls=(cert, key), observer_token=obs))
+        self.assertTrue(d.addr.startswith("tls://"), d.addr)
+        b = self.start(U.Bridge(self.url, d, ns="dtls",
+                                args=["--cacert", cert, "--observer-token", obs]))
+        b.wait_log(r"following the daemon at .* \(observer\)")
+        d.wait_state("running")
+        U.wait_for(lambda: (tn.status(self.url, "r1", ns="dtls") or {}).get("epoch", -1) >= 1, 30)
+        res = tn.call(self.url, "r1", "set_lr", {"lr": 0.003}, ns="dtls")
+        self.assertIn("applied_at", res)
+        # The observer token only: a read-only bridge.
+        ro = self.start(U.Bridge(self.url, ns="dro", args=["--connect", d.addr, "--cacert", cert,
+                                                           "--observer-token", obs]))
+        ro.wait_log(r"following the daemon at .* \(observer\)")
+        with self.assertRaises(trainbus.RemoteError) as cm:
+            tn.call(self.url, "r1", "set_lr", {"lr": 0.5}, ns="dro")
+        self.assertEqual(cm.exception.name, "forbidden", cm.exception.message)
+        self.assertIn("read-only", cm.exception.message)
+        with d.client() as c:
+            self.assertTrue(U.close_lr(c.status("r1")["lr"], 0.003))
+        U.wait_for(lambda: (tn.status(self.url, "r1", ns="dro") or {}).get("epoch", -1) >= 1, 30)
+        # Another CA: TLS refuses the daemon's certificate; said once, retried.
+        wrong = self.start(U.Bridge(self.url, d, ns="dwrong", args=["--cacert", other]))
+        wrong.wait_log(r"cannot reach the daemon \(.*certificate")
+        time.sleep(1)
+        self.assertNotIn("following the daemon", wrong.text())
+        self.assertTrue(wrong.alive())
+        self.assertEqual(wrong.text().count("cannot reach the daemon"), 1, wrong.text())
+        tn.call(self.url, "r1", "stop", ns="dtls")
+        d.wait_state("stopped")
+        for p in (b, ro, wrong):
+            p.stop()
+        # Supervised: the daemon's address is tls://, its CA from its environment.
+        d2 = self.start(U.Daemon(U.demo_job(200), tls=(cert, key), observer_token=obs,
+                                 env={"TRAINBUS_CACERT": cert},
+                                 args=["--bridge", self.url, "--bridge-arg", "--ns=dsup",
+                                       "--verbose"]))
+        d2.wait_log(r"following the daemon at .* \(observer\)")
+        import re
+        pid = int(re.search(r"started trainbus-bridge \(pid (\d+)\)", d2.text()).group(1))
+        with open("/proc/%d/cmdline" % pid) as f:
+            cmdline = f.read()
+        self.assertNotIn(obs, cmdline)
+        self.assertNotIn(U.TOKEN, cmdline)
+        d2.wait_state("running")
+        U.wait_for(lambda: (tn.status(self.url, "r1", ns="dsup") or {}).get("epoch", -1) >= 1, 30)
+        self.assertIn("applied_at", tn.call(self.url, "r1", "set_lr", {"lr": 0.002}, ns="dsup"))
+        tn.call(self.url, "r1", "stop", ns="dsup")
+        d2.wait_state("stopped")
 
     def test_python_examples(self):
         """clients/python/examples/nats_control.py steers a running run and

@@ -119,6 +119,22 @@ typedef struct tb_bridge_opts_s {
    * at every reconnect, so the bridge follows a restarted daemon. A state
    * directory's token is only sent to that directory's address. */
   const char *daemon_addr, *daemon_token, *state_dir;
+  /* The daemon's observer (read-only) token, for the connection that reads
+   * the events (docs/PROTOCOL.md section 3): NULL means
+   * $TRAINBUS_OBSERVER_TOKEN, else the file `observer_token` in state_dir
+   * (only for that directory's address), else daemon_token. Control
+   * requests always go with daemon_token (the control token); a bridge given
+   * only an observer token answers every control request with the daemon's
+   * forbidden. */
+  const char *daemon_observer_token;
+  /* TLS to the daemon, as the client library's tb_client_opts_t takes it:
+   * on for a "tls://" address; the daemon's certificate must chain to a CA
+   * in daemon_ca_file (NULL: $TRAINBUS_CACERT, else the system's CAs);
+   * daemon_insecure skips the check (warned); daemon_cert_file and
+   * daemon_key_file (NULL: $TRAINBUS_CERT, $TRAINBUS_KEY) present a client
+   * certificate to a daemon that wants one (--tls-client-ca). */
+  const char *daemon_ca_file, *daemon_cert_file, *daemon_key_file;
+  bool daemon_insecure;
 
   /* Batch events: only those whose batch is a multiple of every (the
    * protocol's subscribe `every`, applied by the daemon; 0 or 1: all), and
