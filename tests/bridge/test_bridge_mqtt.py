@@ -14,12 +14,13 @@ import bridge_util as U
 
 
 class Sub(U.Proc):
-    """mosquitto_sub printing "TOPIC PAYLOAD" per message, subscribed (as the
-    broker's log tells) when made."""
+    """mosquitto_sub (QoS 1) printing "TOPIC QOS PAYLOAD" per message (the QoS
+    it came with: the publisher's, at most 1), subscribed (as the broker's
+    log tells) when made."""
 
     def __init__(self, broker, topic, login=(), retained=True, extra=()):
         cmd = ["mosquitto_sub", "-V", "mqttv5", "-h", "127.0.0.1", "-p", str(broker.port), "-q",
-               "1", "-i", "tb-test-sub", "-t", topic, "-F", "%t %p"] + list(login) + list(extra)
+               "1", "-i", "tb-test-sub", "-t", topic, "-F", "%t %q %p"] + list(login) + list(extra)
         if not retained:
             cmd.append("-R")
         n = len(broker.log)
@@ -27,12 +28,15 @@ class Sub(U.Proc):
         broker.wait_log(r"as tb-test-sub", 10, n)
         time.sleep(0.3)  # the SUBSCRIBE follows the CONNECT
 
-    def messages(self):
+    def messages(self, qos=False):
+        """(topic, event) per message, or (topic, qos, event) with qos."""
         out = []
         for line in list(self.log):
-            topic, _, payload = line.partition(" ")
+            topic, _, rest = line.partition(" ")
+            q, _, payload = rest.partition(" ")
             if topic.startswith("tb/"):
-                out.append((topic, json.loads(payload)))
+                out.append((topic, int(q), json.loads(payload)) if qos else
+                           (topic, json.loads(payload)))
         return out
 
 
@@ -78,6 +82,9 @@ class MqttBridge(unittest.TestCase):
         hist = d.history()
         last = hist[-1]["seq"]
         U.wait_for(lambda: any(ev["seq"] == last for _, ev in sub.messages()), 30)
+        # Lifecycle events at QoS 1, batch events at QoS 0.
+        for topic, q, ev in sub.messages(qos=True):
+            self.assertEqual(q, 0 if "_batch_" in ev["event"] else 1, (topic, q, ev["seq"]))
         got = sub.messages()
         for topic, ev in got:
             self.assertEqual(topic, "tb/m/run/r1/evt/" + ev["event"])

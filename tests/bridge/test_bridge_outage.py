@@ -5,13 +5,19 @@ restarted with --resume. Afterwards the JetStream stream must hold every
 lifecycle event of the run exactly once and in seq order, and the trainer
 must not have been slowed by what happened to the broker.
 
-The trainer's speed is its own clock's (the events' times). What is asserted
-is that no epoch took much longer than the run's typical epoch: a trainer
-that waited for the broker during a 2-3 s outage would have one epoch of
-seconds among epochs of a tenth of that. The whole run's time against the
-same job without a bridge (run at the start of this file) is reported, not
-asserted: on a small shared machine it varies by more than the effect, and
-tests/bench/bridge measures the slowdown properly, in medians."""
+The trainer's speed is its own clock's (the events' times; the daemon keeps
+every batch event). What is asserted is that the trainer went on firing
+events all through the fault: a trainer that waited for the broker or the
+bridge would show a gap as long as the outage (2.5 s and more) between two
+of its events, where a running one fires a batch event every millisecond or
+so; the largest gap while the fault lasted must be under half the fault's
+length. (The slowest epoch against the median one is reported too: a
+machine shared with other work stretches epochs at random, and a
+whole-epoch bound failed on a load of 11 with no fault near that epoch.)
+The whole run's time against the same job without a bridge (run at the
+start of this file) is reported, not asserted: on a small shared machine it
+varies by more than the effect, and tests/bench/bridge measures the slowdown
+properly, in medians."""
 import os
 import signal
 import time
@@ -87,8 +93,16 @@ class Outages(unittest.TestCase):
         self.assertEqual(missing, [], "lifecycle events missing on the broker")
         return hist, stored
 
-    def check_speed(self, name, hist, **extra):
-        """No epoch stalled (see the module's comment); reports the slowdown."""
+    def check_speed(self, name, hist, fault, **extra):
+        """The trainer did not wait during fault, (start, end) in time.time()
+        (see the module's comment); reports the slowdown."""
+        t0, t1 = fault
+        ends = [e["time"] for e in hist if e["event"] == "train_end"]
+        self.assertTrue(ends and ends[0] > t0, "the run ended before the fault")
+        t1 = min(t1, ends[0])  # the fault's part the run saw
+        times = [e["time"] for e in hist if t0 <= e["time"] <= t1]
+        edges = [t0] + times + [t1]
+        gap = max(b - a for a, b in zip(edges, edges[1:]))
         begin, dur = {}, []
         for e in hist:
             if e["event"] == "epoch_begin":
@@ -100,9 +114,12 @@ class Outages(unittest.TestCase):
         wall = U.train_wall(hist)
         U.report(name, wall_s=round(wall, 3), ref_wall_s=round(self.ref_wall, 3),
                  slowdown=round(wall / self.ref_wall, 3), epoch_median_s=round(median, 4),
-                 epoch_worst_s=round(worst, 4), **extra)
-        self.assertLess(worst, 3 * median + 0.5 * U.SLOW,
-                        "an epoch stalled while the broker or the bridge was away")
+                 epoch_worst_s=round(worst, 4), fault_s=round(t1 - t0, 3),
+                 events_in_fault=len(times), largest_gap_in_fault_s=round(gap, 4), **extra)
+        self.assertGreater(len(times), 0, "the trainer fired no event while the fault lasted")
+        self.assertLess(gap, (t1 - t0) / 2,
+                        "the trainer stopped for %.2f s while the broker or the bridge was away"
+                        % gap)
 
     def test_nats_stopped_then_continued(self):
         """kill -STOP of nats-server for 2.5 s, then -CONT, with every batch
@@ -113,11 +130,13 @@ class Outages(unittest.TestCase):
                                 args=["--every", "1", "--batch-hz", "0", "--queue", "256"]))
         b.connected()
         self.wait_epoch("stop")
+        t0 = time.time()
         os.kill(self.nats.pid, signal.SIGSTOP)
         try:
             time.sleep(OUTAGE_S)
         finally:
             os.kill(self.nats.pid, signal.SIGCONT)
+        t1 = time.time()
         d.wait_state("finished", timeout=180)
         hist, stored = self.check_exactly_once(d, "stop")
         b.stop()
@@ -125,7 +144,7 @@ class Outages(unittest.TestCase):
         self.assertFalse(st.get("online", True))
         self.assertGreater(st["dropped_batch"], 0, "nothing was dropped: no pressure was made")
         self.assertGreater(st["retries"], 0)
-        self.check_speed("outage_nats_stop", hist, stored=len(stored),
+        self.check_speed("outage_nats_stop", hist, (t0, t1), stored=len(stored),
                          dropped_batch=st["dropped_batch"], caught_up=st["caught_up"])
 
     def test_nats_killed_and_restarted(self):
@@ -135,15 +154,17 @@ class Outages(unittest.TestCase):
         b = self.start(U.Bridge(self.url, d, ns="kill"))
         b.connected()
         self.wait_epoch("kill")
+        t0 = time.time()
         self.nats.kill()
         time.sleep(OUTAGE_S)
         n = len(self.nats.log)
         self.nats.start()
         self.nats.ready(n)
+        t1 = time.time()
         d.wait_state("finished", timeout=180)
         hist, stored = self.check_exactly_once(d, "kill")
         b.wait_log(r"reconnected to the NATS server")
-        self.check_speed("outage_nats_restart", hist, stored=len(stored))
+        self.check_speed("outage_nats_restart", hist, (t0, t1), stored=len(stored))
 
     def test_bridge_killed_and_restarted(self):
         """The bridge SIGKILLed mid-run and started again: it asks the stream
@@ -152,13 +173,16 @@ class Outages(unittest.TestCase):
         b = self.start(U.Bridge(self.url, d, ns="bkill"))
         b.connected()
         self.wait_epoch("bkill")
+        t0 = time.time()
         b.kill()
         time.sleep(OUTAGE_S)
         b2 = self.start(U.Bridge(self.url, d, ns="bkill"))
         b2.wait_log(r"the broker holds it up to seq \d+")
+        b2.wait_log(r"following the daemon")
+        t1 = time.time()
         d.wait_state("finished", timeout=180)
         hist, stored = self.check_exactly_once(d, "bkill")
-        self.check_speed("outage_bridge_restart", hist, stored=len(stored))
+        self.check_speed("outage_bridge_restart", hist, (t0, t1), stored=len(stored))
 
     def restart_daemon(self, sig):
         """The daemon stopped with sig mid-run and started again with
