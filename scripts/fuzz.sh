@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (the protocol's framer and decoders, core's
-# file-name patterns, the CSV and npy loaders) with clang in a separate folder
-# and runs each for a bounded time.
+# file-name patterns, the CSV and npy loaders, what the bridge parses from a
+# broker) with clang in a separate folder and runs each for a bounded time.
 #   FUZZ_SECONDS  seconds per target (default 30, what CI uses)
 #   BUILD_DIR     build folder (default: build-fuzz)
 #   FUZZ_JOBS     parallel fuzzing processes per target (default 1)
@@ -22,7 +22,7 @@ CC=clang cmake -S "$top/tests/fuzz" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInf
 cmake --build "$build" -j"$(nproc)" >&2
 
 status=0
-for t in frame decode pyformat csv npy; do
+for t in frame decode pyformat csv npy bridge; do
   work="$build/corpus/$t"
   mkdir -p "$work" "$build/artifacts"
   echo "fuzz: fuzz_$t for ${secs}s" >&2

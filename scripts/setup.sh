@@ -17,6 +17,7 @@ pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenbla
       libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
       libcsv-dev libssl-dev openssl dataset-fashion-mnist
       python3-numpy python3-venv python3-setuptools python3-wheel python3-torch systemd
+      libnats-dev libmosquitto-dev nats-server mosquitto mosquitto-clients
       ${EXTRA_PKGS:-}"
 missing=""
 for p in $pkgs; do

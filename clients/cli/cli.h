@@ -24,6 +24,9 @@ int tb_cli_history(int argc, char **argv);
 int tb_cli_control(int argc, char **argv); /* set-lr, stop, pause, resume, checkpoint, cancel */
 int tb_cli_submit(int argc, char **argv);
 int tb_cli_watch(int argc, char **argv);
+/* watch through a broker (watch_broker.c): watch hands over when given --nats
+ * or --mqtt. */
+int tb_cli_watch_broker(int argc, char **argv);
 
 /* Where to connect and as whom, from the options every network subcommand
  * takes; see tb_cli_conn_opt. */

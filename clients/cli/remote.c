@@ -214,11 +214,11 @@ static void print_run(const tb_run_info_t *r) {
 
 /* Prints a cJSON value as one compact line. */
 static void print_json(const cJSON *v) {
-  char *s = cJSON_PrintUnformatted(v);
-  if (s) {
-    puts(s);
-    cJSON_free(s);
-  }
+  tb_buf_t b;
+  tb_buf_init(&b);
+  if (tb_json_value(&b, v) == 0)
+    printf("%.*s\n", (int)b.len, b.data);
+  tb_buf_free(&b);
 }
 
 /* ----------------------------------------------------------------- status -- */

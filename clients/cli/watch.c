@@ -340,6 +340,8 @@ static void usage(void) {
          "                       (default: the next event; 1 replays the whole run)\n"
          "  --reconnect SECONDS  how long to keep trying after the connection breaks\n"
          "                       (default 60; 0 gives up at once, exit 3)\n"
+         "  --nats URL, --mqtt URL  through a broker a trainbus-bridge publishes into\n"
+         "                       (trainbus watch --nats URL --help)\n"
          "%s",
          tb_cli_conn_help);
 }
@@ -350,6 +352,9 @@ int tb_cli_watch(int argc, char **argv) {
   int64_t every = 1, from_seq = -1;
   double reconnect_s = 60;
   char *events_arg = NULL;
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--nats") == 0 || strcmp(argv[i], "--mqtt") == 0)
+      return tb_cli_watch_broker(argc, argv);
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       usage();

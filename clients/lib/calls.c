@@ -325,16 +325,13 @@ int tb_client_event_decode(const cJSON *params, tb_smsg_t *msg, tb_client_err_t 
   if (params == NULL || msg == NULL)
     return tb__cerr(err, TB_CLIENT_EINVALID, "event_decode: NULL argument");
   /* Wrapping the object as a notification reuses the decoder's validation,
-   * so a history element and a live event are read by the same code. */
-  char *text = cJSON_PrintUnformatted(params);
-  if (text == NULL)
-    return tb__cerr(err, TB_CLIENT_ENOMEM, "out of memory");
+   * so a history element and a live event are read by the same code (and
+   * tb_json_value writes its numbers back exactly, as cJSON_Print would not). */
   tb_buf_t b;
   tb_buf_init(&b);
   static const char pre[] = "{\"jsonrpc\":\"2.0\",\"method\":\"event\",\"params\":";
-  int rc = tb_buf_append(&b, pre, sizeof pre - 1) || tb_buf_append(&b, text, strlen(text)) ||
+  int rc = tb_buf_append(&b, pre, sizeof pre - 1) || tb_json_value(&b, params) ||
            tb_buf_append(&b, "}", 1);
-  cJSON_free(text);
   if (rc) {
     tb_buf_free(&b);
     return tb__cerr(err, TB_CLIENT_ENOMEM, "out of memory");

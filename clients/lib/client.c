@@ -505,6 +505,7 @@ void tb_client_free(tb_client_t *c) {
   drop(c);
   tb__tls_free(c);
   tb_buf_free(&c->rbuf);
+  tb_buf_free(&c->raw);
   for (tb__line_t *q = c->q_head, *n; q; q = n) {
     n = q->next;
     free(q);
@@ -512,6 +513,17 @@ void tb_client_free(tb_client_t *c) {
   free(c->seqs);
   free(c->subs);
   free(c);
+}
+
+void tb_client_keep_raw(tb_client_t *c, bool on) {
+  c->keep_raw = on;
+  if (!on)
+    c->raw.len = 0;
+}
+
+const char *tb_client_raw(const tb_client_t *c, size_t *len) {
+  *len = c->keep_raw ? c->raw.len : 0;
+  return *len > 0 ? c->raw.data : NULL;
 }
 
 tb_role_t tb_client_role(const tb_client_t *c) {
@@ -609,6 +621,11 @@ int tb_client_next(tb_client_t *c, int timeout_ms, tb_smsg_t *msg, tb_client_err
     }
     tb_proto_err_t perr;
     rc = tb_smsg_decode(line, len, msg, &perr);
+    if (rc == 0 && c->keep_raw) {
+      c->raw.len = 0;
+      if (tb_buf_append(&c->raw, line, len) != 0)
+        c->raw.len = 0;
+    }
     free(q);
     if (rc != 0) {
       tb_smsg_free(msg);

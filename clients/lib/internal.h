@@ -60,6 +60,8 @@ struct tb_client_s {
 
   int64_t next_id;
   tb_smsg_t scratch; /* decoding space for lines read during a call */
+  bool keep_raw;     /* tb_client_keep_raw */
+  tb_buf_t raw;      /* the line of the last notification tb_client_next returned */
 
   /* TLS (tls.c): the options, the context (made at the first TLS connect
    * and kept across reconnects), and the session of the current

@@ -347,6 +347,56 @@ int tb_json_str(tb_buf_t *b, const char *s) {
   return tb_json_strn(b, s ? s : "", s ? strlen(s) : 0);
 }
 
+/* cJSON's own printer writes a double with 15 significant digits whenever
+ * that parses back to within an ulp of it (print_number's compare_double),
+ * so 0.30000000000000004 comes out "0.3": not the same number. Every value
+ * trainbus sends from a cJSON tree goes through this writer instead. */
+int tb_json_value(tb_buf_t *b, const cJSON *v) {
+  if (v == NULL)
+    return TB_PROTO_EINTERNAL;
+  size_t start = b->len;
+  int rc = 0;
+  switch (v->type & 0xff) {
+  case cJSON_NULL:
+    rc = tb_buf_append(b, "null", 4);
+    break;
+  case cJSON_False:
+    rc = tb_buf_append(b, "false", 5);
+    break;
+  case cJSON_True:
+    rc = tb_buf_append(b, "true", 4);
+    break;
+  case cJSON_Number:
+    rc = tb_json_num(b, v->valuedouble);
+    break;
+  case cJSON_String:
+    rc = tb_json_str(b, v->valuestring);
+    break;
+  case cJSON_Array:
+  case cJSON_Object: {
+    bool obj = cJSON_IsObject(v);
+    rc = tb_buf_append(b, obj ? "{" : "[", 1);
+    for (const cJSON *it = v->child; rc == 0 && it != NULL; it = it->next) {
+      if (it != v->child)
+        rc = tb_buf_append(b, ",", 1);
+      if (rc == 0 && obj)
+        rc = tb_json_str(b, it->string) || tb_buf_append(b, ":", 1);
+      if (rc == 0)
+        rc = tb_json_value(b, it);
+    }
+    rc = rc || tb_buf_append(b, obj ? "}" : "]", 1);
+    break;
+  }
+  default: /* cJSON_Raw and invalid items have no place in a message */
+    rc = TB_PROTO_EINTERNAL;
+  }
+  if (rc != 0) {
+    b->len = start;
+    return TB_PROTO_EINTERNAL;
+  }
+  return 0;
+}
+
 size_t tb__id_to(char *dst, const tb_id_t *id) {
   if (id == NULL || id->kind == TB_ID_NONE) {
     memcpy(dst, "null", 4);

@@ -264,13 +264,8 @@ int tb_msg_result_end(tb_buf_t *b) {
 }
 
 int tb_msg_result(tb_buf_t *b, const tb_id_t *id, const cJSON *result) {
-  char *text = cJSON_PrintUnformatted(result);
-  if (text == NULL)
-    return TB_PROTO_EINTERNAL;
   size_t len0 = b->len;
-  int rc =
-      tb_msg_result_begin(b, id) || tb_buf_append(b, text, strlen(text)) || tb_msg_result_end(b);
-  cJSON_free(text);
+  int rc = tb_msg_result_begin(b, id) || tb_json_value(b, result) || tb_msg_result_end(b);
   if (rc) {
     b->len = len0;
     return TB_PROTO_EINTERNAL;

@@ -87,11 +87,9 @@ static int params(tb_buf_t *b, const tb_req_t *r) {
     K("run"), rc = rc || tb_json_str(b, r->run);
     break;
   case TB_METHOD_SUBMIT: {
-    char *text = r->submit.job ? cJSON_PrintUnformatted(r->submit.job) : NULL;
-    if (text == NULL)
+    if (r->submit.job == NULL)
       return TB_PROTO_EINTERNAL;
-    K("job"), rc = rc || tb_buf_append(b, text, strlen(text));
-    cJSON_free(text);
+    K("job"), rc = rc || tb_json_value(b, r->submit.job);
     break;
   }
   case TB_METHOD_CONTINUE: {

@@ -682,8 +682,11 @@ static void do_continue(conn_t *c, const tb_req_t *q) {
 }
 
 static void do_submit(conn_t *c, const tb_req_t *q) {
-  char *text = cJSON_PrintUnformatted(q->submit.job);
-  if (text == NULL) {
+  /* Exactly the numbers the client sent (cJSON_Print would round some). */
+  tb_buf_t job;
+  tb_buf_init(&job);
+  if (tb_json_value(&job, q->submit.job) != 0) {
+    tb_buf_free(&job);
     error(c, &q->id, TB_PROTO_EINTERNAL, "submit: out of memory");
     return;
   }
@@ -693,8 +696,8 @@ static void do_submit(conn_t *c, const tb_req_t *q) {
    * the data directories, relative paths against the first; the budget). */
   tb_server_t *s = c->srv;
   const char *base = s->o.n_data_dirs > 0 ? s->data_dirs[0] : NULL;
-  int r = tb__server_submit(s, text, strlen(text), "params.job", base, true, id, &err);
-  cJSON_free(text);
+  int r = tb__server_submit(s, job.data, job.len, "params.job", base, true, id, &err);
+  tb_buf_free(&job);
   if (r != 0) {
     /* The job parser names fields as "params.job: model.layers[2].units: ...";
      * join them into one path. A message about the whole job ("params.job:

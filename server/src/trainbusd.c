@@ -3,6 +3,7 @@
  * or SIGTERM, which stop it cleanly (runs checkpoint, clients get bye). */
 #include "internal.h"
 #include "trainbus/version.h"
+#include "supervise.h"
 
 #include <cjson/cJSON.h>
 
@@ -79,6 +80,10 @@ static void usage(FILE *f) {
           "                       a Python Publisher) whose trainer disconnected stays\n"
           "                       `detached` N ms for it to attach again, then is `lost`\n"
           "                       (default 60000)\n"
+          "  --bridge URL         run trainbus-bridge URL beside the daemon and restart it when\n"
+          "                       it exits: the runs on a NATS or MQTT broker (docs/BRIDGE.md)\n"
+          "  --bridge-arg ARG     one more argument for trainbus-bridge (repeatable), e.g.\n"
+          "                       --bridge-arg --ns=acme\n"
           "  --quiet, --verbose   log errors only, or debug detail (default: info)\n"
           "  -h, --help           this help\n"
           "  --version            the version\n"
@@ -120,12 +125,14 @@ static volatile sig_atomic_t early_signal;
 static void on_early_signal(int signum) {
   early_signal = signum;
 }
+static tb__supervise_t bridge;
 
 static void on_signal(uv_signal_t *h, int signum) {
   tb_server_t *s = h->data;
   tb__log(s, 1, "%s received", signum == SIGINT ? "SIGINT" : "SIGTERM");
   uv_close((uv_handle_t *)&sigint_h, NULL);
   uv_close((uv_handle_t *)&sigterm_h, NULL);
+  tb__supervise_stop(&bridge);
   tb_server_stop(s);
 }
 
@@ -176,6 +183,8 @@ int main(int argc, char **argv) {
   o.trainer_token = getenv("TRAINBUS_TRAINER_TOKEN");
   bool no_job = false, no_state = false;
   long epochs = 0;
+  const char *bridge_url = NULL, *bridge_args[32];
+  int n_bridge_args = 0;
   char default_state[1024];
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -213,6 +222,10 @@ int main(int argc, char **argv) {
                 argv[i]);
         return 2;
       }
+    } else if (strcmp(a, "--bridge") == 0 && v) {
+      bridge_url = argv[++i];
+    } else if (strcmp(a, "--bridge-arg") == 0 && v && n_bridge_args < 32) {
+      bridge_args[n_bridge_args++] = argv[++i];
     } else if (strcmp(a, "--http") == 0 && v) {
       o.http = argv[++i];
     } else if (strcmp(a, "--tls-cert") == 0 && v) {
@@ -367,13 +380,14 @@ int main(int argc, char **argv) {
       if (doc != NULL && cJSON_IsObject(doc)) {
         cJSON_DeleteItemFromObjectCaseSensitive(doc, "epochs");
         cJSON_AddNumberToObject(doc, "epochs", (double)epochs);
-        char *patched = cJSON_PrintUnformatted(doc);
-        if (patched != NULL) {
+        tb_buf_t patched;
+        tb_buf_init(&patched);
+        if (tb_json_value(&patched, doc) == 0 && tb_buf_append(&patched, "", 1) == 0) {
           free(text);
-          text = strdup(patched);
+          text = strdup(patched.data);
           len = strlen(text);
-          cJSON_free(patched);
         }
+        tb_buf_free(&patched);
       }
       cJSON_Delete(doc);
     }
@@ -402,11 +416,16 @@ int main(int argc, char **argv) {
   sigint_h.data = sigterm_h.data = s;
   uv_signal_start(&sigint_h, on_signal, SIGINT);
   uv_signal_start(&sigterm_h, on_signal, SIGTERM);
+  int r;
+  if (bridge_url != NULL &&
+      (r = tb__supervise_start(&bridge, s, bridge_url, bridge_args, n_bridge_args)) != 0)
+    fprintf(stderr, "trainbusd: --bridge: %s\n", uv_strerror(r));
   if (early_signal != 0)
     on_signal(early_signal == SIGINT ? &sigint_h : &sigterm_h, early_signal);
   signal(SIGPIPE, SIG_IGN);
-  int r = tb_server_run(s);
+  r = tb_server_run(s);
   tb_server_free(s);
+  tb__supervise_free(&bridge);
   fprintf(stderr, "trainbusd: stopped\n");
   return r == 0 ? 0 : 1;
 }

@@ -202,6 +202,41 @@ static void test_events_queued_during_call(void **state) {
   finish();
 }
 
+/* tb_client_raw gives the line as sent, whole: the decoded event keeps
+ * strings only up to TB_PROTO_TEXT_MAX - 1 bytes. */
+#define LONG_REASON                                                                                \
+  "wrote /a/very/long/state/directory/that/goes/on/and/on/and/on/and/on/and/on/and/on/and/on/"     \
+  "and/on/and/on/and/on/runs/r1/checkpoint-e0002-b00133.tbck"
+static void test_raw_lines(void **state) {
+  static const fs_step_t steps[] = {
+      {FS_SEND, HELLO},
+      {FS_EXPECT, "auth"},
+      {FS_SEND, AUTH_OK("observer")},
+      {FS_SEND, EV(1, "\"event\":\"train_begin\"")},
+      {FS_SEND,
+       EV(2, "\"event\":\"control\",\"action\":\"checkpoint\",\"reason\":\"" LONG_REASON "\"")},
+      {FS_SLEEP, NULL, 200},
+      {FS_END}};
+  assert_int_equal(fake_server_start(&fs, steps, false), 0);
+  tb_client_t *c = connect_as(TB_ROLE_OBSERVER, "t");
+  tb_smsg_t m;
+  size_t len;
+  assert_int_equal(tb_client_next(c, 2000, &m, NULL), 0);
+  tb_smsg_free(&m);
+  assert_null(tb_client_raw(c, &len)); /* off by default */
+  assert_int_equal(len, 0);
+  tb_client_keep_raw(c, true);
+  assert_int_equal(tb_client_next(c, 2000, &m, NULL), 0);
+  assert_int_equal(strlen(m.event.reason), TB_PROTO_TEXT_MAX - 1);
+  const char *raw = tb_client_raw(c, &len);
+  assert_non_null(raw);
+  assert_int_equal(len, strlen(steps[4].text));
+  assert_memory_equal(raw, steps[4].text, len);
+  tb_smsg_free(&m);
+  tb_client_free(c);
+  finish();
+}
+
 static void test_subscribe_every_option(void **state) {
   static const fs_step_t steps[] = {
       {FS_SEND, HELLO},
@@ -700,6 +735,7 @@ int main(void) {
       cmocka_unit_test(test_connect_refused_and_bad_address),
       cmocka_unit_test(test_not_a_server),
       cmocka_unit_test(test_events_queued_during_call),
+      cmocka_unit_test(test_raw_lines),
       cmocka_unit_test(test_subscribe_every_option),
       cmocka_unit_test(test_control_calls),
       cmocka_unit_test(test_runs_and_history),

@@ -518,6 +518,43 @@ static void *failing_realloc(void *p, size_t n) {
 }
 
 /* Out of memory gives TB_PROTO_EINTERNAL and leaves the buffer as it was. */
+/* Values from a cJSON tree (results, submitted jobs, history elements) are
+ * written with their numbers exact: cJSON_Print would round 0.30000000000000004
+ * to "0.3" and 0.7678571428571429 to 0.767857142857143. */
+static void test_json_value_exact(void **state) {
+  (void)state;
+  const char *text = "{\"a\":[0.30000000000000004,0.7678571428571429,1e300,-0,5e-324,"
+                     "9007199254740993,-1.5],\"s\":\"x\\n\\u00e9\\\"\",\"t\":true,\"f\":false,"
+                     "\"n\":null,\"o\":{},\"e\":[]}";
+  cJSON *doc = cJSON_Parse(text);
+  assert_non_null(doc);
+  tb_buf_t b;
+  tb_buf_init(&b);
+  assert_int_equal(tb_json_value(&b, doc), 0);
+  assert_int_equal(tb_buf_append(&b, "", 1), 0);
+  cJSON *back = cJSON_ParseWithLength(b.data, b.len - 1);
+  assert_non_null(back);
+  const cJSON *x = cJSON_GetObjectItem(doc, "a")->child, *y = cJSON_GetObjectItem(back, "a")->child;
+  for (; x != NULL; x = x->next, y = y->next) {
+    assert_non_null(y);
+    assert_memory_equal(&x->valuedouble, &y->valuedouble, sizeof(double));
+  }
+  assert_null(y);
+  assert_string_equal(cJSON_GetObjectItem(back, "s")->valuestring, "x\n\xc3\xa9\"");
+  assert_true(cJSON_IsTrue(cJSON_GetObjectItem(back, "t")));
+  assert_true(cJSON_IsNull(cJSON_GetObjectItem(back, "n")));
+  assert_non_null(strstr(b.data, "\"o\":{},\"e\":[]"));
+  cJSON_Delete(back);
+  /* The same through tb_msg_result. */
+  b.len = 0;
+  tb_id_t id = {.kind = TB_ID_INT, .num = 3};
+  assert_int_equal(tb_msg_result(&b, &id, doc), 0);
+  assert_int_equal(tb_buf_append(&b, "", 1), 0);
+  assert_non_null(strstr(b.data, "{\"a\":[0.30000000000000004,0.7678571428571429,"));
+  tb_buf_free(&b);
+  cJSON_Delete(doc);
+}
+
 static void test_alloc_failure(void **state) {
   (void)state;
   tb_proto_set_allocator(failing_realloc, NULL);
@@ -623,6 +660,7 @@ int main(void) {
       cmocka_unit_test(test_every_error_code),  cmocka_unit_test(test_other_messages),
       cmocka_unit_test(test_alloc_failure),     cmocka_unit_test(test_number_format_matches_printf),
       cmocka_unit_test(test_train_begin_classes),
+      cmocka_unit_test(test_json_value_exact),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

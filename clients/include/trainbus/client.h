@@ -219,6 +219,17 @@ int tb_client_unsubscribe(tb_client_t *c, int64_t sub_id, tb_client_err_t *err);
  * trusted) or -errno. */
 int tb_client_next(tb_client_t *c, int timeout_ms, tb_smsg_t *msg, tb_client_err_t *err);
 
+/* Keeps the line of each notification tb_client_next returns, as the server
+ * sent it, for tb_client_raw (off by default: it costs a copy per message).
+ * For programs that pass events on whole: tb_smsg_t holds strings up to
+ * TB_PROTO_TEXT_MAX - 1 bytes, and a daemon's reason (a checkpoint's path)
+ * may be longer. */
+void tb_client_keep_raw(tb_client_t *c, bool on);
+/* The line (no newline) of the notification tb_client_next returned last;
+ * NULL with *len 0 when keep_raw is off or nothing was returned yet. Valid
+ * until the next call on c. */
+const char *tb_client_raw(const tb_client_t *c, size_t *len);
+
 /* The last seq delivered by tb_client_next for run, 0 if none. */
 int64_t tb_client_last_seq(const tb_client_t *c, const char *run);
 

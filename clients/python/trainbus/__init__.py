@@ -12,6 +12,8 @@
   call its hook methods; the daemon's clients watch and steer the run.
   :class:`TorchPublisher` steers a ``torch.optim`` optimizer, and
   :class:`KerasPublisher` is a Keras callback (Keras imported only when used).
+- :mod:`trainbus.nats` follows runs and sends control through a NATS broker
+  that trainbus-bridge publishes into (docs/BRIDGE.md): history, then live.
 """
 
 from .client import (

@@ -584,6 +584,10 @@ int tb_json_strn(tb_buf_t *b, const char *s, size_t n);
  * when integral); NaN and infinities as "NaN", "Infinity", "-Infinity". */
 int tb_json_num(tb_buf_t *b, double v);
 int tb_json_int(tb_buf_t *b, int64_t v);
+/* Any cJSON value, compact, every number written as tb_json_num writes it
+ * (cJSON_Print rounds some doubles to 15 digits: 0.30000000000000004 would
+ * come out "0.3"). 0 or TB_PROTO_EINTERNAL (b unchanged). */
+int tb_json_value(tb_buf_t *b, const cJSON *v);
 
 /* Writes v at dst (room for TB_PROTO_NUM_MAX bytes) as tb_json_num does and
  * returns the length. Exposed for benchmarks and other encoders. */
@@ -633,7 +637,8 @@ int tb_msg_error_from(tb_buf_t *b, const tb_id_t *id, const tb_proto_err_t *err)
  * b->len back yourself. */
 int tb_msg_result_begin(tb_buf_t *b, const tb_id_t *id);
 int tb_msg_result_end(tb_buf_t *b);
-/* result: any cJSON value (printed unformatted). For results off the hot path. */
+/* result: any cJSON value (written by tb_json_value, numbers exact). For results
+ * off the hot path. */
 int tb_msg_result(tb_buf_t *b, const tb_id_t *id, const cJSON *result);
 /* result {"ok":true}: control methods (set_lr, stop, ...) and unsubscribe. */
 int tb_msg_result_ok(tb_buf_t *b, const tb_id_t *id);
