@@ -72,6 +72,8 @@ static int json_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *log
     json_num(f, logs->values[i]);
   }
   fputs("}}\n", f);
+  /* one event a line as it happens, for whoever reads a pipe */
+  fflush(f);
   return 0;
 }
 
