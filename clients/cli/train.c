@@ -36,6 +36,9 @@ static void usage(FILE *f) {
              "                       checkpoint_dir DIR, or by BackupAndRestore); later\n"
              "                       checkpoints go to DIR too\n"
              "  --demo NAME          without JOB: fashion-mnist (the default) or spirals\n"
+             "  --rank-stats         under mpirun: each rank prints, on stderr at the end, its\n"
+             "                       steps, bytes sent per step, seconds in the reduction\n"
+             "                       and seconds waiting for the other ranks\n"
              "  --print-job          print the job (the demo's JSON without JOB) and exit\n"
              "  -h, --help           this help\n"
              "\n"
@@ -117,7 +120,7 @@ static int train(int argc, char **argv, tb_reduce_t *red) {
   int rank = red != NULL ? red->rank : 0, size = red != NULL ? red->size : 1;
   const char *job_path = NULL, *save = NULL, *resume = NULL, *demo_name = NULL;
   int verbose = isatty(STDOUT_FILENO) ? 1 : 2, epochs = 0, threads = 0;
-  bool json = false, print_job = false;
+  bool json = false, print_job = false, rank_stats = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     bool has_val = i + 1 < argc;
@@ -128,6 +131,8 @@ static int train(int argc, char **argv, tb_reduce_t *red) {
       json = true;
     } else if (strcmp(a, "--print-job") == 0) {
       print_job = true;
+    } else if (strcmp(a, "--rank-stats") == 0) {
+      rank_stats = true;
     } else if ((strcmp(a, "--verbose") == 0 || strcmp(a, "--epochs") == 0 ||
                 strcmp(a, "--threads") == 0) &&
                has_val) {
@@ -279,6 +284,23 @@ static int train(int argc, char **argv, tb_reduce_t *red) {
       g_abort = true;
     goto out;
   }
+#ifdef TB_HAVE_DIST
+  if (rank_stats && size > 1) {
+    tb_dist_stats_t st;
+    tb_dist_stats(red, &st);
+    long steps = tb_model_iterations(job->model);
+    fprintf(stderr,
+            "trainbus train: rank %d of %d: %ld steps, %llu bytes sent per step (%llu "
+            "floats summed), %llu reductions, %.3f s in them, %.3f s waiting for the others\n",
+            rank, size, steps,
+            (unsigned long long)tb_dist_step_bytes(
+                tb_model_n_params(job->model) + TB_REDUCE_N_STATS, size, rank),
+            (unsigned long long)(tb_model_n_params(job->model) + TB_REDUCE_N_STATS),
+            (unsigned long long)st.allreduces, st.reduce_s, st.wait_s);
+  }
+#else
+  (void)rank_stats;
+#endif
   if (job->test != NULL && speak) {
     tb_logs_t test;
     if ((r = tb_model_evaluate(job->model, job->test, job->fit.batch_size, json ? 0 : verbose, &cbs,
