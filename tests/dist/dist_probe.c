@@ -15,6 +15,8 @@
  *                     for rate LR once rank 0 has finished K batches (a
  *                     request arriving at any moment, as a remote set_lr)
  *   --drive-stop K    the same for a stop
+ *   --drive-pause K:S the same for a pause, resumed S seconds after rank 0
+ *                     noted it ("pause E B" then, flushed, in rank 0's file)
  *   --drift-rank R    rank R nudges one weight at epoch 1's end (the checksum
  *                     must then fail the run on every rank)
  *   --plateau WHERE   a ReduceLROnPlateau(val_loss, factor 0.5, patience 1)
@@ -44,6 +46,7 @@ typedef struct probe_s {
   int drift_rank;
   int fail_rank, fail_after;
   atomic_long batches;
+  atomic_int paused; /* rank 0: the pause began */
 } probe_t;
 
 static uint64_t weights_sum(tb_model_t *m) {
@@ -92,13 +95,20 @@ static void on_note(tb_control_t *c, const tb_control_note_t *n, void *user) {
             n->by);
   else if (n->action == TB_CONTROL_STOP)
     fprintf(p->out, "stop %d %d %s\n", n->epoch, n->batch, n->by);
+  else if (n->action == TB_CONTROL_PAUSE || n->action == TB_CONTROL_RESUME) {
+    fprintf(p->out, "%s %d %d\n", n->action == TB_CONTROL_PAUSE ? "pause" : "resume", n->epoch,
+            n->batch);
+    fflush(p->out);
+    if (n->action == TB_CONTROL_PAUSE)
+      atomic_store(&p->paused, 1);
+  }
 }
 
 typedef struct driver_s {
   probe_t *p;
   tb_control_t *c;
-  long lr_after, stop_after;
-  double lr;
+  long lr_after, stop_after, pause_after;
+  double lr, pause_s;
   atomic_int quit;
 } driver_t;
 
@@ -106,8 +116,8 @@ typedef struct driver_s {
  * trained enough batches: the moment a remote request arrives is arbitrary. */
 static void *drive(void *arg) {
   driver_t *d = arg;
-  bool lr_done = d->lr_after <= 0, stop_done = d->stop_after <= 0;
-  while (!atomic_load(&d->quit) && !(lr_done && stop_done)) {
+  bool lr_done = d->lr_after <= 0, stop_done = d->stop_after <= 0, pause_done = d->pause_after <= 0;
+  while (!atomic_load(&d->quit) && !(lr_done && stop_done && pause_done)) {
     long k = atomic_load(&d->p->batches);
     if (!lr_done && k >= d->lr_after) {
       tb_control_set_lr(d->c, d->lr, "driver");
@@ -117,6 +127,18 @@ static void *drive(void *arg) {
       tb_control_stop(d->c, "driver");
       stop_done = true;
     }
+    if (!pause_done && k >= d->pause_after) {
+      tb_control_pause(d->c, "driver");
+      while (!atomic_load(&d->p->paused) && !atomic_load(&d->quit)) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+      }
+      struct timespec ts = {(time_t)d->pause_s,
+                            (long)((d->pause_s - (double)(time_t)d->pause_s) * 1e9)};
+      nanosleep(&ts, NULL);
+      tb_control_resume(d->c, "driver");
+      pause_done = true;
+    }
     struct timespec ts = {0, 200000};
     nanosleep(&ts, NULL);
   }
@@ -125,11 +147,14 @@ static void *drive(void *arg) {
 
 int main(int argc, char **argv) {
   const char *job_path = NULL, *prefix = NULL, *plateau = "none";
-  driver_t drv = {.lr_after = 0, .stop_after = 0};
+  driver_t drv = {.lr_after = 0};
   probe_t p = {.drift_rank = -1, .fail_rank = -1};
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--drive-lr") == 0 && i + 1 < argc) {
       if (sscanf(argv[++i], "%ld:%lf", &drv.lr_after, &drv.lr) != 2)
+        return 2;
+    } else if (strcmp(argv[i], "--drive-pause") == 0 && i + 1 < argc) {
+      if (sscanf(argv[++i], "%ld:%lf", &drv.pause_after, &drv.pause_s) != 2)
         return 2;
     } else if (strcmp(argv[i], "--drive-stop") == 0 && i + 1 < argc) {
       drv.stop_after = atol(argv[++i]);
@@ -202,7 +227,7 @@ int main(int argc, char **argv) {
   pthread_t th;
   drv.p = &p;
   drv.c = &ctl;
-  bool driving = p.rank == 0 && (drv.lr_after > 0 || drv.stop_after > 0);
+  bool driving = p.rank == 0 && (drv.lr_after > 0 || drv.stop_after > 0 || drv.pause_after > 0);
   if (driving)
     pthread_create(&th, NULL, drive, &drv);
   int rc = tb_model_fit(job->model, job->train, &job->fit, &cbs, NULL, &err);

@@ -131,7 +131,8 @@ def spirals_job(d, epochs=4, n_per_class=1000, units=64, batch=64, extra=None):
 
 
 def read_probe(prefix, rank):
-    recs = {"batch": [], "epoch": [], "lr": [], "stop": [], "final": None}
+    recs = {"batch": [], "epoch": [], "lr": [], "stop": [], "pause": [], "resume": [],
+            "final": None}
     with open("%s.rank%d" % (prefix, rank)) as f:
         for line in f:
             w = line.split()
@@ -301,6 +302,67 @@ class DistTest(unittest.TestCase):
         self.assertLess(iters, 6 * 25)
         print("set_lr applied after batch %d, stop after %d on all 4 ranks"
               % (changed[0], iters))
+
+    def test_pause_sleeps(self):
+        """A pause asked of rank 0 during a 4-rank run: rank 0 waits in its
+        control block, the others in the control exchange, and none of the
+        four uses a core meanwhile (CPU time of each rank's process over a
+        second of the pause); after the resume every rank trains on, in
+        step."""
+        job = spirals_job(self.d, epochs=4)
+        prefix = os.path.join(self.d, "pause")
+        p = Proc(mpi_cmd(4, [PROBE, job, prefix, "--drive-pause", "30:4"]))
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    with open(prefix + ".rank0") as f:
+                        if any(l.startswith("pause ") for l in f):
+                            break
+                except OSError:
+                    pass
+                self.assertIsNone(p.p.poll(), "the run ended before its pause")
+                time.sleep(0.05)
+            else:
+                self.fail("no pause within 120 s")
+            ranks = []
+            for pid in os.listdir("/proc"):
+                try:
+                    with open("/proc/%s/environ" % pid, "rb") as f:
+                        envs = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if ("TB_DIST_TEST=%d" % os.getpid()).encode() in envs and any(
+                        e.startswith(b"OMPI_COMM_WORLD_RANK=") for e in envs):
+                    ranks.append(int(pid))
+            self.assertEqual(len(ranks), 4, ranks)
+
+            def cpu(pid):
+                with open("/proc/%d/stat" % pid) as f:
+                    w = f.read().rsplit(")", 1)[1].split()
+                return (int(w[11]) + int(w[12])) / os.sysconf("SC_CLK_TCK")
+
+            time.sleep(0.5)
+            before = [cpu(x) for x in ranks]
+            time.sleep(1.5)
+            used = [cpu(x) - b for x, b in zip(ranks, before)]
+            print("CPU seconds per rank over 1.5 s of a pause: %s" % used)
+            for u in used:
+                self.assertLess(u, 0.15, "a waiting rank used a core: %s" % used)
+            rc, _, err = p.wait(240)
+        finally:
+            p.kill()
+            p.p.wait()
+            p.p.stdout.close()
+            p.p.stderr.close()
+        self.assertEqual(rc, 0, err)
+        recs = [read_probe(prefix, r) for r in range(4)]
+        self.assertEqual(len(recs[0]["pause"]), 1)
+        self.assertEqual(len(recs[0]["resume"]), 1)
+        for r in range(4):
+            self.assertEqual(recs[r]["batch"], recs[0]["batch"], "rank %d" % r)
+            self.assertEqual(recs[r]["final"], recs[0]["final"])
+        self.assertEqual(recs[0]["final"][0], str(4 * 25))
 
     def test_plateau_rank0_equals_local(self):
         """ReduceLROnPlateau on rank 0 alone (the decision in one place, as a
