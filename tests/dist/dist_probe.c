@@ -22,7 +22,10 @@
  *   --plateau WHERE   a ReduceLROnPlateau(val_loss, factor 0.5, patience 1)
  *                     on every rank (all) or on rank 0 alone (rank0: the
  *                     decision made in one place, as a lockstep client attached
- *                     to rank 0 makes it); none by default
+ *                     to rank 0 makes it), or on rank 0 as a lockstep client
+ *                     acts (lockstep: its new rate goes through rank 0's control
+ *                     block, applied in the hook as the daemon applies a
+ *                     lockstep answer, server/src/publish.c); none by default
  *   --fail-rank R:K   rank R's batch hook fails after K batches (a rank's own
  *                     failure: the job must end, not hang) */
 #include "trainbus/callbacks.h"
@@ -102,6 +105,27 @@ static void on_note(tb_control_t *c, const tb_control_note_t *n, void *user) {
     if (n->action == TB_CONTROL_PAUSE)
       atomic_store(&p->paused, 1);
   }
+}
+
+/* --plateau lockstep: the real ReduceLROnPlateau decides, and its rate is
+ * handed to rank 0's control block instead of set on the model. */
+typedef struct lockstep_s {
+  tb_callback_t cb;
+  tb_callback_t *inner;
+  tb_control_t *c;
+} lockstep_t;
+
+static int lockstep_epoch_end(tb_callback_t *cb, tb_ctx_t *ctx, int epoch, tb_logs_t *logs) {
+  lockstep_t *l = cb->user;
+  double old = tb_model_lr(ctx->model);
+  int r = l->inner->on_epoch_end(l->inner, ctx, epoch, logs);
+  double now = tb_model_lr(ctx->model);
+  if (now != old) {
+    tb_model_set_lr(ctx->model, old);
+    tb_control_set_lr(l->c, now, "lockstep");
+    tb_control_apply_changes(l->c, ctx);
+  }
+  return r;
 }
 
 typedef struct driver_s {
@@ -210,14 +234,27 @@ int main(int argc, char **argv) {
   tb_callbacks_init(&cbs);
   tb_job_add_callbacks_rank(job, &cbs, p.rank);
   tb_callback_t *plat = NULL;
-  if (strcmp(plateau, "all") == 0 || (strcmp(plateau, "rank0") == 0 && p.rank == 0)) {
+  lockstep_t ls;
+  bool lockstep = strcmp(plateau, "lockstep") == 0;
+  if (strcmp(plateau, "all") == 0 || ((strcmp(plateau, "rank0") == 0 || lockstep) && p.rank == 0)) {
     tb_reduce_lr_opts_t o;
     tb_reduce_lr_defaults(&o);
     o.factor = 0.5;
     o.patience = 1;
     o.min_delta = 0.0;
     plat = tb_reduce_lr_new(&o, &err);
-    tb_callbacks_add(&cbs, plat);
+    if (lockstep) {
+      ls.cb = *plat;
+      ls.cb.name = "lockstep";
+      ls.cb.user = &ls;
+      ls.cb.on_epoch_end = lockstep_epoch_end;
+      ls.cb.destroy = NULL;
+      ls.inner = plat;
+      ls.c = &ctl;
+      tb_callbacks_add(&cbs, &ls.cb);
+    } else {
+      tb_callbacks_add(&cbs, plat);
+    }
   }
   tb_callback_t probe = {.name = "probe",
                          .on_train_batch_end = on_batch_end,

@@ -366,14 +366,18 @@ class DistTest(unittest.TestCase):
 
     def test_plateau_rank0_equals_local(self):
         """ReduceLROnPlateau on rank 0 alone (the decision in one place, as a
-        lockstep client attached to rank 0 makes it) gives every rank the
-        trajectory that the callback on every rank gives, which is the
-        single process's within rounding."""
+        lockstep client attached to rank 0 makes it), and as a lockstep
+        client acts (its rate through rank 0's control block, applied in
+        the hook), give every rank the trajectory that the callback on every
+        rank gives, which is the single process's (epoch by epoch: its logs
+        differ by rounding only, and it decided alike)."""
         job = spirals_job(self.d, epochs=8, extra={"optimizer": {"name": "adam",
                                                                  "learning_rate": 0.05}})
         rc, err, local = self.probe(4, job, "local", "--plateau", "all")
         self.assertEqual(rc, 0, err)
         rc, err, rank0 = self.probe(4, job, "rank0", "--plateau", "rank0")
+        self.assertEqual(rc, 0, err)
+        rc, err, lockstep = self.probe(4, job, "lockstep", "--plateau", "lockstep")
         self.assertEqual(rc, 0, err)
         rc, err, one = self.probe(0, job, "one", "--plateau", "all")
         self.assertEqual(rc, 0, err)
@@ -382,8 +386,14 @@ class DistTest(unittest.TestCase):
         for r in range(4):
             self.assertEqual(rank0[r]["batch"], local[0]["batch"], "rank %d" % r)
             self.assertEqual(rank0[r]["final"], local[0]["final"])
+            self.assertEqual(lockstep[r]["batch"], local[0]["batch"], "lockstep, rank %d" % r)
+            self.assertEqual(lockstep[r]["final"], local[0]["final"])
+        # the lockstep client's rates went through rank 0's control block
+        self.assertTrue(lockstep[0]["lr"] and all(x[4] == "lockstep" for x in lockstep[0]["lr"]))
+        # the rate each epoch began with: the single process decided alike
         epoch_rates = lambda x: [b[2] for b in x["batch"] if int(b[1]) == 0]
         self.assertEqual(epoch_rates(one[0]), epoch_rates(local[0]))
+        self.assertGreater(len(set(epoch_rates(one[0]))), 1)
 
     # ---- faults ------------------------------------------------------------
 
