@@ -418,6 +418,26 @@ class DistTest(unittest.TestCase):
         self.assertIn("rank 3", err)
         self.assertLess(time.monotonic() - t0, 100)
 
+    def test_resume_on_another_n(self):
+        """A checkpoint written by rank 0 of 4 ranks resumes on 2 ranks (the
+        global batch is the same): from the global position it holds, to
+        the uninterrupted run's logs within rounding."""
+        ck = os.path.join(self.d, "ck")
+        job = spirals_job(self.d, epochs=4, extra={"checkpoint_dir": ck})
+        rc, full, err = run(mpi_cmd(4, [CLI, "train", job, "--json"]))
+        self.assertEqual(rc, 0, err)
+        shutil.rmtree(ck)
+        rc, _, err = run(mpi_cmd(4, [CLI, "train", job, "--verbose", "0", "--epochs", "2"]))
+        self.assertEqual(rc, 0, err)
+        rc, rest, err = run(mpi_cmd(2, [CLI, "train", job, "--json", "--resume", ck]))
+        self.assertEqual(rc, 0, err)
+        ev = events(rest)
+        self.assertEqual([e["epoch"] for e in ev if e["event"] == "epoch_begin"], [2, 3])
+        a, b = events(full)[-1]["logs"], ev[-1]["logs"]
+        self.assertEqual(sorted(a), sorted(b))
+        for k in a:
+            self.assertLessEqual(abs(a[k] - b[k]), 1e-3 * max(1.0, abs(a[k])), k)
+
     def test_kill9_rank2_then_resume(self):
         """kill -9 of rank 2 in the middle of an epoch: mpirun ends the run
         within seconds naming rank 2; resumed from rank 0's checkpoint on the
