@@ -214,6 +214,15 @@ int tb_dist_init(int *argc, char ***argv, tb_reduce_t **out, tb_err_t *err) {
   MPI_Initialized(&inited);
   if (!inited && (rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided)) != MPI_SUCCESS)
     return mpi_fail(rc, "MPI_Init_thread", err);
+  if (inited)
+    MPI_Query_thread(&provided);
+  if (provided < MPI_THREAD_FUNNELED) {
+    MPI_Finalize();
+    return tb_errf(err, TB_ESTATE,
+                   "MPI: this MPI library gives thread level %d, below MPI_THREAD_FUNNELED "
+                   "(trainbus's threads call no MPI, but its main thread must be able to)",
+                   provided);
+  }
   dist_t *d = calloc(1, sizeof(*d));
   if (d == NULL)
     return tb_errf(err, TB_ENOMEM, "MPI: out of memory");

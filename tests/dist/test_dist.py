@@ -59,7 +59,10 @@ def env():
     })
     if os.environ.get("TB_SANITIZE") == "1":
         # Open MPI's own allocations that live until exit, not ours.
+        # (the slow unwinder: Open MPI's libraries have no frame pointers)
         e["LSAN_OPTIONS"] = "suppressions=%s/lsan.supp:print_suppressions=0" % HERE
+        asan = e.get("ASAN_OPTIONS", "")
+        e["ASAN_OPTIONS"] = (asan + ":" if asan else "") + "fast_unwind_on_malloc=0"
     return e
 
 
