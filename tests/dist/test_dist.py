@@ -7,7 +7,8 @@ Every mpirun is started in its own session and killed by its PID (and
 process group) if it outlives a generous, bounded timeout: no test can hang.
 
   - 4 ranks: every rank holds the same weights after every epoch, two runs
-    are identical, and 2 ranks equal one process of 2 threads bit for bit;
+    are identical, and N ranks equal one process of N threads bit for bit
+    (N = 2, 4);
   - accuracy within 0.5 % of one process with the same global batch (spirals,
     a small Fashion-MNIST subset);
   - one event stream (rank 0's): the single process's events, logs within
@@ -183,23 +184,28 @@ class DistTest(unittest.TestCase):
             self.assertEqual(b[r]["final"], a[0]["final"])
         self.assertEqual(a[0]["final"][0], str(4 * 25))  # 1600 rows / 64
 
-    def test_two_ranks_equal_two_threads(self):
-        """reduce.h's order: 2 ranks of 1 thread = 1 process of 2 threads,
-        bit for bit (the CLI's saved weights)."""
-        # 1536 training rows: 12 batches of 128, each split in two by the
-        # threads as by the ranks (a smaller last batch would stay on one
-        # thread: core splits a batch only when each share is worth it)
-        job = spirals_job(self.d, epochs=2, batch=128, units=128, n_per_class=960)
-        w1, w2 = os.path.join(self.d, "t.bin"), os.path.join(self.d, "m.bin")
-        rc, _, err = run([CLI, "train", job, "--verbose", "0", "--threads", "2",
-                          "--save-weights", w1])
-        self.assertEqual(rc, 0, err)
-        rc, out, err = run(mpi_cmd(2, [CLI, "train", job, "--verbose", "0",
-                                       "--save-weights", w2]))
-        self.assertEqual(rc, 0, err)
-        self.assertIn("on 2 ranks", out)
-        with open(w1, "rb") as f1, open(w2, "rb") as f2:
-            self.assertEqual(f1.read(), f2.read())
+    def test_ranks_equal_threads(self):
+        """reduce.h's order: N ranks of 1 thread = 1 process of N threads,
+        bit for bit (the CLI's saved weights), for N = 2 and 4: the ranks
+        add their sums in rank order as the threads add theirs in lane
+        order."""
+        # 1536 training rows: 12 batches of 128, each split in N by the
+        # threads as by the ranks (core splits a batch over its threads only
+        # when each share is worth it: 256 units make every share of 32 rows
+        # worth it)
+        job = spirals_job(self.d, epochs=2, batch=128, units=256, n_per_class=960)
+        for n in (2, 4):
+            w1 = os.path.join(self.d, "t%d.bin" % n)
+            w2 = os.path.join(self.d, "m%d.bin" % n)
+            rc, _, err = run([CLI, "train", job, "--verbose", "0", "--threads", str(n),
+                              "--save-weights", w1])
+            self.assertEqual(rc, 0, err)
+            rc, out, err = run(mpi_cmd(n, [CLI, "train", job, "--verbose", "0",
+                                           "--save-weights", w2]))
+            self.assertEqual(rc, 0, err)
+            self.assertIn("on %d ranks" % n, out)
+            with open(w1, "rb") as f1, open(w2, "rb") as f2:
+                self.assertEqual(f1.read(), f2.read(), "%d ranks against %d threads" % (n, n))
 
     def test_accuracy_spirals(self):
         """4 ranks against one process with the same global batch: the same
