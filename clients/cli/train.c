@@ -42,7 +42,6 @@ static void usage(FILE *f) {
              "  --print-job          print the job (the demo's JSON without JOB) and exit\n"
              "  -h, --help           this help\n"
              "\n"
-             "\n"
              "Under mpirun (`mpirun -n N trainbus train JOB.json`), the N processes train\n"
              "the job as one run, data-parallel (docs/DISTRIBUTED.md): each rank a share\n"
              "of every batch of batch_size rows, one ordered reduction per step, rank 0's\n"

@@ -447,6 +447,19 @@ class DistTest(unittest.TestCase):
         for k in a:
             self.assertLessEqual(abs(a[k] - b[k]), 1e-3 * max(1.0, abs(a[k])), k)
 
+    def test_bad_job_told_once(self):
+        """A bad job under mpirun: every rank refuses it, rank 0 alone says
+        why (once, not N times), exit status 2, no hang."""
+        path = os.path.join(self.d, "bad.json")
+        with open(path, "w") as f:
+            f.write('{"data": {"source": "spirals"}, "model": {"layers": []}, "loss": "mse", '
+                    '"batch_size": 0}')
+        rc, out, err = run(mpi_cmd(4, [CLI, "train", path]), 120)
+        self.assertNotEqual(rc, 0)
+        lines = [l for l in err.splitlines() if l.startswith("trainbus train:")]
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn("model.layers: expected a non-empty array", lines[0])
+
     def test_kill9_rank2_then_resume(self):
         """kill -9 of rank 2 in the middle of an epoch: mpirun ends the run
         within seconds naming rank 2; resumed from rank 0's checkpoint on the
