@@ -125,7 +125,11 @@ static int d_allreduce(tb_reduce_t *r, float *buf, long n_sum, tb_err_t *err) {
     d->rcounts[k] = (int)len;
     d->rdispls[k] = (int)(k * len);
   }
-  if ((rc = arrive(d, 1000, err)) != 0)
+  /* Sleeps of at most 100 us: measured on 2 ranks of the Fashion-MNIST MLP,
+   * 1 ms sleeps doubled the time waiting for the other rank (0.17-0.35 s
+   * against 0.10-0.17 s per 422 steps), while 10,000 wake-ups a second
+   * still cost a waiting rank a few percent of a core. */
+  if ((rc = arrive(d, 100, err)) != 0)
     return rc;
   /* Reduce-scatter: chunk k of every rank to its owner, kept by rank. */
   if ((rc = MPI_Alltoallv(buf, d->counts, d->displs, MPI_FLOAT, d->scratch, d->rcounts, d->rdispls,

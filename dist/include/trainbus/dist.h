@@ -18,7 +18,7 @@
  *     allgather carries them: the control words cost no message of their own.
  *   - Waiting never spins a core. A step's reduction first waits for every
  *     rank to arrive (MPI_Ibarrier polled with MPI_Test between sleeps of
- *     20 us growing to 1 ms), then moves the data with blocking collectives
+ *     20 us growing to 100 us), then moves the data with blocking collectives
  *     while everyone is there. A control-only exchange (the others' side of
  *     a pause or of the coordinator's epoch boundary, which may last
  *     minutes) is an MPI_Ibcast polled the same way with sleeps up to 10 ms.
