@@ -460,6 +460,30 @@ class DistTest(unittest.TestCase):
         self.assertEqual(len(lines), 1, err)
         self.assertIn("model.layers: expected a non-empty array", lines[0])
 
+    def test_one_rank_cannot_load(self):
+        """A job that one rank alone cannot load (its data file missing
+        there; mpirun's MPMD form gives rank 1 another file): rank 1 says
+        why, naming itself, and every rank exits instead of waiting for it.
+        And ranks given different models fail at the weights' broadcast,
+        naming the rank and both sizes."""
+        good = spirals_job(self.d, epochs=1)
+        with open(good) as f:
+            job = json.load(f)
+        job["data"] = {"source": "csv", "path": os.path.join(self.d, "missing.csv")}
+        bad = os.path.join(self.d, "bad.json")
+        with open(bad, "w") as f:
+            json.dump(job, f)
+        mpmd = mpi_cmd(1, [CLI, "train", good, "--verbose", "0"])
+        rc, out, err = run(mpmd + [":", "-n", "1", CLI, "train", bad, "--verbose", "0"], 120)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("trainbus train: rank 1 of 2: ", err)
+        self.assertIn("missing.csv", err)
+        other = spirals_job(self.d, epochs=1, units=32)
+        rc, out, err = run(mpmd + [":", "-n", "1", CLI, "train", other, "--verbose", "0"], 120)
+        self.assertNotEqual(rc, 0)
+        self.assertIn("rank 1 of 2: ", err)
+        self.assertIn("every participant must train the same model", err)
+
     def test_kill9_rank2_then_resume(self):
         """kill -9 of rank 2 in the middle of an epoch: mpirun ends the run
         within seconds naming rank 2; resumed from rank 0's checkpoint on the
