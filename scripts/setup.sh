@@ -5,7 +5,8 @@
 # (the command makes their throwaway CA and certificates), python3-numpy (test_npy writes its files with
 # numpy), python3-venv, python3-setuptools and python3-wheel (the offline pip
 # install into a virtual environment) and systemd (systemd-analyze verify of
-# the unit; nothing is started).
+# the unit; nothing is started); openmpi-bin and libopenmpi-dev build dist/
+# (`mpirun -n N trainbus train`) and run its tests.
 #   BUILD_DIR   build folder (default: build)
 #   SANITIZE=1  ASan+UBSan build (default folder: build-asan)
 #   WERROR=1    warnings are errors (CI sets this)
@@ -16,6 +17,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 pkgs="cmake make gcc clang pkg-config python3 libuv1-dev libcjson-dev libopenblas-dev
       libcmocka-dev zlib1g-dev libclang-rt-14-dev libwebsockets-dev libwebsockets-evlib-uv
       libcsv-dev libssl-dev openssl dataset-fashion-mnist
+      openmpi-bin libopenmpi-dev
       python3-numpy python3-venv python3-setuptools python3-wheel python3-torch systemd
       libnats-dev libmosquitto-dev nats-server mosquitto mosquitto-clients
       ${EXTRA_PKGS:-}"

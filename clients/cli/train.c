@@ -8,8 +8,13 @@
 #include "trainbus/job.h"
 #include "trainbus/model.h"
 #include "trainbus/publisher.h"
+#include "trainbus/reduce.h"
+#ifdef TB_HAVE_DIST
+#include "trainbus/dist.h"
+#endif
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,8 +39,18 @@ static void usage(FILE *f) {
              "                       checkpoint_dir DIR, or by BackupAndRestore); later\n"
              "                       checkpoints go to DIR too\n"
              "  --demo NAME          without JOB: fashion-mnist (the default) or spirals\n"
+             "  --rank-stats         under mpirun: each rank prints, on stderr at the end, its\n"
+             "                       steps, bytes sent per step, seconds in the reduction\n"
+             "                       and seconds waiting for the other ranks\n"
              "  --print-job          print the job (the demo's JSON without JOB) and exit\n"
              "  -h, --help           this help\n"
+             "\n"
+             "Under mpirun (`mpirun -n N trainbus train JOB.json`), the N processes train\n"
+             "the job as one run, data-parallel (docs/DISTRIBUTED.md): each rank a share\n"
+             "of every batch of batch_size rows, one ordered reduction per step, rank 0's\n"
+             "control at the same step everywhere; rank 0 alone prints, writes files and\n"
+             "checkpoints. Give each rank one thread (the default) and Open MPI\n"
+             "--mca mpi_yield_when_idle 1 when ranks share cores.\n"
              "\n"
              "Publishing to a daemon (docs/PROTOCOL.md section 13): with --connect or\n"
              "--state-dir the run is also published to that daemon as a trainer, where\n"
@@ -83,6 +98,8 @@ static int json_hook(tb_callback_t *cb, tb_ctx_t *ctx, int index, tb_logs_t *log
     json_num(f, logs->values[i]);
   }
   fputs("}}\n", f);
+  /* one event a line as it happens, for whoever reads a pipe */
+  fflush(f);
   return 0;
 }
 
@@ -109,10 +126,47 @@ static int steps_of(const tb_job_t *job) {
   return (n + bs - 1) / bs;
 }
 
-int tb_cli_train(int argc, char **argv) {
+/* Messages every rank would print alike (bad arguments, a bad job) are
+ * printed by rank 0 alone. */
+static int g_rank;
+static bool g_abort; /* this rank failed alone: end the MPI job */
+
+static void say(const char *fmt, ...) {
+  if (g_rank != 0)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+}
+
+/* A failure that may be this rank's alone (a file it cannot read): with
+ * several ranks, every rank learns whether all agree (the reduction's
+ * check); a rank that differs tells its own reason, naming itself. 0 when
+ * every rank succeeded. */
+static int agree(tb_reduce_t *red, int r, const char *msg) {
+  if (red == NULL || red->size <= 1) {
+    if (r != 0)
+      fprintf(stderr, "trainbus train: %s\n", msg);
+    return r;
+  }
+  tb_err_t e = {{0}};
+  int c = red->check(red, r != 0, "loading the job", &e);
+  if (c == 0) { /* all alike: rank 0 speaks for all */
+    if (r != 0)
+      say("trainbus train: %s\n", msg);
+    return r;
+  }
+  if (r != 0)
+    fprintf(stderr, "trainbus train: rank %d of %d: %s\n", red->rank, red->size, msg);
+  return r != 0 ? r : c;
+}
+
+static int train(int argc, char **argv, tb_reduce_t *red) {
+  int rank = red != NULL ? red->rank : 0, size = red != NULL ? red->size : 1;
   const char *job_path = NULL, *save = NULL, *resume = NULL, *demo_name = NULL;
   int verbose = isatty(STDOUT_FILENO) ? 1 : 2, epochs = 0, threads = 0;
-  bool json = false, print_job = false;
+  bool json = false, print_job = false, rank_stats = false;
   tb_cli_conn_t conn = {.cmd = "trainbus train"};
   tb_publisher_t *pub = NULL;
   tb_control_t control;
@@ -133,6 +187,8 @@ int tb_cli_train(int argc, char **argv) {
       json = true;
     } else if (strcmp(a, "--print-job") == 0) {
       print_job = true;
+    } else if (strcmp(a, "--rank-stats") == 0) {
+      rank_stats = true;
     } else if ((strcmp(a, "--verbose") == 0 || strcmp(a, "--epochs") == 0 ||
                 strcmp(a, "--threads") == 0) &&
                has_val) {
@@ -140,8 +196,8 @@ int tb_cli_train(int argc, char **argv) {
       long v = strtol(argv[++i], &end, 10);
       long lo = strcmp(a, "--verbose") == 0 ? 0 : 1, hi = strcmp(a, "--verbose") == 0 ? 2 : 1000000;
       if (*end != '\0' || end == argv[i] || v < lo || v > hi) {
-        fprintf(stderr, "trainbus train: %s: expected an integer in [%ld, %ld], got '%s'\n", a, lo,
-                hi, argv[i]);
+        say("trainbus train: %s: expected an integer in [%ld, %ld], got '%s'\n", a, lo, hi,
+            argv[i]);
         return TB_EXIT_USAGE;
       }
       if (strcmp(a, "--verbose") == 0)
@@ -157,17 +213,16 @@ int tb_cli_train(int argc, char **argv) {
     } else if (strcmp(a, "--demo") == 0 && has_val) {
       demo_name = argv[++i];
       if (strcmp(demo_name, "fashion-mnist") != 0 && strcmp(demo_name, "spirals") != 0) {
-        fprintf(stderr, "trainbus train: --demo: expected fashion-mnist or spirals, got '%s'\n",
-                demo_name);
+        say("trainbus train: --demo: expected fashion-mnist or spirals, got '%s'\n", demo_name);
         return TB_EXIT_USAGE;
       }
     } else if (a[0] == '-') {
-      fprintf(stderr, "trainbus train: unknown option or missing value: %s (see --help)\n", a);
+      say("trainbus train: unknown option or missing value: %s (see --help)\n", a);
       return TB_EXIT_USAGE;
     } else if (job_path == NULL) {
       job_path = a;
     } else {
-      fprintf(stderr, "trainbus train: one job at a time (got '%s' and '%s')\n", job_path, a);
+      say("trainbus train: one job at a time (got '%s' and '%s')\n", job_path, a);
       return TB_EXIT_USAGE;
     }
   }
@@ -176,7 +231,7 @@ int tb_cli_train(int argc, char **argv) {
   tb_job_t *job = NULL;
   int r;
   if (job_path != NULL && demo_name != NULL) {
-    fprintf(stderr, "trainbus train: --demo is for training without a job file\n");
+    say("trainbus train: --demo is for training without a job file\n");
     return TB_EXIT_USAGE;
   }
   char demo_buf[4096], notice[1200] = "";
@@ -186,11 +241,11 @@ int tb_cli_train(int argc, char **argv) {
                            : tb_job_demo_json(getenv("TRAINBUS_DEMO_DATA"), demo_buf,
                                               sizeof(demo_buf), notice, sizeof(notice));
     if (demo == NULL) {
-      fprintf(stderr, "trainbus train: cannot make the demo job\n");
+      say("trainbus train: cannot make the demo job\n");
       return TB_EXIT_FAILED;
     }
     if (notice[0] != '\0')
-      fprintf(stderr, "trainbus train: %s\n", notice);
+      say("trainbus train: %s\n", notice);
     if (print_job) {
       fputs(demo, stdout);
       return TB_EXIT_OK;
@@ -199,20 +254,20 @@ int tb_cli_train(int argc, char **argv) {
   } else {
     r = tb_job_load(job_path, &job, &err);
   }
-  if (r != 0) {
-    fprintf(stderr, "trainbus train: %s\n", err.msg);
+  if (agree(red, r, err.msg) != 0) {
+    tb_job_free(job);
     return TB_EXIT_USAGE;
   }
   if (print_job) {
-    fprintf(stderr, "trainbus train: --print-job prints the demo job only\n");
+    say("trainbus train: --print-job prints the demo job only\n");
     tb_job_free(job);
     return TB_EXIT_USAGE;
   }
   tb_set_num_threads(threads > 0 ? threads : job->threads > 0 ? job->threads : 1);
   if (threads > 0)
     job->threads = threads;
-  if ((r = tb_job_prepare(job, &err)) != 0) {
-    fprintf(stderr, "trainbus train: %s\n", err.msg);
+  r = tb_job_prepare(job, &err);
+  if (agree(red, r, err.msg) != 0) {
     tb_job_free(job);
     return TB_EXIT_USAGE;
   }
@@ -224,17 +279,23 @@ int tb_cli_train(int argc, char **argv) {
     job->fit.resume_from = resume_path;
     job->fit.checkpoint_dir = resume;
   }
-  job->fit.verbose = json ? 0 : verbose;
+  /* Rank 0 alone prints, writes and publishes (docs/DISTRIBUTED.md). */
+  bool speak = rank == 0;
+  job->fit.verbose = json || !speak ? 0 : verbose;
+  job->fit.reduce = red;
 
   tb_callbacks_t cbs;
   tb_callbacks_init(&cbs);
   tb_callback_t *bar = NULL, jsoncb = {.name = "json", .user = stdout};
-  if (tb_job_add_callbacks(job, &cbs) != 0) {
+  if (tb_job_add_callbacks_rank(job, &cbs, rank) != 0) {
     fprintf(stderr, "trainbus train: out of memory\n");
+    g_abort = size > 1;
     r = TB_ENOMEM;
     goto out;
   }
-  if (conn.connect != NULL || conn.state_dir != NULL || conn.run != NULL) {
+  if (speak && (conn.connect != NULL || conn.state_dir != NULL || conn.run != NULL)) {
+    /* Under mpirun rank 0 alone publishes; its control reaches every rank at
+     * the same step through the reduction's control words (reduce.h). */
     /* Published: the daemon's clients see every event and steer the run
      * through its control block, applied by fit at batch boundaries. */
     char dir[1024];
@@ -283,13 +344,18 @@ int tb_cli_train(int argc, char **argv) {
             "trainbus train: publishing as run %s (watch it with: trainbus watch --run %s)\n",
             tb_publisher_run(pub), tb_publisher_run(pub));
   }
-  if (json) {
+  if (!speak) {
+    /* a rank other than 0: silent */
+  } else if (json) {
     for (int i = 0; i < TB_HOOK_COUNT; i++)
       jsoncb.hooks[i] = json_hook;
     tb_callbacks_add(&cbs, &jsoncb);
   } else {
-    printf("Job: %s (%d training rows%s)\n", job->name, job->train->n,
+    printf("Job: %s (%d training rows%s)", job->name, job->train->n,
            job->fit.validation_split > 0 ? ", validation_split applies" : "");
+    if (size > 1)
+      printf(" on %d ranks, each a share of every batch of %d rows", size, job->fit.batch_size);
+    printf("\n");
     if (job->train->classes != NULL) {
       /* The labels were names: which output is which class. */
       size_t cap = (size_t)job->train->classes->n * (4 * TB_DATA_MAX_CLASS_NAME + 16) + 1;
@@ -304,6 +370,7 @@ int tb_cli_train(int argc, char **argv) {
       bar = tb_progbar_new(verbose, stdout);
       if (bar == NULL || tb_callbacks_add(&cbs, bar) != 0) {
         fprintf(stderr, "trainbus train: out of memory\n");
+        g_abort = size > 1;
         r = TB_ENOMEM;
         goto out;
       }
@@ -312,10 +379,36 @@ int tb_cli_train(int argc, char **argv) {
 
   tb_logs_t last;
   if ((r = tb_model_fit(job->model, job->train, &job->fit, &cbs, &last, &err)) != 0) {
-    fprintf(stderr, "trainbus train: %s\n", err.msg);
+    /* Failures every rank shares (ranks that diverged, a shutdown asked of
+     * rank 0) are told once; another is this rank's own, and the caller
+     * ends the job (MPI_Abort) so that no rank waits for it. */
+    bool shared = size > 1 && (r == TB_EDIVERGED || r == TB_EINTERRUPTED);
+    if (size <= 1)
+      fprintf(stderr, "trainbus train: %s\n", err.msg);
+    else if (!shared || speak)
+      fprintf(stderr, "trainbus train: rank %d of %d: %s\n", rank, size, err.msg);
+    if (size > 1 && !shared)
+      g_abort = true;
     goto out;
   }
-  if (job->test != NULL) {
+#ifdef TB_HAVE_DIST
+  if (rank_stats && size > 1) {
+    tb_dist_stats_t st;
+    tb_dist_stats(red, &st);
+    long steps = tb_model_iterations(job->model);
+    fprintf(stderr,
+            "trainbus train: rank %d of %d: %ld steps, %llu bytes sent per step (%llu "
+            "floats summed), %llu reductions, %.3f s in them, %.3f s waiting for the others\n",
+            rank, size, steps,
+            (unsigned long long)tb_dist_step_bytes(
+                tb_model_n_params(job->model) + TB_REDUCE_N_STATS, size, rank),
+            (unsigned long long)(tb_model_n_params(job->model) + TB_REDUCE_N_STATS),
+            (unsigned long long)st.allreduces, st.reduce_s, st.wait_s);
+  }
+#else
+  (void)rank_stats;
+#endif
+  if (job->test != NULL && speak) {
     tb_logs_t test;
     if ((r = tb_model_evaluate(job->model, job->test, job->fit.batch_size, json ? 0 : verbose, &cbs,
                                &test, &err)) != 0) {
@@ -329,7 +422,7 @@ int tb_cli_train(int argc, char **argv) {
       printf("\n");
     }
   }
-  if (save != NULL && (r = tb_model_save_weights(job->model, save, &err)) != 0)
+  if (save != NULL && speak && (r = tb_model_save_weights(job->model, save, &err)) != 0)
     fprintf(stderr, "trainbus train: %s\n", err.msg);
 out:
   if (pub != NULL && exit_code < 0) {
@@ -358,4 +451,38 @@ out:
   if (exit_code >= 0)
     return exit_code;
   return r == 0 ? TB_EXIT_OK : TB_EXIT_FAILED;
+}
+
+int tb_cli_train(int argc, char **argv) {
+  tb_reduce_t *red = NULL;
+#ifdef TB_HAVE_DIST
+  if (tb_dist_launched()) {
+    tb_err_t err = {{0}};
+    if (tb_dist_init(NULL, NULL, &red, &err) != 0) {
+      fprintf(stderr, "trainbus train: %s\n", err.msg);
+      return TB_EXIT_FAILED;
+    }
+    g_rank = red->rank;
+  }
+#else
+  const char *ws = getenv("OMPI_COMM_WORLD_SIZE");
+  if (ws != NULL && atoi(ws) > 1) {
+    fprintf(stderr,
+            "trainbus train: started by mpirun on %s ranks, but this trainbus was built "
+            "without MPI (dist/: install libopenmpi-dev and rebuild)\n",
+            ws);
+    return TB_EXIT_FAILED;
+  }
+#endif
+  int rc = train(argc, argv, red);
+#ifdef TB_HAVE_DIST
+  if (red != NULL) {
+    fflush(stdout);
+    fflush(stderr);
+    if (g_abort)
+      tb_dist_abort(red, rc);
+    tb_dist_finalize(red);
+  }
+#endif
+  return rc;
 }

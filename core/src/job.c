@@ -472,10 +472,66 @@ static int parse_loss(parse_t *p, const cJSON *root, tb_compile_opts_t *c) {
 
 int tb__job_parse_callbacks(parse_t *p, const cJSON *arr, tb_job_t *job);
 
+/* A host as mpirun's --host takes it: a name or address, optionally
+ * ":slots". Letters, digits and . - _ : only, so that it can never be read
+ * as an option or by a shell. */
+static bool host_ok(const char *h) {
+  if (h[0] == '\0' || h[0] == '-')
+    return false;
+  for (const char *c = h; *c; c++)
+    if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+          *c == '.' || *c == '-' || *c == '_' || *c == ':'))
+      return false;
+  return true;
+}
+
+/* "distributed": {"ranks": N, "hosts": ["a", "b:2"], "hostfile": PATH}:
+ * how trainbusd launches the job under mpirun (docs/JOB.md). */
+static int parse_distributed(parse_t *p, const cJSON *d, tb_job_t *job) {
+  static const char *const keys[] = {"ranks", "hosts", "hostfile", NULL};
+  long v = 0;
+  int r;
+  if (!cJSON_IsObject(d))
+    return tb__jp_bad(p, "distributed", "an object such as {\"ranks\": 2}", d);
+  if ((r = tb__jp_only_keys(p, d, "distributed", keys)) != 0 ||
+      (r = tb__jp_get_int(p, d, "distributed", "ranks", 1, TB_JOB_MAX_RANKS, true, &v)) != 0)
+    return r;
+  job->dist_ranks = (int)v;
+  const cJSON *hosts = cJSON_GetObjectItemCaseSensitive(d, "hosts");
+  if (hosts != NULL) {
+    if (!cJSON_IsArray(hosts) || cJSON_GetArraySize(hosts) < 1 || cJSON_GetArraySize(hosts) > 64)
+      return tb__jp_bad(p, "distributed.hosts", "an array of 1 to 64 host names", hosts);
+    size_t used = 0;
+    int i = 0;
+    for (const cJSON *h = hosts->child; h != NULL; h = h->next, i++) {
+      char at[48];
+      snprintf(at, sizeof(at), "distributed.hosts[%d]", i);
+      if (!cJSON_IsString(h) || !host_ok(h->valuestring) || strlen(h->valuestring) > 255)
+        return tb__jp_bad(p, at,
+                          "a host name, optionally with \":slots\" (letters, digits, . - _ :)", h);
+      size_t n = strlen(h->valuestring);
+      if (used + n + 2 > sizeof(job->dist_hosts))
+        return tb_errf(p->err, TB_ERANGE, "%s: distributed.hosts: longer than %zu characters",
+                       p->origin, sizeof(job->dist_hosts) - 1);
+      used += (size_t)snprintf(job->dist_hosts + used, sizeof(job->dist_hosts) - used, "%s%s",
+                               used ? "," : "", h->valuestring);
+    }
+  }
+  if ((r = tb__jp_get_path(p, d, "distributed", "hostfile", job->dist_hostfile,
+                           sizeof(job->dist_hostfile), false)) != 0)
+    return r;
+  if (job->dist_hosts[0] != '\0' && job->dist_hostfile[0] != '\0')
+    return tb_errf(p->err, TB_EINVAL, "%s: distributed: give hosts or hostfile, not both",
+                   p->origin);
+  return 0;
+}
+
 /* FNV-1a 64 of the compact document without the fields that may change
  * between a run and its resumption. */
 static void fingerprint(cJSON *root, char out[17]) {
-  static const char *const skip[] = {"epochs", "verbose", "checkpoint_dir"};
+  /* "distributed": a run resumes on another number of ranks (reduce.h:
+   * results depend on it only through summation order). */
+  static const char *const skip[] = {"epochs", "verbose", "checkpoint_dir", "distributed"};
   cJSON *copy = cJSON_Duplicate(root, true);
   uint64_t h = 1469598103934665603ULL;
   if (copy != NULL) {
@@ -551,6 +607,7 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
                                      "callbacks",
                                      "checkpoint_dir",
                                      "checkpoint_every",
+                                     "distributed",
                                      NULL};
   if ((r = tb__jp_only_keys(&p, root, "", keys)) != 0)
     goto fail;
@@ -630,6 +687,9 @@ int tb_job_parse(const char *text, size_t len, const char *origin, const char *b
   }
   if (job->checkpoint_dir[0] != '\0')
     job->fit.checkpoint_dir = job->checkpoint_dir;
+  const cJSON *dist = cJSON_GetObjectItemCaseSensitive(root, "distributed");
+  if (dist != NULL && (r = parse_distributed(&p, dist, job)) != 0)
+    goto fail;
   fingerprint(root, job->id);
   job->fit.job_id = job->id;
   cJSON_Delete(root);

@@ -312,15 +312,24 @@ int tb__job_parse_callbacks(parse_t *p, const cJSON *arr, tb_job_t *job) {
   for (const cJSON *it = arr->child; it != NULL; it = it->next, i++) {
     char path[32];
     snprintf(path, sizeof(path), "callbacks[%d]", i);
+    int outputs = job->n_outputs;
     if ((r = one(p, it, path, &job->callbacks[job->n_callbacks])) != 0)
       return r;
+    /* A callback that named a path to write (its file or folder) writes. */
+    job->callback_writes[job->n_callbacks] = job->n_outputs > outputs;
     job->n_callbacks++;
   }
   return 0;
 }
 
 int tb_job_add_callbacks(tb_job_t *job, tb_callbacks_t *list) {
+  return tb_job_add_callbacks_rank(job, list, 0);
+}
+
+int tb_job_add_callbacks_rank(tb_job_t *job, tb_callbacks_t *list, int rank) {
   for (int i = 0; i < job->n_callbacks; i++) {
+    if (rank != 0 && job->callback_writes[i])
+      continue;
     int r = tb_callbacks_add(list, job->callbacks[i]);
     if (r != 0)
       return r;

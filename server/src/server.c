@@ -686,6 +686,16 @@ int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *
     tb_job_free(job);
     return r;
   }
+  /* The daemon trains in its own threads; it does not launch mpirun (yet):
+   * a job meant for several ranks is refused rather than trained on one. */
+  if (job->dist_ranks > 1) {
+    r = tb_errf(err, TB_EINVAL,
+                "%s: distributed: this daemon does not launch MPI jobs; train it with "
+                "`mpirun -n %d trainbus train JOB.json` (docs/DISTRIBUTED.md)",
+                job->origin, job->dist_ranks);
+    tb_job_free(job);
+    return r;
+  }
   int queued = 0;
   pthread_mutex_lock(&s->runs_mu);
   for (tb_run_t *q = s->runs; q != NULL; q = q->next)

@@ -94,7 +94,7 @@ static void test_bad_jobs(void **state) {
       {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"epoch\":3}",
        "j: epoch: unknown field (known: name, seed, threads, data, model, loss, metrics, "
        "optimizer, epochs, batch_size, validation_split, validation_freq, shuffle, verbose, "
-       "callbacks, checkpoint_dir, checkpoint_every)"},
+       "callbacks, checkpoint_dir, checkpoint_every, distributed)"},
       {"{" BASE_DATA "," BASE_MODEL "}", "j: loss: missing (required)"},
       {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"hinge\"}",
        "j: loss: expected one of binary_crossentropy, categorical_crossentropy, "
@@ -250,6 +250,20 @@ static void test_job_callbacks(void **state) {
   assert_int_equal(job->n_callbacks, 7);
   assert_string_equal(job->callbacks[0]->name, "EarlyStopping");
   assert_string_equal(job->callbacks[6]->name, "bk1");
+  /* a rank other than 0 of an MPI run keeps those that decide, not those
+   * that write (ModelCheckpoint, CSVLogger, BackupAndRestore) */
+  static const bool writes[7] = {false, false, false, true, true, false, true};
+  assert_memory_equal(job->callback_writes, writes, sizeof(writes));
+  tb_callbacks_t l0, l1;
+  tb_callbacks_init(&l0);
+  tb_callbacks_init(&l1);
+  assert_int_equal(tb_job_add_callbacks_rank(job, &l0, 0), 0);
+  assert_int_equal(tb_job_add_callbacks_rank(job, &l1, 1), 0);
+  assert_int_equal(l0.n, 7);
+  assert_int_equal(l1.n, 4);
+  assert_string_equal(l1.items[3]->name, "TerminateOnNaN");
+  tb_callbacks_release(&l0);
+  tb_callbacks_release(&l1);
   assert_string_equal(job->checkpoint_dir, "/base/ck");
   assert_int_equal(job->fit.checkpoint_every, 2);
   assert_int_equal(strlen(job->id), 16);
@@ -324,6 +338,63 @@ static void test_job_callbacks(void **state) {
   }
 }
 
+/* "distributed": parsed, every fault named, and not in the fingerprint (a
+ * checkpoint resumes on another number of ranks). */
+static void test_distributed(void **state) {
+  (void)state;
+#define DJOB(d)                                                                                    \
+  "{\"data\":{\"source\":\"seed\"},\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":1,"        \
+  "\"activation\":\"sigmoid\"}]},\"loss\":\"binary_crossentropy\"" d "}"
+  tb_job_t *job, *plain;
+  tb_err_t err = {{0}};
+  const char *good = DJOB(",\"distributed\":{\"ranks\":4,\"hosts\":[\"node1:2\",\"10.0.0.7\"]}");
+  assert_int_equal(tb_job_parse(good, strlen(good), "j", NULL, &job, &err), 0);
+  assert_int_equal(job->dist_ranks, 4);
+  assert_string_equal(job->dist_hosts, "node1:2,10.0.0.7");
+  assert_string_equal(job->dist_hostfile, "");
+  assert_int_equal(tb_job_parse(DJOB(""), strlen(DJOB("")), "j", NULL, &plain, &err), 0);
+  assert_int_equal(plain->dist_ranks, 0);
+  assert_string_equal(job->id, plain->id);
+  tb_job_free(job);
+  tb_job_free(plain);
+  const char *hf = DJOB(",\"distributed\":{\"ranks\":2,\"hostfile\":\"hosts\"}");
+  assert_int_equal(tb_job_parse(hf, strlen(hf), "j", "/base", &job, &err), 0);
+  assert_string_equal(job->dist_hostfile, "/base/hosts");
+  tb_job_free(job);
+  static const struct {
+    const char *json, *message;
+  } bad[] = {
+      {DJOB(",\"distributed\":4"),
+       "j: distributed: expected an object such as {\"ranks\": 2}, got 4"},
+      {DJOB(",\"distributed\":{}"), "j: distributed.ranks: missing (required)"},
+      {DJOB(",\"distributed\":{\"ranks\":0}"),
+       "j: distributed.ranks: expected an integer in [1, 1024], got 0"},
+      {DJOB(",\"distributed\":{\"ranks\":2,\"hosts\":[\"-oops\"]}"),
+       "j: distributed.hosts[0]: expected a host name, optionally with \":slots\" (letters, "
+       "digits, . - _ :), got \"-oops\""},
+      {DJOB(",\"distributed\":{\"ranks\":2,\"hosts\":[\"a;rm\"]}"),
+       "j: distributed.hosts[0]: expected a host name, optionally with \":slots\" (letters, "
+       "digits, . - _ :), got \"a;rm\""},
+      {DJOB(",\"distributed\":{\"ranks\":2,\"hosts\":[]}"),
+       "j: distributed.hosts: expected an array of 1 to 64 host names, got []"},
+      {DJOB(",\"distributed\":{\"ranks\":2,\"hosts\":[\"a\"],\"hostfile\":\"h\"}"),
+       "j: distributed: give hosts or hostfile, not both"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    job = NULL;
+    err.msg[0] = '\0';
+    int r = tb_job_parse(bad[i].json, strlen(bad[i].json), "j", NULL, &job, &err);
+    if (r == 0 || strcmp(err.msg, bad[i].message) != 0)
+      fail_msg("case %zu: got %d \"%s\", want \"%s\"", i, r, err.msg, bad[i].message);
+    assert_null(job);
+  }
+  /* an unknown key inside it */
+  const char *unk = DJOB(",\"distributed\":{\"ranks\":2,\"rank\":1}");
+  assert_int_not_equal(tb_job_parse(unk, strlen(unk), "j", NULL, &job, &err), 0);
+  assert_non_null(strstr(err.msg, "distributed"));
+#undef DJOB
+}
+
 int main(void) {
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
@@ -332,6 +403,7 @@ int main(void) {
       cmocka_unit_test(test_bad_jobs),
       cmocka_unit_test(test_prepare_errors),
       cmocka_unit_test(test_job_callbacks),
+      cmocka_unit_test(test_distributed),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

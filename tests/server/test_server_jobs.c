@@ -313,6 +313,13 @@ static void test_budget_refusals(void **state) {
   has(err, "needs an estimated ");
   has(err, "data 19.0 GiB");
   free(err);
+  /* A job for several MPI ranks is refused, not trained on one (issue 15). */
+  err = refused(&f, "{\"data\":{\"source\":\"spirals\"},\"model\":{\"layers\":[{\"type\":"
+                    "\"dense\",\"units\":2,\"activation\":\"softmax\"}]},\"loss\":"
+                    "\"sparse_categorical_crossentropy\",\"distributed\":{\"ranks\":2}}");
+  has(err, "distributed: this daemon does not launch MPI jobs; train it with `mpirun -n 2 "
+           "trainbus train JOB.json`");
+  free(err);
 
   /* A large file (sparse: it costs no disk), and one over any bound. */
   snprintf(path, sizeof(path), "%s/big.csv", f.data);

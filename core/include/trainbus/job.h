@@ -122,6 +122,9 @@ typedef struct tb_job_estimate_s {
                            (tb_get_num_threads()) */
 } tb_job_estimate_t;
 
+/* The most ranks a job's "distributed" may ask for. */
+#define TB_JOB_MAX_RANKS 1024
+
 typedef struct tb_job_s {
   char name[64];
   char origin[256]; /* how messages name the document (tb_job_parse's origin) */
@@ -147,6 +150,10 @@ typedef struct tb_job_s {
    * training), in order; owned by the job. */
   int n_callbacks;
   tb_callback_t *callbacks[32];
+  /* Whether each callback writes files (ModelCheckpoint, CSVLogger,
+   * BackupAndRestore: those that name a path): a data-parallel run keeps
+   * them on rank 0 alone (tb_job_add_callbacks_rank). */
+  bool callback_writes[32];
 
   /* Checkpoints: "checkpoint_dir" and "checkpoint_every" (batches, 0: epoch
    * ends only); fit.checkpoint_dir points here when set. */
@@ -166,6 +173,14 @@ typedef struct tb_job_s {
   /* Copies of the weights its callbacks keep (EarlyStopping with
    * restore_best_weights). */
   int n_weight_copies;
+
+  /* "distributed" (docs/JOB.md): the ranks trainbusd launches the job on
+   * with mpirun, 0 when absent; the hosts as mpirun's --host list
+   * ("a,b:2"), or an mpirun hostfile (resolved as data paths are), "" when
+   * not given. `mpirun -n N trainbus train` ignores them: N is mpirun's. */
+  int dist_ranks;
+  char dist_hosts[1024];
+  char dist_hostfile[1024];
 
   /* Set by tb_job_check(); NULL: no policy (any path, no budget). */
   const tb_job_policy_t *policy;
@@ -214,6 +229,13 @@ int tb_job_prepare(tb_job_t *job, tb_err_t *err);
 void tb_job_release(tb_job_t *job);
 /* Adds the job's callbacks to a list, in the job's order. */
 int tb_job_add_callbacks(tb_job_t *job, tb_callbacks_t *list);
+/* The same for one rank of a data-parallel run (reduce.h): rank 0 gets them
+ * all; another rank only those that decide (EarlyStopping,
+ * ReduceLROnPlateau, LearningRateScheduler, TerminateOnNaN), not those that
+ * write (callback_writes), as Horovod's docs have ModelCheckpoint on rank 0
+ * only (horovod docs/keras.rst). Every rank sees the same global logs, so
+ * the deciding ones decide alike. */
+int tb_job_add_callbacks_rank(tb_job_t *job, tb_callbacks_t *list, int rank);
 void tb_job_free(tb_job_t *job);
 
 /* Where the demo finds Fashion-MNIST: Debian's dataset-fashion-mnist. */
