@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import struct
@@ -36,6 +37,7 @@ import unittest
 
 CLI = os.environ.get("TRAINBUS_CLI", "")
 PROBE = os.environ.get("DIST_PROBE", "")
+TRAINBUSD = os.environ.get("TRAINBUSD", "")
 MPIRUN = os.environ.get("TB_MPIRUN") or shutil.which("mpirun") or ""
 HERE = os.path.dirname(os.path.abspath(__file__))
 FMNIST = "/usr/share/datasets/fashion-mnist"
@@ -285,6 +287,96 @@ class DistTest(unittest.TestCase):
                 worst = max(worst, d / max(1.0, abs(v)))
                 self.assertLessEqual(d, 1e-4 * max(1.0, abs(v)), (a["event"], a["epoch"], k))
         print("largest difference of a log value, 4 ranks against 1 process: %.3g" % worst)
+
+    # ---- one run on the bus ------------------------------------------------
+
+    def test_connect_one_run_steered(self):
+        """mpirun -n 4 trainbus train --connect: rank 0 alone publishes, so
+        the daemon holds one run (source trainer) whose history is the
+        whole run once, seq without gaps; `trainbus set-lr` is answered with
+        applied_at and every rank trains on at the new rate from the same
+        step (rank 0's --json shows it, and the run's logs); `trainbus stop`
+        ends it after the current batch, mpirun exits 0, nothing hangs."""
+        if not TRAINBUSD:
+            self.fail("TRAINBUSD is not set")
+        state = os.path.join(self.d, "state")
+        os.mkdir(state)
+        d = subprocess.Popen([TRAINBUSD, "--listen", "127.0.0.1:0", "--state-dir", state,
+                              "--token", "T", "--no-job"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            addr = os.path.join(state, "address")
+            deadline = time.monotonic() + 30
+            while not os.path.exists(addr) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertTrue(os.path.exists(addr), "trainbusd wrote no address")
+            cli = [CLI]
+            common = ["--state-dir", state, "--token", "T"]
+            job = spirals_job(self.d, epochs=3000, n_per_class=1000)  # stopped long before
+            p = Proc(mpi_cmd(4, [CLI, "train", job, "--json"] + common))
+            try:
+                run_id = None
+                deadline = time.monotonic() + 120
+                while run_id is None and time.monotonic() < deadline:
+                    r = subprocess.run(cli + ["runs", "--json"] + common, capture_output=True,
+                                       text=True, timeout=30)
+                    if r.returncode == 0:
+                        runs = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+                        live = [x for x in runs if x.get("state") == "running" and x.get("epoch", 0) >= 1]
+                        if live:
+                            self.assertEqual(len(runs), 1, runs)
+                            self.assertEqual(runs[0].get("source"), "trainer", runs[0])
+                            run_id = live[0]["run"]
+                    time.sleep(0.2)
+                self.assertIsNotNone(run_id, "the run did not appear on the daemon")
+                r = subprocess.run(cli + ["set-lr", "0.0005", "--run", run_id] + common,
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                m = re.search(r"at epoch (\d+)", r.stdout)  # 1-based, as the CLI prints
+                self.assertIsNotNone(m, r.stdout)
+                at = {"epoch": int(m.group(1)) - 1}
+                r = subprocess.run(cli + ["stop", "--run", run_id] + common, capture_output=True,
+                                   text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                rc, out, err = p.wait(240)
+            finally:
+                p.kill()
+            self.assertEqual(rc, 0, err[-3000:])
+            ev = events(out)
+            f32 = struct.unpack("f", struct.pack("f", 0.0005))[0]
+            # rank 0's stream: the epochs after the change train at the new rate
+            ends = [e for e in ev if e["event"] == "epoch_end"]
+            self.assertTrue(ends, "no epoch ended")
+            after = [e for e in ends if e["epoch"] > at["epoch"]]
+            for e in after:
+                self.assertEqual(e["logs"]["learning_rate"], f32, e)
+            self.assertLess(len(ends), 3000, "stop did not end the run")
+            # the daemon's history: the same run, whole, once
+            r = subprocess.run(cli + ["history", "--run", run_id, "--json"] + common,
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            hist = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+            seqs = [h["seq"] for h in hist]
+            self.assertEqual(seqs, list(range(1, len(seqs) + 1)), "history has a gap")
+            self.assertEqual(sum(h["event"] == "train_begin" for h in hist), 1)
+            self.assertEqual(sum(h["event"] == "train_batch_end" for h in hist),
+                             sum(e["event"] == "train_batch_end" for e in ev))
+            ctl = [h for h in hist if h["event"] == "control" and h.get("action") == "set_lr"]
+            self.assertEqual(len(ctl), 1, ctl)
+            self.assertEqual(ctl[0]["epoch"], at["epoch"], ctl)
+            self.assertEqual(ctl[0]["value"], 0.0005, ctl)
+            r = subprocess.run(cli + ["status", "--run", run_id, "--json"] + common,
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(json.loads(r.stdout)["state"], "stopped", r.stdout)
+            print("4 ranks, one run %s: set_lr applied at %r, stopped after %d epochs, %d events"
+                  % (run_id, at, len(ends), len(hist)))
+        finally:
+            d.terminate()
+            try:
+                d.wait(30)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
 
     # ---- control -----------------------------------------------------------
 
