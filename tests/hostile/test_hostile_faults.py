@@ -352,6 +352,7 @@ class Faults(unittest.TestCase):
         t.start()
         pinger_lat = []
         stop_ping = threading.Event()
+        pinging = threading.Event()
 
         def pinger():
             p = self.d.connect()
@@ -359,11 +360,15 @@ class Faults(unittest.TestCase):
                 t0 = time.monotonic()
                 p.ok("ping")
                 pinger_lat.append(time.monotonic() - t0)
+                pinging.set()
                 time.sleep(0.01)
             p.close()
 
         pt = threading.Thread(target=pinger, daemon=True)
         pt.start()
+        # The flood starts once the pinger is answered (over TLS under ASan
+        # its handshake can outlast a flood answered in a fraction of a second).
+        self.assertTrue(pinging.wait(30 * H.SLOW), "the pinger was never answered")
         last_lr = None
         t0 = time.monotonic()
         buf = b""
