@@ -22,8 +22,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const top = path.resolve(here, '../..');
 const TRAINBUSD = process.env.TRAINBUSD || path.join(top, 'build/trainbusd');
 const TOKEN = 'T';
-// Enough epochs that the run outlasts a restart and the page's reconnection on a
-// loaded machine (with two training threads an epoch of this job is ~0.1 s).
+// Enough training that the run outlasts a restart and the page's reconnection
+// on a loaded machine, where the page can lag the run by a dozen epochs: 24
+// epochs of the dashboard job with 512-unit layers (more work per batch, not
+// more events: with two training threads an epoch of 256 units is ~0.1 s).
 const EPOCHS = 24;
 
 let help = '';
@@ -103,6 +105,7 @@ const text = (page, sel) => page.locator(sel).innerText();
 const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tb-web-restart-'));
 const job = JSON.parse(fs.readFileSync(path.join(here, 'job_dashboard.json'), 'utf8'));
 job.epochs = EPOCHS;
+for (const l of job.model.layers) if (l.units === 256) l.units = 512;
 const jobPath = path.join(stateDir, 'job.json');
 fs.writeFileSync(jobPath, JSON.stringify(job));
 const httpPort = await freePort();
