@@ -57,6 +57,31 @@ static double mono_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* A call of the watch's start (status, subscribe) that failed because the
+ * connection broke (a daemon restarting just then): reconnects within the
+ * --reconnect window, as the watch does once it is following the run, and
+ * says whether to try the call again. Errors from the daemon, and running
+ * out of time, are the caller's to report. */
+static bool start_again(tb_client_t *c, int rc, const tb_client_err_t *err, const char *cmd,
+                        double until) {
+  if (rc == 0 || tb_client_err_is_remote(rc) || rc == TB_CLIENT_ENOMEM || rc == TB_CLIENT_EINVALID)
+    return false;
+  fprintf(stderr, "%s: %s; reconnecting\n", cmd, err->msg);
+  int delay_ms = 100;
+  while (mono_s() < until) {
+    struct timespec ts = {.tv_sec = delay_ms / 1000, .tv_nsec = (delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    delay_ms = delay_ms < 1000 ? delay_ms * 2 : 1000;
+    tb_client_err_t e2;
+    int r2 = tb_client_reconnect(c, &e2);
+    if (r2 == 0)
+      return true;
+    if (tb_client_err_is_remote(r2))
+      return false;
+  }
+  return false;
+}
+
 static bool final_state(const char *s) {
   return s != NULL && tb_run_state_is_final(tb_run_state_from_name(s));
 }
@@ -423,7 +448,12 @@ int tb_cli_watch(int argc, char **argv) {
   w.run = run;
   tb_run_info_t info;
   tb_client_err_t err;
-  if (tb_client_status(c, run, &info, &err) != 0) {
+  double start_until = mono_s() + reconnect_s;
+  int src;
+  while ((src = tb_client_status(c, run, &info, &err)) != 0 &&
+         start_again(c, src, &err, o.cmd, start_until))
+    ;
+  if (src != 0) {
     ex = tb_cli_fail(o.cmd, &err);
     goto out;
   }
@@ -465,7 +495,10 @@ int tb_cli_watch(int argc, char **argv) {
                              .every = every,
                              .has_since_seq = true,
                              .since_seq = from_seq >= 0 ? from_seq : info.last_seq + 1};
-  if (tb_client_subscribe(c, &so, NULL, NULL, &err) != 0) {
+  while ((src = tb_client_subscribe(c, &so, NULL, NULL, &err)) != 0 &&
+         start_again(c, src, &err, o.cmd, start_until))
+    ;
+  if (src != 0) {
     ex = tb_cli_fail(o.cmd, &err);
     goto out;
   }

@@ -14,6 +14,7 @@ import time
 import unittest
 
 from e2e_util import CLI, DaemonCase, run_state, spirals_job, wait_for
+from fake_server import FakeServer, event, handshake
 
 
 class CliE2E(DaemonCase):
@@ -22,6 +23,31 @@ class CliE2E(DaemonCase):
     def ok(self, r):
         self.assertEqual(r.returncode, 0, "stdout: %s\nstderr: %s" % (r.stdout, r.stderr))
         return r.stdout
+
+    def test_watch_start_cut_by_a_restart(self):
+        """A daemon that goes away while watch is starting (its status call
+        cut, as by a restart) is reconnected to within --reconnect, as once
+        the watch follows the run; it then follows the run to its end."""
+        fs = FakeServer(handshake("observer") + [
+            ("expect", "status", {"run": "r1"}), ("close",),
+            ("accept",)] + handshake("observer") + [
+            ("expect", "status", {"run": "r1"}),
+            ("reply", {"run": "r1", "state": "running", "epoch": 0, "epochs": 2, "batch": 3,
+                       "last_seq": 9, "lr": 0.1}),
+            ("expect", "subscribe", {"runs": ["r1"], "since_seq": 10}),
+            ("reply", {"sub": 1, "next_seq": 10}),
+            ("send", event("r1", 10, "epoch_end", epoch=0, logs={"loss": 0.5})),
+            ("send", event("r1", 11, "state", state="finished", prev_state="running")),
+            ("sleep", 0.5),
+        ])
+        env = dict(os.environ, TRAINBUS_TOKEN="t")
+        r = subprocess.run([CLI, "watch", "--plain", "--run", "r1", "--reconnect", "10",
+                            "--connect", fs.addr], env=env, capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(fs.join(), [])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("reconnecting", r.stderr)
+        self.assertIn("Epoch 1/2", r.stdout)
 
     def test_runs_status_and_state_dir_discovery(self):
         d = self.daemon(*spirals_job(), "--epochs", "2000")
