@@ -82,17 +82,28 @@ class Kill9(unittest.TestCase):
         points = []
         try:
             H.LogWatch(state).wait("train_begin", alive=d.alive)
-            for k in range(KILLS):
-                # A random point in what is left of the run (a resumed run
-                # repeats at most the epoch after its last checkpoint).
-                delay = rnd.uniform(0.05, clean_wall / (KILLS + 1))
+            # Random points of the run, drawn as epochs (then a random
+            # moment into the next one) rather than as delays, so that every
+            # kill lands however fast this machine trains at the moment (a
+            # resumed run repeats at most the epoch after its last checkpoint).
+            targets = sorted(rnd.sample(range(1, EPOCHS - 5), KILLS))  # room after the last
+            for target in targets:
+                deadline = time.monotonic() + 120 * H.SLOW
+                ev = []
+                while time.monotonic() < deadline:
+                    ev = H.log_events(state)
+                    if any(e["event"] == "epoch_end" and e.get("epoch", -1) >= target for e in ev):
+                        break
+                    time.sleep(0.01)
+                delay = rnd.uniform(0.0, clean_wall / EPOCHS)
                 time.sleep(delay)
                 w = H.LogWatch(state)
                 w.poll()
                 if "final" in w.seen:
                     break
                 ev = H.log_events(state)
-                points.append({"after_s": round(delay, 3), "last_seq": ev[-1]["seq"] if ev else 0})
+                points.append({"after_epoch": target, "then_s": round(delay, 3),
+                               "last_seq": ev[-1]["seq"] if ev else 0})
                 d.kill()
                 self.assertEqual(d.proc.returncode, -9)
                 d = H.Daemon(state_dir=state, resume=True)
