@@ -77,4 +77,10 @@ int tb_cli_pick_run(const tb_cli_conn_t *o, tb_client_t *c, bool newest_ok,
  * 2 for an argument the library refused. */
 int tb_cli_fail(const char *cmd, const tb_client_err_t *err);
 
+/* The line `trainbus watch` prints for a state or a control event (epoch
+ * 1-based, batch 0-based, as the progress bar counts them), flushed; shared
+ * by watch.c and watch_broker.c. */
+void tb_cli_print_state(const tb_event_t *ev);
+void tb_cli_print_control(const tb_event_t *ev);
+
 #endif

@@ -222,6 +222,34 @@ static void header(watch_t *w, int64_t epoch) {
 }
 
 /* Shows one event; returns true once the run has reached a final state. */
+void tb_cli_print_state(const tb_event_t *ev) {
+  printf("run %s: %s -> %s", ev->run, ev->prev_state ? ev->prev_state : "?",
+         ev->state ? ev->state : "?");
+  if (ev->reason)
+    printf(" (%s)", ev->reason);
+  printf("\n");
+  fflush(stdout);
+}
+
+void tb_cli_print_control(const tb_event_t *ev) {
+  printf("run %s: %s", ev->run, ev->action ? ev->action : "control");
+  if (ev->has_value) {
+    if (ev->has_old)
+      printf(" %.6g ->", ev->old_value);
+    printf(" %.6g", ev->value);
+  }
+  if (ev->epoch >= 0)
+    printf(" at epoch %lld", (long long)ev->epoch + 1);
+  if (ev->batch >= 0)
+    printf(", batch %lld", (long long)ev->batch);
+  if (ev->by)
+    printf(" by %s", ev->by);
+  if (ev->reason)
+    printf(" (%s)", ev->reason);
+  printf("\n");
+  fflush(stdout);
+}
+
 static bool show_event(watch_t *w, const tb_event_t *ev) {
   const char *n = ev->name;
   bool end = strcmp(n, "state") == 0 && final_state(ev->state);
@@ -279,30 +307,10 @@ static bool show_event(watch_t *w, const tb_event_t *ev) {
       w->gap = true;
     }
     end_bar(w);
-    printf("run %s: %s -> %s", ev->run, ev->prev_state ? ev->prev_state : "?",
-           ev->state ? ev->state : "?");
-    if (ev->reason)
-      printf(" (%s)", ev->reason);
-    printf("\n");
-    fflush(stdout);
+    tb_cli_print_state(ev);
   } else if (strcmp(n, "control") == 0) {
     end_bar(w);
-    printf("run %s: %s", ev->run, ev->action ? ev->action : "control");
-    if (ev->has_value) {
-      if (ev->has_old)
-        printf(" %.6g ->", ev->old_value);
-      printf(" %.6g", ev->value);
-    }
-    if (ev->epoch >= 0)
-      printf(" at epoch %lld", (long long)ev->epoch + 1);
-    if (ev->batch >= 0)
-      printf(", batch %lld", (long long)ev->batch);
-    if (ev->by)
-      printf(" by %s", ev->by);
-    if (ev->reason)
-      printf(" (%s)", ev->reason);
-    printf("\n");
-    fflush(stdout);
+    tb_cli_print_control(ev);
   } else if (strcmp(n, "train_end") == 0 && !w->explicit_events) {
     w->trained = true;
   } else if (strcmp(n, "test_end") == 0 && w->trained && !w->explicit_events) {

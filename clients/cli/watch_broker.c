@@ -46,25 +46,9 @@ static bool on_event(void *user, const tb_event_t *ev) {
     print_logs(ev);
     printf("\n");
   } else if (strcmp(ev->name, "state") == 0) {
-    printf("run %s: %s -> %s", ev->run, ev->prev_state ? ev->prev_state : "?",
-           ev->state ? ev->state : "?");
-    if (ev->reason)
-      printf(" (%s)", ev->reason);
-    printf("\n");
+    tb_cli_print_state(ev);
   } else if (strcmp(ev->name, "control") == 0) {
-    printf("run %s: %s", ev->run, ev->action ? ev->action : "control");
-    if (ev->has_value) {
-      if (ev->has_old)
-        printf(" %.6g ->", ev->old_value);
-      printf(" %.6g", ev->value);
-    }
-    if (ev->epoch >= 0)
-      printf(" at epoch %lld", (long long)ev->epoch + 1);
-    if (ev->batch >= 0)
-      printf(", batch %lld", (long long)ev->batch);
-    if (ev->by)
-      printf(" by %s", ev->by);
-    printf("\n");
+    tb_cli_print_control(ev);
   }
   fflush(stdout);
   return true;
