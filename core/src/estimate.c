@@ -92,12 +92,16 @@ static shape_t spec_shape(const tb_data_spec_t *s) {
     h.scratch = read_buffer((double)s->file_bytes);
     break;
   case TB_SRC_NPY:
-    /* Read in chunks straight into the dataset: no copy of the file. */
+    /* Read in chunks straight into the dataset: no copy of the file. A
+     * ".gz" (whose data length is not known before it is read) grows its
+     * arrays by doubling: the last step briefly holds half of x again. */
     h.rows = (double)s->file_rows;
     h.feats = s->file_cols > 0 ? (double)s->file_cols : 1.0;
     h.ycols = s->file_ycols > 0 ? (double)s->file_ycols : 1.0;
     h.classes = s->npy.classes != 0 && s->file_ycols <= 1;
     h.scratch = (double)tb__npy_scratch();
+    if (tb__ends_with_gz(s->x) || tb__ends_with_gz(s->y))
+      h.scratch += 2.0 * h.rows * (h.feats > h.ycols ? h.feats : h.ycols);
     break;
   }
   return h;

@@ -71,7 +71,8 @@ int tb__npy_peek(const char *path, const tb_data_limits_t *limits, tb__file_info
  * the read buffer and the dataset: libcsv's field buffer (a field is at most
  * TB__CSV_FIELD_MAX), the class names being collected, the column map. */
 uint64_t tb__csv_scratch(int64_t cols);
-/* What loading an npy pair allocates besides the dataset: the read chunk. */
+/* What loading an npy pair allocates besides the dataset: the read chunk
+ * (and, for a ".gz", the growth of its arrays: see estimate.c). */
 uint64_t tb__npy_scratch(void);
 
 /* The CSV parser over a buffer already in memory (what tb_csv_load() does
@@ -79,6 +80,12 @@ uint64_t tb__npy_scratch(void);
  * the data in messages. */
 int tb__csv_parse(const char *name, const char *buf, size_t len, const tb_csv_opts_t *opts,
                   tb_dataset_t **out, tb_err_t *err);
+/* A dataset of n rows that takes ownership of x (n * n_features floats) and
+ * y (n * n_outputs, or NULL when n_outputs is 0), as a loader that filled
+ * its own arrays makes it. NULL when out of memory (x and y are then still
+ * the caller's). */
+tb_dataset_t *tb__dataset_adopt(int n, int n_features, int n_outputs, float *x, float *y);
+
 /* The npy loader over arrays in memory (the fuzz target's way in); y may be
  * NULL. */
 int tb__npy_parse(const char *x_name, const unsigned char *x, size_t x_len, const char *y_name,

@@ -66,6 +66,8 @@ typedef struct src_s {
   const unsigned char *mem;
   size_t mem_len;
   uint64_t pos;
+  bool sized;    /* size is known: memory, or a plain regular file */
+  uint64_t size; /* then, its length in bytes */
 } src_t;
 
 static int src_read(src_t *s, void *buf, size_t n, size_t *got, tb_err_t *err) {
@@ -122,6 +124,9 @@ static int src_open(src_t *s, const char *path, const tb_data_limits_t *lim, tb_
   int r = tb__data_open(path, path, lim, &s->fd, &size, err);
   if (r != 0)
     return r;
+  /* A regular file's size (0 for a pipe, which is read as it comes). */
+  s->sized = size > 0 && !tb__ends_with_gz(path);
+  s->size = size;
   if (tb__ends_with_gz(path)) {
     errno = 0;
     s->gz = gzdopen(s->fd, "rb");
@@ -553,32 +558,74 @@ static const char *index_of(const npy_hdr_t *h, uint64_t k, char *buf, size_t le
   return buf;
 }
 
-/* Streams the data of s into dst (count floats), checking every value. With
- * `classes`, the values are class indices; *max_label gets the largest. */
+/* The file holds `have` bytes of data, fewer than its header announces. */
+static int truncated(const src_t *s, const npy_hdr_t *h, uint64_t have, bool redact,
+                     tb_err_t *err) {
+  if (redact)
+    return tb_errf(err, TB_ETRUNCATED,
+                   "%s: truncated: the file holds %llu bytes of data, less than its header "
+                   "announces",
+                   s->path, (unsigned long long)have);
+  return tb_errf(err, TB_ETRUNCATED,
+                 "%s: truncated: its header announces shape %s of %s (%llu bytes of data) "
+                 "but the file holds %llu",
+                 s->path, h->dims, h->dtype, (unsigned long long)h->data_bytes,
+                 (unsigned long long)have);
+}
+
+/* Where the data is a file of known size (or memory), it must hold exactly
+ * the bytes the header announces: checked before anything is allocated for
+ * them, so a header claiming gigabytes costs nothing. */
+static int check_size(const src_t *s, const npy_hdr_t *h, const tb_data_limits_t *lim,
+                      tb_err_t *err) {
+  if (!s->sized)
+    return 0;
+  uint64_t have = s->size - s->pos;
+  if (have < h->data_bytes)
+    return truncated(s, h, have, lim->redact, err);
+  if (have > h->data_bytes)
+    return tb_errf(err, TB_EFORMAT, "%s: trailing bytes after the data its header announces",
+                   s->path);
+  return 0;
+}
+
+/* The first floats given to data of unknown size (gzip, a pipe): 4 MiB,
+ * doubled as the data arrives, so memory follows what the file holds rather
+ * than what its header claims. */
+#define FIRST_FLOATS ((uint64_t)1 << 20)
+
+/* Streams the data of s into *dst (count floats, allocated here: all at
+ * once when the size is known, else grown as data arrives), checking every
+ * value. With `classes`, the values are class indices; *max_label gets the
+ * largest. */
 static int data_read(src_t *s, const npy_hdr_t *h, const tb_data_limits_t *lim, bool classes,
-                     float *dst, double *max_label, unsigned char *chunk, tb_err_t *err) {
+                     float **out, double *max_label, unsigned char *chunk, tb_err_t *err) {
   uint64_t count = h->rows * h->per_row, k = 0;
+  uint64_t cap = s->sized || count < FIRST_FLOATS ? count : FIRST_FLOATS;
+  float *dst = malloc((size_t)(cap > 0 ? cap : 1) * sizeof(float));
   size_t per = CHUNK / (size_t)h->size;
   char at[200];
   bool rd = lim->redact;
+  if (dst == NULL)
+    return tb_errf(err, TB_ENOMEM, "%s: out of memory for %llu values", s->path,
+                   (unsigned long long)count);
+  *out = dst;
   while (k < count) {
     size_t n = count - k < per ? (size_t)(count - k) : per, got;
+    if (k + n > cap) {
+      uint64_t want = cap * 2 < count ? cap * 2 : count;
+      float *grown = realloc(dst, (size_t)want * sizeof(float));
+      if (grown == NULL)
+        return tb_errf(err, TB_ENOMEM, "%s: out of memory for %llu values", s->path,
+                       (unsigned long long)count);
+      *out = dst = grown;
+      cap = want;
+    }
     int r = src_read(s, chunk, n * (size_t)h->size, &got, err);
     if (r != 0)
       return r;
-    if (got < n * (size_t)h->size) {
-      uint64_t have = k * (uint64_t)h->size + got;
-      if (rd)
-        return tb_errf(err, TB_ETRUNCATED,
-                       "%s: truncated: the file holds %llu bytes of data, less than its header "
-                       "announces",
-                       s->path, (unsigned long long)have);
-      return tb_errf(err, TB_ETRUNCATED,
-                     "%s: truncated: its header announces shape %s of %s (%llu bytes of data) "
-                     "but the file holds %llu",
-                     s->path, h->dims, h->dtype, (unsigned long long)h->data_bytes,
-                     (unsigned long long)have);
-    }
+    if (got < n * (size_t)h->size)
+      return truncated(s, h, k * (uint64_t)h->size + got, rd, err);
     for (size_t i = 0; i < n; i++, k++) {
       double v = element(h, chunk + i * (size_t)h->size);
       if (!isfinite(v)) {
@@ -612,18 +659,20 @@ static int data_read(src_t *s, const npy_hdr_t *h, const tb_data_limits_t *lim, 
   return src_finish(s, err);
 }
 
-/* Both files' headers, the dataset, then both files' data. */
+/* Both files' headers, then both files' data, then the dataset that holds
+ * them. */
 static int load(src_t *xs, src_t *ys, const tb_npy_opts_t *o, tb_dataset_t **out, tb_err_t *err) {
   const tb_data_limits_t *lim = o->limits != NULL ? o->limits : &tb__default_limits;
   npy_hdr_t hx, hy;
   tb_dataset_t *d = NULL;
   unsigned char *chunk = NULL;
+  float *x = NULL, *y = NULL;
   double max_label = 0.0;
   int r;
-  if ((r = header_read(xs, lim, &hx, err)) != 0)
+  if ((r = header_read(xs, lim, &hx, err)) != 0 || (r = check_size(xs, &hx, lim, err)) != 0)
     return r;
   if (ys != NULL) {
-    if ((r = header_read(ys, lim, &hy, err)) != 0)
+    if ((r = header_read(ys, lim, &hy, err)) != 0 || (r = check_size(ys, &hy, lim, err)) != 0)
       return r;
     if (hy.rows != hx.rows) {
       if (lim->redact)
@@ -634,28 +683,31 @@ static int load(src_t *xs, src_t *ys, const tb_npy_opts_t *o, tb_dataset_t **out
                      (unsigned long long)hx.rows, hx.dims);
     }
   }
-  d = tb_dataset_new((int)hx.rows, (int)hx.per_row, ys != NULL ? (int)hy.per_row : 0);
-  chunk = malloc(CHUNK);
-  if (d == NULL || chunk == NULL) {
-    r = tb_errf(err, TB_ENOMEM, "%s: out of memory for %llu rows", xs->path,
-                (unsigned long long)hx.rows);
-    goto fail;
+  if ((chunk = malloc(CHUNK)) == NULL) {
+    r = tb_errf(err, TB_ENOMEM, "%s: out of memory", xs->path);
+    goto out;
   }
-  if ((r = data_read(xs, &hx, lim, false, d->x, &max_label, chunk, err)) != 0)
-    goto fail;
+  if ((r = data_read(xs, &hx, lim, false, &x, &max_label, chunk, err)) != 0)
+    goto out;
   if (ys != NULL) {
     bool sparse = o->classes && hy.per_row == 1;
-    if ((r = data_read(ys, &hy, lim, sparse, d->y, &max_label, chunk, err)) != 0)
-      goto fail;
-    if (o->classes)
-      d->n_classes = sparse ? (int)max_label + 1 : (int)hy.per_row;
+    if ((r = data_read(ys, &hy, lim, sparse, &y, &max_label, chunk, err)) != 0)
+      goto out;
   }
-  free(chunk);
+  d = tb__dataset_adopt((int)hx.rows, (int)hx.per_row, ys != NULL ? (int)hy.per_row : 0, x, y);
+  if (d == NULL) {
+    r = tb_errf(err, TB_ENOMEM, "%s: out of memory for %llu rows", xs->path,
+                (unsigned long long)hx.rows);
+    goto out;
+  }
+  x = y = NULL;
+  if (ys != NULL && o->classes)
+    d->n_classes = hy.per_row == 1 ? (int)max_label + 1 : (int)hy.per_row;
   *out = d;
-  return 0;
-fail:
+out:
   free(chunk);
-  tb_dataset_free(d);
+  free(x);
+  free(y);
   return r;
 }
 

@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "trainbus/data.h"
@@ -75,7 +77,20 @@ static const char SCRIPT[] =
     "raw = open(f'{d}/f8.npy', 'rb').read()\n"
     "open(f'{d}/truncated.npy', 'wb').write(raw[:-5])\n"
     "open(f'{d}/trailing.npy', 'wb').write(raw + b'extra')\n"
-    "open(f'{d}/cut_header.npy', 'wb').write(raw[:40])\n";
+    "open(f'{d}/cut_header.npy', 'wb').write(raw[:40])\n"
+    "# Headers that claim far more data than follows (1.8 GB, under the\n"
+    "# 2 GiB file limit), plain and gzip.\n"
+    "import io\n"
+    "h = io.BytesIO()\n"
+    "np.lib.format.write_array_header_1_0(h, {'descr': '|u1', 'fortran_order': False,\n"
+    "                                         'shape': (600000000, 3)})\n"
+    "liar = h.getvalue() + bytes(range(100))\n"
+    "open(f'{d}/liar.npy', 'wb').write(liar)\n"
+    "with gzip.open(f'{d}/liar.npy.gz', 'wb') as f:\n"
+    "    f.write(liar)\n"
+    "# Larger than the first allocation a .gz gets (2^20 floats): it grows.\n"
+    "with gzip.open(f'{d}/long.npy.gz', 'wb', compresslevel=1) as f:\n"
+    "    np.save(f, np.arange(1500000, dtype=np.float32).reshape(500000, 3))\n";
 
 static int group_setup(void **state) {
   char cmd[1024], script[600];
@@ -306,6 +321,73 @@ static void test_redacted_and_limits(void **state) {
   check_msg(err.msg, "f8.npy: 272 bytes (shape (6, 3) of float64), more than the 100");
 }
 
+/* The process's address space now, in bytes (/proc/self/status VmSize). */
+static unsigned long long vm_size(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  unsigned long long kb = 0;
+  assert_non_null(f);
+  while (fgets(line, sizeof(line), f) != NULL)
+    if (sscanf(line, "VmSize: %llu kB", &kb) == 1)
+      break;
+  fclose(f);
+  assert_true(kb > 0);
+  return kb * 1024ULL;
+}
+
+/* A header is a claim: memory for the data follows the bytes the file
+ * actually holds, never the shape it announces. liar.npy announces 1.8 GB of
+ * uint8 (7.2 GB as float32) and holds 100 bytes; with 512 MiB of address
+ * space to spare, loading it (plain: the size is checked before anything is
+ * allocated; gzip: the arrays grow as data arrives) must say it is truncated,
+ * not run out of memory. The fuzzer found the plain case (an out-of-memory
+ * from tb_dataset_new with the header's shape). */
+static void test_header_claims_cost_nothing(void **state) {
+  static const char *const files[] = {"liar.npy", "liar.npy.gz"};
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    unsigned long long room = vm_size() + (512ULL << 20);
+    struct rlimit rl = {.rlim_cur = room, .rlim_max = room};
+    int bad = setrlimit(RLIMIT_AS, &rl) != 0;
+    for (int i = 0; i < 2 && !bad; i++) {
+      char p[600];
+      tb_dataset_t *d = (tb_dataset_t *)1;
+      tb_err_t err = {{0}};
+      int r = tb_npy_load(path_of(files[i], p, sizeof(p)), NULL, NULL, &d, &err);
+      if (r != TB_ETRUNCATED || d != NULL ||
+          strstr(err.msg, "truncated: its header announces shape (600000000, 3) of uint8 "
+                          "(1800000000 bytes of data) but the file holds 100") == NULL) {
+        fprintf(stderr, "%s: got %s: %s\n", files[i], tb_err_name(r), err.msg);
+        bad = 1;
+      }
+    }
+    _exit(bad);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* A .gz longer than the first allocation grows to hold it, every value in
+ * its place. */
+static void test_gzip_grows(void **state) {
+  char p[600];
+  tb_dataset_t *d = NULL;
+  tb_err_t err = {{0}};
+  assert_int_equal(tb_npy_load(path_of("long.npy.gz", p, sizeof(p)), NULL, NULL, &d, &err), 0);
+  assert_int_equal(d->n, 500000);
+  assert_int_equal(d->n_features, 3);
+  for (int i = 0; i < 1500000; i++)
+    if (d->x[i] != (float)i) {
+      print_error("element %d: got %g\n", i, (double)d->x[i]);
+      fail();
+    }
+  tb_dataset_free(d);
+}
+
 static void test_every_prefix_in_memory(void **state) {
   /* Any cut of a valid file fails cleanly (ASan checks every read). */
   char p[600];
@@ -340,6 +422,8 @@ int main(void) {
       cmocka_unit_test(test_refused_clearly),
       cmocka_unit_test(test_redacted_and_limits),
       cmocka_unit_test(test_every_prefix_in_memory),
+      cmocka_unit_test(test_header_claims_cost_nothing),
+      cmocka_unit_test(test_gzip_grows),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
