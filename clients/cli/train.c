@@ -2,6 +2,7 @@
  * epoch lines, or every event as a JSON line; with --connect (or
  * --state-dir) it also publishes the run to a daemon as a trainer
  * (trainbus/publisher.h), so the daemon's clients watch and steer it. */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include "cli.h"
 
 #include "trainbus/callbacks.h"
@@ -13,6 +14,8 @@
 #include "trainbus/dist.h"
 #endif
 
+#include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -39,6 +42,13 @@ static void usage(FILE *f) {
              "                       checkpoint_dir DIR, or by BackupAndRestore); later\n"
              "                       checkpoints go to DIR too\n"
              "  --demo NAME          without JOB: fashion-mnist (the default) or spirals\n"
+             "  --checkpoint-dir DIR write checkpoints to DIR (in place of the job's\n"
+             "                       checkpoint_dir, and after --resume's)\n"
+             "  --base-dir DIR       resolve the job's relative paths against DIR (default:\n"
+             "                       the job file's folder)\n"
+             "  --data-dir DIR       read and write only beneath DIR (repeatable, at most 8),\n"
+             "                       and keep file contents out of messages, as trainbusd\n"
+             "                       holds jobs submitted over the network\n"
              "  --rank-stats         under mpirun: each rank prints, on stderr at the end, its\n"
              "                       steps, bytes sent per step, seconds in the reduction\n"
              "                       and seconds waiting for the other ranks\n"
@@ -164,7 +174,11 @@ static int agree(tb_reduce_t *red, int r, const char *msg) {
 
 static int train(int argc, char **argv, tb_reduce_t *red) {
   int rank = red != NULL ? red->rank : 0, size = red != NULL ? red->size : 1;
-  const char *job_path = NULL, *save = NULL, *resume = NULL, *demo_name = NULL;
+  const char *job_path = NULL, *save = NULL, *resume = NULL, *demo_name = NULL, *base_dir = NULL;
+  const char *checkpoint_dir = NULL;
+  const char *data_dirs[8];
+  char data_real[8][4096];
+  int n_data_dirs = 0;
   int verbose = isatty(STDOUT_FILENO) ? 1 : 2, epochs = 0, threads = 0;
   bool json = false, print_job = false, rank_stats = false;
   tb_cli_conn_t conn = {.cmd = "trainbus train"};
@@ -210,6 +224,22 @@ static int train(int argc, char **argv, tb_reduce_t *red) {
       save = argv[++i];
     } else if (strcmp(a, "--resume") == 0 && has_val) {
       resume = argv[++i];
+    } else if (strcmp(a, "--checkpoint-dir") == 0 && has_val) {
+      checkpoint_dir = argv[++i];
+    } else if (strcmp(a, "--base-dir") == 0 && has_val) {
+      base_dir = argv[++i];
+    } else if (strcmp(a, "--data-dir") == 0 && has_val) {
+      if (n_data_dirs == 8) {
+        say("trainbus train: --data-dir: at most 8\n");
+        return TB_EXIT_USAGE;
+      }
+      /* Canonical, as the loaders compare them (realpath's). */
+      if (realpath(argv[++i], data_real[n_data_dirs]) == NULL) {
+        say("trainbus train: --data-dir %s: %s\n", argv[i], strerror(errno));
+        return TB_EXIT_USAGE;
+      }
+      data_dirs[n_data_dirs] = data_real[n_data_dirs];
+      n_data_dirs++;
     } else if (strcmp(a, "--demo") == 0 && has_val) {
       demo_name = argv[++i];
       if (strcmp(demo_name, "fashion-mnist") != 0 && strcmp(demo_name, "spirals") != 0) {
@@ -252,8 +282,15 @@ static int train(int argc, char **argv, tb_reduce_t *red) {
     }
     r = tb_job_parse(demo, strlen(demo), "demo", NULL, &job, &err);
   } else {
-    r = tb_job_load(job_path, &job, &err);
+    r = tb_job_load_from(job_path, base_dir, &job, &err);
   }
+  /* Held to the data directories as trainbusd holds a job submitted over the
+   * network (confined, contents kept out of messages; docs/JOB.md): what
+   * the daemon passes to the ranks it launches for such a job. */
+  tb_job_policy_t policy = {
+      .data = {.confined = true, .dirs = data_dirs, .n_dirs = n_data_dirs, .redact = true}};
+  if (r == 0 && n_data_dirs > 0)
+    r = tb_job_check(job, &policy, NULL, &err);
   if (agree(red, r, err.msg) != 0) {
     tb_job_free(job);
     return TB_EXIT_USAGE;
@@ -279,6 +316,8 @@ static int train(int argc, char **argv, tb_reduce_t *red) {
     job->fit.resume_from = resume_path;
     job->fit.checkpoint_dir = resume;
   }
+  if (checkpoint_dir != NULL)
+    job->fit.checkpoint_dir = checkpoint_dir;
   /* Rank 0 alone prints, writes and publishes (docs/DISTRIBUTED.md). */
   bool speak = rank == 0;
   job->fit.verbose = json || !speak ? 0 : verbose;

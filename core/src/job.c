@@ -702,6 +702,10 @@ fail:
 }
 
 int tb_job_load(const char *path, tb_job_t **out, tb_err_t *err) {
+  return tb_job_load_from(path, NULL, out, err);
+}
+
+int tb_job_load_from(const char *path, const char *base_dir, tb_job_t **out, tb_err_t *err) {
   *out = NULL;
   FILE *f = fopen(path, "rb");
   if (f == NULL)
@@ -719,11 +723,11 @@ int tb_job_load(const char *path, tb_job_t **out, tb_err_t *err) {
     return tb_errf(err, TB_EIO, "%s: read error", path);
   }
   char dir[1024];
-  snprintf(dir, sizeof(dir), "%s", path);
-  char *slash = strrchr(dir, '/');
+  snprintf(dir, sizeof(dir), "%s", base_dir != NULL ? base_dir : path);
+  char *slash = base_dir != NULL ? NULL : strrchr(dir, '/');
   if (slash != NULL)
     *slash = '\0';
-  else
+  else if (base_dir == NULL)
     snprintf(dir, sizeof(dir), ".");
   int r = tb_job_parse(buf, n, path, dir, out, err);
   free(buf);

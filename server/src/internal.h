@@ -186,6 +186,8 @@ struct tb_run_s {
   bool trained; /* train_end has been seen: what follows is evaluate or predict */
   bool thread_started, thread_joined;
   bool cancel_requested;
+  bool network;               /* submitted over the network (held to network_policy) */
+  struct tb_launch_s *launch; /* a distributed job's mpirun (launch.c); NULL otherwise */
   tb_ev_t **ring;          /* retained events: ring[(seq - 1) % cap] for seq > last_seq - n_ring */
   size_t ring_cap, n_ring; /* n_ring seq positions end at ring_end; a seq dropped at the
                               queue holds NULL */
@@ -546,5 +548,23 @@ void tb__trainer_status(const tb_run_t *r, tb_buf_t *b);
 /* server.c: the trainers' timer, started with the loop's other handles. */
 void tb__trainer_start(tb_server_t *s);
 void tb__trainer_free(tb_run_t *r);
+/* launch.c's run (its job distributed): a trainer's run that rank 0 will
+ * attach by its id; until then control requests are refused as starting. */
+int tb__trainer_adopt(tb_run_t *r, int ranks);
+/* mpirun has exited: a run not ended yet fails with reason. */
+void tb__trainer_launch_ended(tb_run_t *r, const char *reason);
+
+/* launch.c: a submitted distributed job, trained by mpirun */
+typedef struct tb_launch_s tb_launch_t;
+/* Starts mpirun for r (r->job->dist_ranks > 1, r->dir set). 0, or an error
+ * with its message (mpirun not found). */
+int tb__launch(tb_run_t *r, bool network, tb_err_t *err);
+/* mpirun is running, or its handles are not closed yet. */
+bool tb__launch_busy(const tb_run_t *r);
+int tb__launch_ranks(const tb_run_t *r);
+int tb__launch_pid(const tb_run_t *r); /* 0 once exited */
+/* SIGTERM to mpirun (it passes it to the ranks), SIGKILL 5 s later. */
+void tb__launch_kill(tb_run_t *r);
+void tb__launch_free(tb_run_t *r);
 
 #endif

@@ -81,6 +81,7 @@ void tb__run_free(tb_run_t *r) {
     fclose(r->log);
   tb_classes_free(r->classes);
   tb__trainer_free(r);
+  tb__launch_free(r);
   tb_job_free(r->job);
   free(r->job_json);
   tb_control_destroy(&r->control);
@@ -197,9 +198,23 @@ static void trainer_main(void *arg) {
 
 static bool busy(tb_server_t *s) {
   for (tb_run_t *r = s->runs; r != NULL; r = r->next)
-    if (r->thread_started && !r->thread_joined)
+    if ((r->thread_started && !r->thread_joined) || tb__launch_busy(r))
       return true;
   return false;
+}
+
+/* A distributed job's turn: mpirun trains it (launch.c), rank 0 publishes
+ * it as the run's trainer. */
+static void launch(tb_server_t *s, tb_run_t *r) {
+  tb_err_t err = {{0}};
+  if (tb__trainer_adopt(r, r->job->dist_ranks) != 0) {
+    tb__log(s, 0, "run %s: out of memory", r->id);
+    return;
+  }
+  if (tb__launch(r, r->network, &err) != 0) {
+    tb__log(s, 0, "run %s: %s", r->id, err.msg);
+    tb__trainer_launch_ended(r, err.msg);
+  }
 }
 
 void tb__runs_schedule(tb_server_t *s) {
@@ -209,6 +224,13 @@ void tb__runs_schedule(tb_server_t *s) {
     if (r->attached || (r->state != TB_RUN_QUEUED && !r->restored) || r->cancel_requested ||
         r->thread_started || r->job == NULL)
       continue;
+    if (r->job->dist_ranks > 1) {
+      if (r->launch == NULL && r->tr == NULL) {
+        launch(s, r);
+        return;
+      }
+      continue;
+    }
     if (r->state == TB_RUN_QUEUED)
       r->state = TB_RUN_RUNNING; /* the loop's view until the trainer's state event */
     tb__lockstep_recount(r);     /* subscriptions made before the run existed */
@@ -231,6 +253,7 @@ bool tb__runs_all_done(tb_server_t *s) {
  * fit(). */
 void tb__runs_shutdown(tb_server_t *s) {
   for (tb_run_t *r = s->runs; r != NULL; r = r->next) {
+    tb__launch_kill(r);
     if (!r->thread_started || r->thread_joined)
       continue;
     /* A lockstep wait in progress is not cut short: its subscribers stay
@@ -443,6 +466,7 @@ int tb__runs_restore(tb_server_t *s, tb_err_t *err) {
       return tb_errf(err, TB_ENOMEM, "restore: out of memory");
     }
     r->job = job;
+    r->network = network;
     r->epochs = job->fit.epochs;
     snprintf(path, sizeof(path), "%s/%s/events.ndjson", runs, id);
     load_log(r, path);

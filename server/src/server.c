@@ -675,6 +675,61 @@ int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *o
   return tb__server_submit(s, json, len, origin, base_dir, false, run_id, err);
 }
 
+/* The most ranks a distributed job may ask for (tb_server_opts_t.max_ranks). */
+static int max_ranks(const tb_server_t *s) {
+  if (s->o.max_ranks != 0)
+    return s->o.max_ranks;
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? (int)n : 1;
+}
+
+/* What a job meant for several ranks needs of this daemon before it is
+ * queued: launching allowed and within --max-ranks, a state directory (its
+ * job file and checkpoints live there), hosts only from the operator, and
+ * the memory of every rank on this machine within the budget. */
+static int distributed_check(const tb_server_t *s, const tb_job_t *job, bool network,
+                             const tb_job_policy_t *policy, const tb_job_estimate_t *est,
+                             tb_err_t *err) {
+  int max = max_ranks(s), n = job->dist_ranks;
+  if (max < 0)
+    return tb_errf(err, TB_EINVAL,
+                   "%s: distributed: this daemon launches no MPI jobs (--max-ranks 0); train it "
+                   "with `mpirun -n %d trainbus train JOB.json --connect ...` "
+                   "(docs/DISTRIBUTED.md)",
+                   job->origin, n);
+  if (n > max)
+    return tb_errf(err, TB_ERANGE,
+                   "%s: distributed.ranks: %d ranks, more than the %d this daemon launches a job "
+                   "on (--max-ranks)",
+                   job->origin, n, max);
+  if (s->state_dir[0] == '\0')
+    return tb_errf(err, TB_EINVAL,
+                   "%s: distributed: launching mpirun needs a state directory (the ranks read "
+                   "the job and write checkpoints there); start trainbusd with --state-dir",
+                   job->origin);
+  bool hosts = job->dist_hosts[0] != '\0' || job->dist_hostfile[0] != '\0';
+  if (network && hosts)
+    return tb_errf(err, TB_EINVAL,
+                   "%s: distributed.%s: a job submitted over the network runs on this machine "
+                   "only; other hosts are the operator's to name (trainbusd --mpirun-arg "
+                   "--hostfile --mpirun-arg FILE)",
+                   job->origin, job->dist_hosts[0] != '\0' ? "hosts" : "hostfile");
+  /* Every rank holds the whole job (its data, its model): on one machine
+   * they need n times one process's peak. */
+  if (!hosts && policy->max_bytes > 0 && (double)est->total * n > (double)policy->max_bytes) {
+    char one[32], all[32], lim[32];
+    tb_job_format_bytes(est->total, one, sizeof(one));
+    tb_job_format_bytes((uint64_t)((double)est->total * n), all, sizeof(all));
+    tb_job_format_bytes(policy->max_bytes, lim, sizeof(lim));
+    return tb_errf(err, TB_ERANGE,
+                   "%s: needs an estimated %s of memory per rank, %s for its %d ranks on this "
+                   "machine, more than the %s a job may use (%s)",
+                   job->origin, one, all, n, lim,
+                   policy->limit_name != NULL ? policy->limit_name : "the budget");
+  }
+  return 0;
+}
+
 int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *origin,
                       const char *base_dir, bool network, char run_id[64], tb_err_t *err) {
   tb_job_t *job = NULL;
@@ -682,17 +737,10 @@ int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *
   if (r != 0)
     return r;
   /* Budgeted, and its paths checked, before anything is allocated for it. */
-  if ((r = tb_job_check(job, network ? &s->network_policy : &s->operator_policy, NULL, err)) != 0) {
-    tb_job_free(job);
-    return r;
-  }
-  /* The daemon trains in its own threads; it does not launch mpirun (yet):
-   * a job meant for several ranks is refused rather than trained on one. */
-  if (job->dist_ranks > 1) {
-    r = tb_errf(err, TB_EINVAL,
-                "%s: distributed: this daemon does not launch MPI jobs; train it with "
-                "`mpirun -n %d trainbus train JOB.json` (docs/DISTRIBUTED.md)",
-                job->origin, job->dist_ranks);
+  const tb_job_policy_t *policy = network ? &s->network_policy : &s->operator_policy;
+  tb_job_estimate_t est;
+  if ((r = tb_job_check(job, policy, &est, err)) != 0 ||
+      (job->dist_ranks > 1 && (r = distributed_check(s, job, network, policy, &est, err)) != 0)) {
     tb_job_free(job);
     return r;
   }
@@ -713,6 +761,7 @@ int tb__server_submit(tb_server_t *s, const char *json, size_t len, const char *
     return tb_errf(err, TB_ENOMEM, "out of memory");
   }
   run->job = job;
+  run->network = network;
   run->epochs = job->fit.epochs;
   if (run->dir[0] != '\0') {
     /* Keep the job as given, and the folder its relative paths mean. */

@@ -50,6 +50,15 @@ static void usage(FILE *f) {
           "  --max-job-memory SIZE  refuse a job (submitted or --job) whose estimated memory\n"
           "                       at its peak is over SIZE (bytes, or with K, M, G, T: powers\n"
           "                       of 1024; default: half of this machine's memory)\n"
+          "  --max-ranks N        a job with \"distributed\": {\"ranks\": N} is trained by\n"
+          "                       mpirun, which the daemon launches and supervises; N at\n"
+          "                       most this (default: this machine's processors; 0: no\n"
+          "                       distributed jobs). docs/DISTRIBUTED.md\n"
+          "  --mpirun PATH        the mpirun to launch (default: mpirun on PATH)\n"
+          "  --mpirun-arg ARG     one more argument for mpirun, before -n (repeatable), e.g.\n"
+          "                       --mpirun-arg --oversubscribe\n"
+          "  --trainbus PATH      the trainbus CLI the ranks run (default: beside trainbusd,\n"
+          "                       else on PATH)\n"
           "  --epochs N           override the first job's epochs\n"
           "  --state-dir DIR      keep event logs, checkpoints, the tokens and the address\n"
           "                       here (default $TRAINBUS_STATE_DIR, else $HOME/.trainbus)\n"
@@ -222,6 +231,24 @@ int main(int argc, char **argv) {
                 argv[i]);
         return 2;
       }
+    } else if (strcmp(a, "--max-ranks") == 0 && v) {
+      char *end;
+      long n = strtol(argv[++i], &end, 10);
+      if (*end != '\0' || end == argv[i] || n < 0 || n > 4096) {
+        fprintf(stderr, "trainbusd: %s: expected ranks in [0, 4096], got '%s'\n", a, argv[i]);
+        return 2;
+      }
+      o.max_ranks = n == 0 ? -1 : (int)n;
+    } else if (strcmp(a, "--mpirun") == 0 && v) {
+      o.mpirun = argv[++i];
+    } else if (strcmp(a, "--mpirun-arg") == 0 && v) {
+      if (o.n_mpirun_args == TB_SERVER_MAX_MPIRUN_ARGS) {
+        fprintf(stderr, "trainbusd: at most %d --mpirun-arg\n", TB_SERVER_MAX_MPIRUN_ARGS);
+        return 2;
+      }
+      o.mpirun_args[o.n_mpirun_args++] = argv[++i];
+    } else if (strcmp(a, "--trainbus") == 0 && v) {
+      o.trainbus = argv[++i];
     } else if (strcmp(a, "--bridge") == 0 && v) {
       bridge_url = argv[++i];
     } else if (strcmp(a, "--bridge-arg") == 0 && v && n_bridge_args < 32) {

@@ -395,7 +395,13 @@ static tb_run_t *attach_again(conn_t *c, const tb_req_t *q) {
   t->lost_at_ms = 0;
   t->told = false;
   describe(r, q);
-  if (t->state == TB_RUN_DETACHED) {
+  if (t->state == TB_RUN_QUEUED) {
+    /* The run the daemon launched mpirun for (launch.c): rank 0 is here. */
+    char why[320];
+    snprintf(why, sizeof(why), "started on %d ranks (mpirun pid %d); rank 0 attached as %s",
+             tb__launch_ranks(r), tb__launch_pid(r), c->label);
+    push_state(r, TB_RUN_RUNNING, why);
+  } else if (t->state == TB_RUN_DETACHED) {
     char why[320];
     snprintf(why, sizeof(why), "attached again by %s (its seq %lld, the run holds %lld)", c->label,
              (long long)(q->attach.has_last_seq ? q->attach.last_seq : -1), (long long)t->tseq);
@@ -581,6 +587,13 @@ void tb__trainer_publish(conn_t *c, const tb_req_t *q) {
 bool tb__trainer_ready(conn_t *c, const tb_req_t *q, tb_run_t *r) {
   if (trainer_conn(r) != NULL)
     return true;
+  if (r->tr->state == TB_RUN_QUEUED && r->launch != NULL) {
+    tb__reply_error(c, q, 0, -1, TB_PROTO_EINVALID_STATE,
+                    "%s: run %s is starting on %d ranks (mpirun pid %d); it takes control once "
+                    "its rank 0 attaches (cancel ends it now)",
+                    tb_method_name(q->method), r->id, tb__launch_ranks(r), tb__launch_pid(r));
+    return false;
+  }
   tb__reply_error(c, q, 0, -1, TB_PROTO_EINVALID_STATE,
                   "%s: run %s has no trainer connected (%s); it takes control once its trainer "
                   "attaches again",
@@ -733,6 +746,7 @@ void tb__trainer_cancel(tb_run_t *r, const char *by) {
     tb__trainer_forward(r, "stop", false, 0, by, NULL);
     return;
   }
+  tb__launch_kill(r); /* ranks starting: they are not needed */
   if (t->ls_deadline_ms != 0)
     ls_clear(r);
   t->lost_at_ms = 0;
@@ -832,10 +846,44 @@ void tb__trainer_free(tb_run_t *r) {
   r->tr = NULL;
 }
 
+int tb__trainer_adopt(tb_run_t *r, int ranks) {
+  trun_t *t = calloc(1, sizeof(*t));
+  if (t == NULL)
+    return -1;
+  t->state = TB_RUN_QUEUED;
+  t->checkpoints = r->dir[0] != '\0'; /* launch.c gives the ranks the run's folder */
+  r->source = TB_SOURCE_TRAINER;
+  r->tr = t;
+  tb__log(r->srv, 1, "run %s: to be trained on %d ranks by mpirun", r->id, ranks);
+  return 0;
+}
+
+void tb__trainer_launch_ended(tb_run_t *r, const char *reason) {
+  trun_t *t = r->tr;
+  if (t == NULL || tb_run_state_is_final(t->state))
+    return;
+  if (t->ls_deadline_ms != 0)
+    ls_clear(r);
+  t->lost_at_ms = 0;
+  t->conn_id = 0;
+  tb_run_state_t final = r->cancel_requested ? TB_RUN_CANCELLED : TB_RUN_FAILED;
+  if (final == TB_RUN_FAILED)
+    snprintf(r->fail_msg, sizeof(r->fail_msg), "%s", reason);
+  tb__pending_fail(r, "ended before the change could be applied");
+  push_state(r, final, final == TB_RUN_FAILED ? reason : NULL);
+  tb__log(r->srv, final == TB_RUN_FAILED ? 0 : 1, "run %s %s: %s", r->id, tb_run_state_name(final),
+          reason);
+  arm(r->srv);
+}
+
 /* For status: what attach said beyond the run object. */
 void tb__trainer_status(const tb_run_t *r, tb_buf_t *b) {
   if (r->tr == NULL)
     return;
+  if (tb__launch_ranks(r) > 0) {
+    TB_LIT(b, ",\"ranks\":");
+    tb_json_int(b, tb__launch_ranks(r));
+  }
   if (r->tr->steps > 0) {
     TB_LIT(b, ",\"steps\":");
     tb_json_int(b, r->tr->steps);

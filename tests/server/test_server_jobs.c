@@ -313,12 +313,18 @@ static void test_budget_refusals(void **state) {
   has(err, "needs an estimated ");
   has(err, "data 19.0 GiB");
   free(err);
-  /* A job for several MPI ranks is refused, not trained on one (issue 15). */
+  /* A job for more MPI ranks than the daemon launches (by default, one per
+   * processor) is refused (issue 15; tests/dist/test_submitted.py trains the
+   * ones it takes). */
   err = refused(&f, "{\"data\":{\"source\":\"spirals\"},\"model\":{\"layers\":[{\"type\":"
                     "\"dense\",\"units\":2,\"activation\":\"softmax\"}]},\"loss\":"
-                    "\"sparse_categorical_crossentropy\",\"distributed\":{\"ranks\":2}}");
-  has(err, "distributed: this daemon does not launch MPI jobs; train it with `mpirun -n 2 "
-           "trainbus train JOB.json`");
+                    "\"sparse_categorical_crossentropy\",\"distributed\":{\"ranks\":1024}}");
+  char want[160];
+  snprintf(want, sizeof(want),
+           "distributed.ranks: 1024 ranks, more than the %ld this daemon launches a job on "
+           "(--max-ranks)",
+           sysconf(_SC_NPROCESSORS_ONLN));
+  has(err, want);
   free(err);
 
   /* A large file (sparse: it costs no disk), and one over any bound. */

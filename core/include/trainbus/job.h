@@ -195,8 +195,14 @@ typedef struct tb_job_s {
  * file name) and `base_dir` resolves relative data paths (may be NULL). */
 int tb_job_parse(const char *text, size_t len, const char *origin, const char *base_dir,
                  tb_job_t **out, tb_err_t *err);
-/* Reads and parses a job file. */
+/* Reads and parses a job file; its relative paths resolve against the
+ * file's folder. */
 int tb_job_load(const char *path, tb_job_t **out, tb_err_t *err);
+/* The same with relative paths resolved against base_dir (NULL: the file's
+ * folder): a job kept away from where it was written (trainbusd keeps a
+ * submitted job in its run's folder, and launches mpirun on it with the
+ * folder the job came with). */
+int tb_job_load_from(const char *path, const char *base_dir, tb_job_t **out, tb_err_t *err);
 /* Estimates the job's memory at its peak into *est (see tb_job_estimate_t),
  * reading the sizes and headers of its data files (at most their first MiB)
  * as the job's policy allows. 0, or the error of a file that cannot be read

@@ -28,7 +28,7 @@
 typedef struct tb_server_s tb_server_t;
 typedef struct tb_run_s tb_run_t;
 
-enum { TB_SERVER_MAX_LISTEN = 8, TB_SERVER_MAX_DATA_DIRS = 16 };
+enum { TB_SERVER_MAX_LISTEN = 8, TB_SERVER_MAX_DATA_DIRS = 16, TB_SERVER_MAX_MPIRUN_ARGS = 32 };
 
 typedef struct tb_server_opts_s {
   /* "HOST:PORT" (port 0: any free port) or a Unix socket path (contains '/'). */
@@ -97,6 +97,28 @@ typedef struct tb_server_opts_s {
    * machine's memory, or of the memory limit of the daemon's control group
    * when that is lower (tb_server_default_job_memory). */
   uint64_t max_job_memory;
+  /* Jobs with "distributed": {"ranks": N} (docs/DISTRIBUTED.md): the
+   * daemon launches, when the run's turn comes (one run at a time, as its
+   * own), `MPIRUN MPIRUN_ARGS... -n N [--host H | --hostfile F] -x
+   * TRAINBUS_TOKEN TRAINBUS train STATE_DIR/runs/ID/job.json --base-dir DIR
+   * --connect ADDR --run ID --verbose 0`, with the trainer token in the
+   * environment (never on a command line), and supervises it: rank 0
+   * attaches the run it was launched for and publishes it (the run's source
+   * is "trainer"), controls go to it, and when mpirun exits before the run
+   * has ended the run fails with mpirun's reason (the rank that died). A
+   * job submitted over the network also gets --data-dir for each data
+   * directory (the ranks are held as the daemon would hold it) and may not
+   * name hosts. Needs a state directory. mpirun NULL: "mpirun" on PATH;
+   * trainbus NULL: "trainbus" beside this program, else on PATH;
+   * mpirun_args: given to mpirun first (--oversubscribe, --mca ..., a
+   * --hostfile of the operator's). max_ranks: the most ranks a job may ask
+   * for; 0 (default): this machine's online processors; negative: no
+   * distributed jobs. A job's memory estimate counts once per rank on this
+   * machine (all of them unless the job names hosts). */
+  const char *mpirun, *trainbus;
+  const char *mpirun_args[TB_SERVER_MAX_MPIRUN_ARGS];
+  int n_mpirun_args;
+  int max_ranks;
 } tb_server_opts_t;
 
 void tb_server_opts_defaults(tb_server_opts_t *o);
