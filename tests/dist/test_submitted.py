@@ -274,6 +274,74 @@ class SubmittedTest(unittest.TestCase):
         # the queue goes on
         dm.wait_state(nxt, ("finished",), 180)
 
+    def test_remote_plateau_equals_local(self):
+        """A lockstep remote ReduceLROnPlateau (Python, Keras's rule with
+        min_delta 0: trainbus.RemoteCallback) on a submitted 4-rank run gives
+        the rate trajectory of the job's own ReduceLROnPlateau on 4 ranks:
+        every epoch's rate, and every epoch's logs, alike. The remote
+        callback subscribes while the run waits in the queue behind another
+        (the lockstep file in the state directory says it has), so no epoch
+        goes by before it is there."""
+        base = spirals(self.d, epochs=10, ranks=4, n_per_class=500)
+        base["optimizer"] = {"name": "adam", "learning_rate": 0.05}
+        local = dict(base, callbacks=[{"type": "ReduceLROnPlateau", "monitor": "val_loss",
+                                       "factor": 0.5, "patience": 1, "min_delta": 0}])
+        rc, out, err = test_dist.run(test_dist.mpi_cmd(4, [CLI, "train", write_job(
+            self.d, "local.json", local), "--json"]))
+        self.assertEqual(rc, 0, err)
+        want = [e for e in test_dist.events(out) if e["event"] == "epoch_end"]
+
+        dm = self.daemon("--max-ranks", "4")
+        blocker = self.submit(dm, dict(spirals(self.d, epochs=100000, ranks=1)), "block.json")
+        run = self.submit(dm, base, "remote.json")
+        code = (
+            "import math, sys, trainbus\n"
+            "class ReduceLROnPlateau(trainbus.RemoteCallback):\n"
+            "    # keras/src/callbacks/reduce_lr_on_plateau.py, mode min, min_delta 0\n"
+            "    def __init__(self):\n"
+            "        super().__init__(); self.best = math.inf; self.wait = 0\n"
+            "    def on_epoch_end(self, epoch, logs=None):\n"
+            "        cur = logs['val_loss']\n"
+            "        if cur < self.best:\n"
+            "            self.best = cur; self.wait = 0\n"
+            "            return\n"
+            "        self.wait += 1\n"
+            "        if self.wait >= 1:\n"
+            "            self.model.optimizer.learning_rate = logs['learning_rate'] * 0.5\n"
+            "            self.wait = 0\n"
+            "print(trainbus.run_callback(ReduceLROnPlateau(), run=sys.argv[1],\n"
+            "      state_dir=sys.argv[2], lockstep=['epoch_end']))\n")
+        cb = subprocess.Popen([sys.executable, "-c", code, run, dm.state],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, TRAINBUS_TOKEN="T", PYTHONPATH=os.path.join(
+                                  os.environ["TB_SOURCE_DIR"], "clients", "python")))
+        try:
+            lock = os.path.join(dm.state, "lockstep")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                    os.path.exists(lock) and '"lockstep":' in open(lock).read()):
+                time.sleep(0.05)
+            self.assertIn('"lockstep":', open(lock).read())
+            self.assertEqual(dm.status(run).get("state"), "queued")
+            r = dm.cli("cancel", "--run", blocker)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out, err = cb.communicate(timeout=300)
+        finally:
+            if cb.poll() is None:
+                cb.kill()
+                cb.wait()
+        self.assertEqual(cb.returncode, 0, err)
+        self.assertEqual(out.strip(), "finished", err)
+        r = dm.cli("history", "--run", run, "--json")
+        got = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+        got = [e for e in got if e["event"] == "epoch_end"]
+        rates = lambda es: [e["logs"]["learning_rate"] for e in es]
+        self.assertEqual(rates(got), rates(want))
+        self.assertGreater(len(set(rates(want))), 1, "the rate was never reduced")
+        for g, w in zip(got, want):
+            self.assertEqual(g["logs"], w["logs"], "epoch %d" % w["epoch"])
+        print("remote ReduceLROnPlateau on 4 ranks, rates by epoch:", rates(got))
+
     def test_refused_at_submit(self):
         dm = self.daemon("--max-ranks", "2", "--max-job-memory", "4M")
 
