@@ -251,6 +251,10 @@ int tb__launch(tb_run_t *r, bool network, tb_err_t *err) {
   /* Open MPI gives ranks on other hosts only the variables named. */
   argv[n++] = "-x";
   argv[n++] = "TRAINBUS_TOKEN";
+  if (getenv("TRAINBUS_CACERT") != NULL) { /* a tls:// address's CA */
+    argv[n++] = "-x";
+    argv[n++] = "TRAINBUS_CACERT";
+  }
   argv[n++] = cli;
   argv[n++] = "train";
   argv[n++] = jobfile;
