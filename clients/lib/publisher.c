@@ -653,15 +653,19 @@ static void on_control(tb_publisher_t *p, const tb_smsg_t *m) {
     return;
   }
   uint64_t ticket = 0;
-  /* Mapped before the block can apply it (the note may come at once). */
+  /* Mapped, with the ticket the block gives it, before its note can be
+   * matched: the loop may apply the request at once, and its note (on_note,
+   * on the loop's thread) waits for mu, which is held until the ticket is
+   * in the map. A note matched in between would find no request and answer
+   * id 0, leaving the daemon's request waiting for the run's end. The block
+   * calls its notify with its own lock released, so taking the block's lock
+   * under mu here cannot deadlock with on_note. */
   pthread_mutex_lock(&p->mu);
   if (p->n_map == (int)(sizeof(p->map) / sizeof(p->map[0])))
     p->map[0] = p->map[--p->n_map]; /* the oldest never came back */
   int slot = p->n_map++;
   p->map[slot].id = t->id;
   p->map[slot].action = a;
-  p->map[slot].ticket = UINT64_MAX;
-  pthread_mutex_unlock(&p->mu);
   switch (a) {
   case TB_CONTROL_SET_LR:
     tb_control_set_lr_ticket(p->control, t->value, t->by, &ticket);
@@ -679,10 +683,7 @@ static void on_control(tb_publisher_t *p, const tb_smsg_t *m) {
     tb_control_checkpoint_ticket(p->control, t->by, &ticket);
     break;
   }
-  pthread_mutex_lock(&p->mu);
-  for (int i = 0; i < p->n_map; i++)
-    if (p->map[i].id == t->id)
-      p->map[i].ticket = ticket;
+  p->map[slot].ticket = ticket;
   pthread_mutex_unlock(&p->mu);
 }
 
