@@ -227,7 +227,10 @@ class SubmittedTest(unittest.TestCase):
         while rank_pids() and time.monotonic() < deadline:
             time.sleep(0.2)
         self.assertEqual(rank_pids(), {}, "ranks left after the run ended")
-        self.assertIn("exited with status 0", dm.text())
+        deadline = time.monotonic() + 30  # mpirun itself outlives its ranks a moment
+        while "exited with status 0" not in dm.text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertIn("mpirun (4 ranks) exited with status 0", dm.text())
         r = dm.cli("history", "--run", run, "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         hist = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
