@@ -554,6 +554,10 @@ int tb__trainer_adopt(tb_run_t *r, int ranks);
 /* mpirun has exited: a run not ended yet fails with reason. */
 void tb__trainer_launch_ended(tb_run_t *r, const char *reason);
 
+/* The program `name` beside this executable (installed together), else
+ * `name` for a PATH lookup, into out. (launch.c; supervise.c uses it too.) */
+void tb__beside_self(const char *name, char *out, size_t cap);
+
 /* launch.c: a submitted distributed job, trained by mpirun */
 typedef struct tb_launch_s tb_launch_t;
 /* Starts mpirun for r (r->job->dist_ranks > 1, r->dir set). 0, or an error

@@ -60,27 +60,30 @@ struct tb_launch_s {
 
 /* ---- command line ------------------------------------------------------------ */
 
-/* `trainbus` beside this executable (trainbusd installs there), else the one
- * on PATH. */
-static void cli_path(const tb_server_t *s, char *out, size_t cap) {
-  if (s->o.trainbus != NULL) {
-    snprintf(out, cap, "%s", s->o.trainbus);
-    return;
-  }
+void tb__beside_self(const char *name, char *out, size_t cap) {
   char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 16);
-  if (n > 0) {
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 64);
+  if (n > 0 && strlen(name) < 64) {
     self[n] = '\0';
     char *slash = strrchr(self, '/');
     if (slash != NULL) {
-      strcpy(slash + 1, "trainbus");
+      strcpy(slash + 1, name);
       if (access(self, X_OK) == 0) {
         snprintf(out, cap, "%s", self);
         return;
       }
     }
   }
-  snprintf(out, cap, "trainbus");
+  snprintf(out, cap, "%s", name);
+}
+
+/* The CLI the ranks run: --trainbus, else `trainbus` beside this
+ * executable (installed together), else the one on PATH. */
+static void cli_path(const tb_server_t *s, char *out, size_t cap) {
+  if (s->o.trainbus != NULL)
+    snprintf(out, cap, "%s", s->o.trainbus);
+  else
+    tb__beside_self("trainbus", out, cap);
 }
 
 /* The folder the job's relative paths mean, as submit kept it. */

@@ -101,20 +101,10 @@ static void start(tb__supervise_t *sv) {
           sv->argv[sv->argc - 1]);
 }
 
-/* trainbus-bridge beside this executable, else the one on PATH. */
 static char *bridge_path(void) {
-  char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 32);
-  if (n > 0) {
-    self[n] = '\0';
-    char *slash = strrchr(self, '/');
-    if (slash != NULL) {
-      strcpy(slash + 1, "trainbus-bridge");
-      if (access(self, X_OK) == 0)
-        return strdup(self);
-    }
-  }
-  return strdup("trainbus-bridge");
+  char path[4096];
+  tb__beside_self("trainbus-bridge", path, sizeof(path));
+  return strdup(path);
 }
 
 int tb__supervise_start(tb__supervise_t *sv, tb_server_t *s, const char *url,

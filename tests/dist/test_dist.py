@@ -75,6 +75,26 @@ def mpi_cmd(n, argv):
             "--mca", "mpi_yield_when_idle", "1"] + argv
 
 
+def kill_session(leader, *more):
+    """SIGKILL to every process of the session leader started (mpirun and its
+    ranks, each rank its own process group in mpirun's session), to leader
+    itself and to the pids in more, by PID."""
+    pids = [leader] + list(more)
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                sid = int(f.read().rsplit(")", 1)[1].split()[4])
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid == leader:
+            pids.append(int(pid))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 class Proc:
     """A process in its own session, killed with its group by PID."""
 
@@ -83,22 +103,8 @@ class Proc:
                                   env=env(), start_new_session=True, text=True)
 
     def kill(self):
-        """mpirun and its ranks (each rank is its own process group in
-        mpirun's session): every process of the session, by PID."""
-        pids = [self.p.pid]
-        for pid in os.listdir("/proc"):
-            try:
-                with open("/proc/%s/stat" % pid) as f:
-                    sid = int(f.read().rsplit(")", 1)[1].split()[4])
-            except (OSError, ValueError, IndexError):
-                continue
-            if sid == self.p.pid:
-                pids.append(int(pid))
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """mpirun and its ranks: every process of the session, by PID."""
+        kill_session(self.p.pid)
 
     def wait(self, timeout):
         try:

@@ -122,20 +122,7 @@ class Daemon:
             self.p.wait(30)
         except subprocess.TimeoutExpired:
             pass
-        pids = [self.p.pid] + list(rank_pids().values())
-        for pid in os.listdir("/proc"):
-            try:
-                with open("/proc/%s/stat" % pid) as f:
-                    sid = int(f.read().rsplit(")", 1)[1].split()[4])
-            except (OSError, ValueError, IndexError):
-                continue
-            if sid == self.p.pid:
-                pids.append(int(pid))
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        test_dist.kill_session(self.p.pid, *rank_pids().values())
         self.p.wait()
 
 
