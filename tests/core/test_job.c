@@ -395,6 +395,54 @@ static void test_distributed(void **state) {
 #undef DJOB
 }
 
+/* A message is one line whatever the document holds (error.h): a key, a
+ * filepath pattern or a path with a control character in it is shown with
+ * that character as \xNN. fuzz_job's first finding: an unknown key with a
+ * carriage return in it came back in the message as it was. */
+static void test_messages_one_line(void **state) {
+  (void)state;
+  tb_job_t *job = NULL;
+  tb_err_t err = {{0}};
+  const char *key = "{\"na\\rme\":\"x\"}";
+  assert_int_equal(tb_job_parse(key, strlen(key), "j", NULL, &job, &err), TB_EINVAL);
+  assert_null(job);
+  assert_string_equal(err.msg, "j: na\\x0dme: unknown field (known: name, seed, threads, data, "
+                               "model, loss, metrics, optimizer, epochs, batch_size, "
+                               "validation_split, validation_freq, shuffle, verbose, callbacks, "
+                               "checkpoint_dir, checkpoint_every, distributed)");
+  /* Python's message for the pattern quotes its spec, escape and all. */
+  const char *pattern = "{\"data\":{\"source\":\"seed\"},\"model\":{\"layers\":[{\"type\":"
+                        "\"dense\",\"units\":1}]},\"loss\":\"mse\",\"callbacks\":[{\"type\":"
+                        "\"ModelCheckpoint\",\"filepath\":\"w-{epoch:\\u001b[2J}\"}]}";
+  assert_int_equal(tb_job_parse(pattern, strlen(pattern), "j", NULL, &job, &err), TB_EINVAL);
+  assert_null(strchr(err.msg, 0x1b));
+  assert_non_null(strstr(err.msg, "filepath \"w-{epoch:\\x1b[2J}\""));
+  /* A path that a confined policy refuses is named in its message. */
+  const char *path = "{\"data\":{\"source\":\"seed\"},\"model\":{\"layers\":[{\"type\":\"dense\","
+                     "\"units\":1}]},\"loss\":\"mse\",\"checkpoint_dir\":\"/elsewhere/a\\nb\"}";
+  assert_int_equal(tb_job_parse(path, strlen(path), "j", "/data", &job, &err), 0);
+  static const char *const dirs[] = {"/data"};
+  tb_job_policy_t net = {.data = {.confined = true, .dirs = dirs, .n_dirs = 1, .redact = true}};
+  assert_int_equal(tb_job_check(job, &net, NULL, &err), TB_EINVAL);
+  assert_string_equal(err.msg,
+                      "j: checkpoint_dir: /elsewhere/a\\x0ab: outside the data directories");
+  tb_job_free(job);
+
+  /* tb_errf itself: every control character, DEL too; the message may be
+   * an argument; an escape that does not fit is left out whole. */
+  assert_int_equal(tb_errf(&err, TB_EINVAL, "a%sb", "\t\x1b\x7f"), TB_EINVAL);
+  assert_string_equal(err.msg, "a\\x09\\x1b\\x7fb");
+  tb_errf(&err, TB_EINVAL, "again: %s", err.msg);
+  assert_string_equal(err.msg, "again: a\\x09\\x1b\\x7fb");
+  char longer[sizeof(err.msg)];
+  memset(longer, 'a', sizeof(longer) - 3);
+  longer[sizeof(longer) - 3] = '\n';
+  longer[sizeof(longer) - 2] = '\0';
+  tb_errf(&err, TB_EINVAL, "%s", longer);
+  assert_int_equal(strlen(err.msg), sizeof(longer) - 3);
+  assert_null(strchr(err.msg, '\\'));
+}
+
 int main(void) {
   tb_set_num_threads(1);
   const struct CMUnitTest tests[] = {
@@ -404,6 +452,7 @@ int main(void) {
       cmocka_unit_test(test_prepare_errors),
       cmocka_unit_test(test_job_callbacks),
       cmocka_unit_test(test_distributed),
+      cmocka_unit_test(test_messages_one_line),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -47,7 +47,11 @@ const char *tb_strerror(int code);
 const char *tb_err_name(int code);
 
 /* Writes a printf-style message into err (if err is not NULL) and returns code,
- * so callers can write `return tb_errf(err, TB_EFORMAT, "...", ...);`. */
+ * so callers can write `return tb_errf(err, TB_EFORMAT, "...", ...);`. The
+ * message is one line: any control character (below 0x20, and 0x7f) the
+ * formatted text holds, such as a line break in a name an argument brings
+ * in, is written as the four characters \xNN. An argument may point into
+ * err->msg itself. */
 int tb_errf(tb_err_t *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif
