@@ -101,6 +101,19 @@ static int parse_csv_columns(parse_t *p, const cJSON *d, const char *path, tb_da
     s->csv.features = s->columns;
     s->csv.n_features = n;
   }
+  /* A name is looked up in the header: without one, the loader would
+   * refuse the job only once it ran. */
+  if (s->csv.header == TB_CSV_HEADER_NO) {
+    const char *named = s->csv.label_name != NULL ? "label_column" : NULL;
+    for (int i = 0; named == NULL && i < s->csv.n_features; i++)
+      if (s->columns[i].name != NULL)
+        named = "feature_columns";
+    if (named != NULL) {
+      tb__jp_join(fp, sizeof(fp), path, named);
+      return tb_errf(p->err, TB_EINVAL, "%s: %s: names a column, but header is false", p->origin,
+                     fp);
+    }
+  }
   const cJSON *m = cJSON_GetObjectItemCaseSensitive(d, "missing");
   if (m != NULL) {
     const cJSON *fill = cJSON_GetObjectItemCaseSensitive(m, "fill");
@@ -189,9 +202,11 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
     char delim[8] = ",";
     if ((r = tb__jp_get_str(p, d, path, "delimiter", delim, sizeof(delim), false)) != 0)
       return r;
-    if (strlen(delim) != 1) {
+    /* The loader's rule (tb_csv_opts_t): a line break or a quote would end
+     * or open a field, never separate one. */
+    if (strlen(delim) != 1 || strchr("\n\r\"", delim[0]) != NULL) {
       tb__jp_join(fp, sizeof(fp), path, "delimiter");
-      return tb__jp_bad(p, fp, "a single character",
+      return tb__jp_bad(p, fp, "a single character, not a line break or a quote",
                         cJSON_GetObjectItemCaseSensitive(d, "delimiter"));
     }
     s->csv.delimiter = delim[0];

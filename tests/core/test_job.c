@@ -130,6 +130,18 @@ static void test_bad_jobs(void **state) {
        "\"\""},
       {CSV_DATA("\"header\":\"yes\"") ",\"loss\":\"mse\"}",
        "j: data.header: expected true or false (leave it out to detect the header), got \"yes\""},
+      /* What the CSV loader refuses as an argument is refused here, before
+       * the job is queued (an invariant of fuzz_job). */
+      {CSV_DATA("\"delimiter\":\"\\n\"") ",\"loss\":\"mse\"}",
+       "j: data.delimiter: expected a single character, not a line break or a quote, got "
+       "\"\\n\""},
+      {CSV_DATA("\"delimiter\":\"\\\"\"") ",\"loss\":\"mse\"}",
+       "j: data.delimiter: expected a single character, not a line break or a quote, got "
+       "\"\\\"\""},
+      {CSV_DATA("\"header\":false,\"label_column\":\"species\"") ",\"loss\":\"mse\"}",
+       "j: data.label_column: names a column, but header is false"},
+      {CSV_DATA("\"header\":false,\"feature_columns\":[0,\"b\"]") ",\"loss\":\"mse\"}",
+       "j: data.feature_columns: names a column, but header is false"},
       {CSV_DATA("\"label_column\":\"\"") ",\"loss\":\"mse\"}",
        "j: data.label_column: expected a column's index or its name (1 to 255 bytes), got \"\""},
       {CSV_DATA("\"label_column\":1.5") ",\"loss\":\"mse\"}",

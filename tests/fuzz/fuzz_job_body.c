@@ -158,6 +158,13 @@ static void check_spec(const tb_data_spec_t *s, bool main_set) {
     CHECK(s->csv.delimiter != '\0' && s->csv.delimiter != '\n' && s->csv.delimiter != '\r' &&
           s->csv.delimiter != '"');
     CHECK(s->csv.skip_rows >= 0);
+    CHECK(s->csv.header >= TB_CSV_HEADER_AUTO && s->csv.header <= TB_CSV_HEADER_NO);
+    /* Names are looked up in a header: none to look in is refused. */
+    if (s->csv.header == TB_CSV_HEADER_NO) {
+      CHECK(s->csv.label_name == NULL);
+      for (int i = 0; i < s->csv.n_features; i++)
+        CHECK(s->csv.features[i].name == NULL);
+    }
     CHECK(s->csv.label_name == NULL ||
           (s->csv.label_name == s->label_name && terminated(s->label_name, sizeof(s->label_name)) &&
            s->label_name[0] != '\0'));
