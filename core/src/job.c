@@ -189,6 +189,13 @@ static int parse_data(parse_t *p, const cJSON *d, const char *path, uint64_t see
         (r = tb__jp_get_int(p, d, path, "classes", 2, 100000, false, &k)) != 0 ||
         (r = tb__jp_get_int(p, d, path, "features", 1, 100000, false, &f)) != 0)
       return r;
+    /* tb_gen_blobs's bound: a data set (and the centers) indexable by int. */
+    if ((double)n * (double)f > INT32_MAX || (double)k * (double)f > INT32_MAX)
+      return tb_errf(p->err, TB_EINVAL,
+                     "%s: %s: %ld %s of %ld features are more than the %d values a data set may "
+                     "hold",
+                     p->origin, path, n * f > k * f ? n : k, n * f > k * f ? "rows" : "centers", f,
+                     INT32_MAX);
     s->n = (int)n;
     s->classes = (int)k;
     s->features = (int)f;
@@ -477,11 +484,28 @@ static int parse_loss(parse_t *p, const cJSON *root, tb_compile_opts_t *c) {
                           it);
       if (i >= TB_METRICS_MAX)
         return tb_errf(p->err, TB_EINVAL, "%s: metrics: at most %d", p->origin, TB_METRICS_MAX);
+      /* tb_model_compile's rule, decided here so that such a job is refused
+       * before it is queued rather than when it starts. */
+      if (c->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY && (bit & ~TB_METRIC_ACCURACY))
+        return tb_errf(p->err, TB_EINVAL,
+                       "%s: %s: mse and mae need dense targets, not the sparse labels of "
+                       "sparse_categorical_crossentropy",
+                       p->origin, path);
       c->metrics |= bit;
       snprintf(c->metric_names[i], sizeof(c->metric_names[i]), "%s", it->valuestring);
       c->n_metric_names = i + 1;
     }
   }
+  /* As tb_model_compile: a crossentropy over classes needs two output units
+   * at least. The last Dense layer decides them (without one, the data's
+   * width does, known only once loaded). */
+  int k = p->job != NULL ? tb__job_n_outputs(p->job) : 0;
+  if ((c->loss == TB_LOSS_CATEGORICAL_CROSSENTROPY ||
+       c->loss == TB_LOSS_SPARSE_CATEGORICAL_CROSSENTROPY) &&
+      k == 1)
+    return tb_errf(p->err, TB_EINVAL,
+                   "%s: loss: %s needs at least 2 output units, the last dense layer has 1",
+                   p->origin, tb_loss_name(c->loss));
   return 0;
 }
 

@@ -296,11 +296,12 @@ static void test_budget_refusals(void **state) {
           "\"units\":2,\"activation\":\"softmax\"}]},\"loss\":\"sparse_categorical_crossentropy\","
           "\"batch_size\":1048576}",
           1.0, (const char *const[]){"layer buffers 48.", "(1048576 rows)", NULL});
-  /* Huge generated data: 10^8 rows of 10^5 features. */
-  refused("{\"data\":{\"source\":\"blobs\",\"n\":100000000,\"features\":100000},\"model\":"
+  /* Huge generated data: 2 * 10^7 rows of 100 features (more values than
+   * that, past 2^31 - 1, are refused when the job is parsed). */
+  refused("{\"data\":{\"source\":\"blobs\",\"n\":20000000,\"features\":100},\"model\":"
           "{\"layers\":[{\"type\":\"dense\",\"units\":3,\"activation\":\"softmax\"}]},\"loss\":"
           "\"sparse_categorical_crossentropy\"}",
-          1.0, (const char *const[]){"data 36.4 TiB", NULL});
+          1.0, (const char *const[]){"data 7.60 GiB", NULL});
 
   /* The spirals demo fits in 64 MiB, and its estimate says how little it
    * needs. */

@@ -166,6 +166,24 @@ static void test_bad_jobs(void **state) {
       {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":2},{\"type\":"
        "\"dropout\",\"rate\":0.5}]},\"loss\":\"mse\"}",
        "j: model.layers[1]: the last layer cannot be dropout"},
+      /* What tb_model_compile and the generators refuse for reasons the
+       * document alone decides is refused here, before the job is queued. */
+      {"{" BASE_DATA "," BASE_MODEL
+       ",\"loss\":\"sparse_categorical_crossentropy\",\"metrics\":[\"acc\",\"MAE\"]}",
+       "j: metrics[1]: mse and mae need dense targets, not the sparse labels of "
+       "sparse_categorical_crossentropy"},
+      {"{" BASE_DATA ",\"model\":{\"layers\":[{\"type\":\"dense\",\"units\":1},{\"type\":"
+       "\"activation\",\"activation\":\"softmax\"}]},\"loss\":\"categorical_crossentropy\"}",
+       "j: loss: categorical_crossentropy needs at least 2 output units, the last dense layer has "
+       "1"},
+      {"{\"data\":{\"source\":\"blobs\",\"n\":100000000,\"features\":100}," BASE_MODEL
+       ",\"loss\":\"mse\"}",
+       "j: data: 100000000 rows of 100 features are more than the 2147483647 values a data set "
+       "may hold"},
+      {"{\"data\":{\"source\":\"blobs\",\"n\":10,\"classes\":100000,\"features\":100000}"
+       "," BASE_MODEL ",\"loss\":\"mse\"}",
+       "j: data: 100000 centers of 100000 features are more than the 2147483647 values a data set "
+       "may hold"},
       {"{" BASE_DATA "," BASE_MODEL ",\"loss\":\"mse\",\"loss\":\"mae\"}",
        "j: loss: duplicate field"},
       {"{" BASE_DATA ",\n  " BASE_MODEL ",\n  \"loss\": mse}", "j:3:11: not valid JSON"},

@@ -17,8 +17,10 @@
  *
  * A failure returns a known negative code, a one-line message that names
  * the document, and no job; a parsed job has every field in the range
- * job.h and docs/JOB.md promise; an estimate's total covers each of its
- * parts and the same job estimates the same twice. Under AddressSanitizer
+ * job.h and docs/JOB.md promise, and nothing a later step refuses for a
+ * reason the document alone decides (the CSV loader's options, compile's
+ * rules); an estimate's total covers each of its parts and the same job
+ * estimates the same twice. Under AddressSanitizer
  * (the fuzzer, and the SANITIZE=1 suite) the allocations are counted too:
  * parsing may use memory in proportion to the input's length only, and
  * preparing no more than the estimate it passed. Nothing reads a file: the

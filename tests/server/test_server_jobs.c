@@ -259,7 +259,7 @@ static const char HUGE_BATCH[] =
     "1048576}";
 
 static const char HUGE_DATA[] =
-    "{\"data\":{\"source\":\"blobs\",\"n\":50000000,\"features\":100},\"model\":{\"layers\":[{"
+    "{\"data\":{\"source\":\"blobs\",\"n\":20000000,\"features\":100},\"model\":{\"layers\":[{"
     "\"type\":\"dense\",\"units\":3,\"activation\":\"softmax\"}]},\"loss\":"
     "\"sparse_categorical_crossentropy\"}";
 
@@ -311,7 +311,7 @@ static void test_budget_refusals(void **state) {
   free(err);
   err = refused(&f, HUGE_DATA);
   has(err, "needs an estimated ");
-  has(err, "data 19.0 GiB");
+  has(err, "data 7.60 GiB");
   free(err);
   /* A job for more MPI ranks than the daemon launches (by default, one per
    * processor) is refused (issue 15; tests/dist/test_submitted.py trains the
