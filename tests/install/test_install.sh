@@ -52,6 +52,10 @@ EOF
 # Starts a daemon (binary, then its arguments) and sets $addr and $daemon.
 start_daemon() {
   local log=$tmp/daemon-$RANDOM.log
+  # The file exists before the daemon does: the background job's
+  # redirection may happen after the first read below, and a sed that
+  # cannot open it would end the script under set -e and pipefail.
+  : >"$log"
   "$@" --listen 127.0.0.1:0 2>"$log" &
   daemon=$!
   pids+=("$daemon")
