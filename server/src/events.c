@@ -3,16 +3,27 @@
  * tb__drain() takes every queued record at once (swapping the queue under its
  * mutex) and handles them in steps of up to TB_DRAIN_STEP records, one step
  * per loop iteration, each in two passes. First it encodes every event record, back
- * to back, into one chunk: one allocation and one reference count for the
- * whole batch of events, so per event there is only the encoding itself.
- * Then, for each record in order: it updates the run's status, keeps the
+ * to back, into one chunk per run: one allocation and one reference count for
+ * a run's whole batch of events, so per event there is only the encoding
+ * itself. Then, for each record in order: it updates the run's status, keeps the
  * event in the run's ring (for replay and history), appends it to the run's
  * on-disk log, answers control requests waiting for it, and hands the same
  * bytes to every matching subscriber (a pointer and a length; consecutive
  * lines to one client extend one iovec). Clients are written at the end of
  * the drain, one writev each (conn.c). The disk log is written before any
  * client sees the event, so after a crash the log holds everything any
- * client was sent. */
+ * client was sent.
+ *
+ * Retention: each run's ring keeps up to retain_events of its events, and
+ * all rings together up to retain_bytes (tb_server_opts_t). Past that bound
+ * the oldest events of ended runs go first, the run that ended first
+ * first; then the oldest of live runs. A ring holds a reference to the
+ * event's chunk, so an evicted event a client is still being sent stays
+ * until its write is done; a chunk holds one run's events only, so an
+ * evicted run's memory is given back. Every eviction takes a ring's oldest
+ * position: what memory holds of a run is always its newest events, and
+ * replay and history read older ones from the run's log, as for events
+ * past retain_events. */
 #include "internal.h"
 
 #include <cjson/cJSON.h>
@@ -27,6 +38,7 @@ static tb_chunk_t *chunk_new(int n, size_t bytes, tb_ev_t **evs, char **data) {
     return NULL;
   ch->refs = 1;
   ch->n = n;
+  ch->stamp = 0;
   *evs = (tb_ev_t *)(ch + 1);
   *data = (char *)(*evs + n);
   return ch;
@@ -65,6 +77,67 @@ void tb__ev_unref(tb_ev_t *e) {
     tb__chunk_unref(e->chunk);
 }
 
+/* ---- retention ------------------------------------------------------------ */
+
+/* What one retained event costs: its line and its descriptor. */
+static uint64_t ev_cost(const tb_ev_t *e) {
+  return (uint64_t)e->len + sizeof(tb_ev_t);
+}
+
+static void ret_add(tb_run_t *r, uint64_t bytes) {
+  r->ret_bytes += bytes;
+  r->srv->retained_bytes += bytes;
+}
+
+static void ret_sub(tb_run_t *r, uint64_t bytes) {
+  r->ret_bytes -= bytes;
+  r->srv->retained_bytes -= bytes;
+}
+
+/* A ring position given up (NULL: a seq dropped at the queue). */
+static void ring_release(tb_run_t *r, tb_ev_t *e) {
+  if (e == NULL)
+    return;
+  ret_sub(r, ev_cost(e));
+  r->srv->n_retained--;
+  tb__ev_unref(e);
+}
+
+static void list_unlink(tb_run_t *r) {
+  tb_server_t *s = r->srv;
+  __typeof__(s->ret_live) *l = r->ret_list == TB__RET_ENDED ? &s->ret_ended : &s->ret_live;
+  if (r->ret_list == TB__RET_NONE)
+    return;
+  if (r->ret_prev != NULL)
+    r->ret_prev->ret_next = r->ret_next;
+  else
+    l->head = r->ret_next;
+  if (r->ret_next != NULL)
+    r->ret_next->ret_prev = r->ret_prev;
+  else
+    l->tail = r->ret_prev;
+  r->ret_prev = r->ret_next = NULL;
+  r->ret_list = TB__RET_NONE;
+}
+
+/* Puts r at the tail of the list its state says (ended: the run that ended
+ * last), unless it is there already. */
+static void list_place(tb_run_t *r) {
+  int want = tb_run_state_is_final(r->state) ? TB__RET_ENDED : TB__RET_LIVE;
+  if (r->ret_list == want)
+    return;
+  list_unlink(r);
+  tb_server_t *s = r->srv;
+  __typeof__(s->ret_live) *l = want == TB__RET_ENDED ? &s->ret_ended : &s->ret_live;
+  r->ret_prev = l->tail;
+  if (l->tail != NULL)
+    l->tail->ret_next = r;
+  else
+    l->head = r;
+  l->tail = r;
+  r->ret_list = want;
+}
+
 /* The ring grows by doubling up to retain_events, so a short run does not
  * hold a large table; events sit at (seq - 1) % cap. */
 static bool ring_grow(tb_run_t *r) {
@@ -83,6 +156,7 @@ static bool ring_grow(tb_run_t *r) {
       ring[(size_t)((e->seq - 1) % (int64_t)cap)] = e;
   }
   free(r->ring);
+  ret_add(r, (uint64_t)(cap - r->ring_cap) * sizeof(*ring));
   r->ring = ring;
   r->ring_cap = cap;
   return true;
@@ -94,13 +168,110 @@ static void ring_place(tb_run_t *r, int64_t seq, tb_ev_t *e) {
     return;
   size_t slot = (size_t)((seq - 1) % (int64_t)r->ring_cap);
   if (r->n_ring == r->ring_cap)
-    tb__ev_unref(r->ring[slot]);
+    ring_release(r, r->ring[slot]); /* past retain_events: the oldest goes */
   else
     r->n_ring++;
   r->ring[slot] = e;
-  if (e != NULL)
+  if (e != NULL) {
     tb__ev_ref(e);
+    ret_add(r, ev_cost(e));
+    r->srv->n_retained++;
+    if (e->chunk->stamp == 0)
+      e->chunk->stamp = ++r->srv->ret_clock;
+  }
   r->ring_end = seq;
+}
+
+/* The oldest position of r's ring (n_ring > 0). */
+static tb_ev_t *ring_oldest(const tb_run_t *r) {
+  return r->ring[(size_t)((r->ring_end - (int64_t)r->n_ring) % (int64_t)r->ring_cap)];
+}
+
+/* Evicts r's oldest position; an emptied ring gives its table back and
+ * leaves the lists. */
+static void evict_oldest(tb_run_t *r) {
+  size_t slot = (size_t)((r->ring_end - (int64_t)r->n_ring) % (int64_t)r->ring_cap);
+  tb_ev_t *e = r->ring[slot];
+  r->ring[slot] = NULL;
+  r->n_ring--;
+  if (e != NULL)
+    r->srv->n_evicted++;
+  ring_release(r, e);
+  if (r->n_ring == 0) {
+    ret_sub(r, (uint64_t)r->ring_cap * sizeof(*r->ring));
+    free(r->ring);
+    r->ring = NULL;
+    r->ring_cap = 0;
+    list_unlink(r);
+  }
+}
+
+uint64_t tb_server_default_retain_bytes(void) {
+  uint64_t gib = (uint64_t)1 << 30, eighth = tb_server_default_job_memory() / 4;
+  return eighth < gib ? eighth : gib;
+}
+
+/* Evicts ended runs' events, the run that ended first first, each from its
+ * oldest, while over `limit`: O(1) an event. */
+static void evict_ended(tb_server_t *s, uint64_t limit) {
+  while (s->retained_bytes > limit && s->ret_ended.head != NULL)
+    evict_oldest(s->ret_ended.head);
+}
+
+/* Brings the retained bytes back under the bound: the events of ended runs
+ * first; then, if live runs alone are over it, the oldest events of live
+ * runs by stamp (when a ring took them), each run keeping its newest event
+ * (the one a lockstep wait may still ask for). Finding the oldest live run
+ * walks the live runs (a few), so this goes down to a thirty-second below
+ * the bound and evicts in one go as many of that run's events as are older
+ * than every other live run's: the walk is paid once for many events. */
+uint64_t tb__retain_bound(tb_server_t *s) {
+  if (s->retain_bound == 0)
+    s->retain_bound = s->o.retain_bytes > 0 ? s->o.retain_bytes : tb_server_default_retain_bytes();
+  return s->retain_bound;
+}
+
+static void retain_enforce(tb_server_t *s) {
+  tb__retain_bound(s);
+  evict_ended(s, s->retain_bound);
+  if (s->retained_bytes <= s->retain_bound)
+    return;
+  uint64_t target = s->retain_bound - s->retain_bound / 32;
+  while (s->retained_bytes > target) {
+    tb_run_t *best = NULL;
+    uint64_t best_stamp = UINT64_MAX, next_stamp = UINT64_MAX;
+    for (tb_run_t *r = s->ret_live.head, *after; r != NULL; r = after) {
+      after = r->ret_next;
+      if (tb_run_state_is_final(r->state)) {
+        /* Ended with no event saying so (a restored run its checks
+         * failed): it goes as the others that ended. */
+        list_place(r);
+        continue;
+      }
+      while (r->n_ring > 1 && ring_oldest(r) == NULL)
+        evict_oldest(r); /* seqs dropped at the queue: nothing to keep */
+      if (r->n_ring <= 1)
+        continue;
+      uint64_t st = ring_oldest(r)->chunk->stamp;
+      if (st < best_stamp) {
+        next_stamp = best_stamp;
+        best_stamp = st;
+        best = r;
+      } else if (st < next_stamp) {
+        next_stamp = st;
+      }
+    }
+    if (s->ret_ended.head != NULL) {
+      evict_ended(s, target);
+      continue;
+    }
+    if (best == NULL)
+      return; /* every live run is down to its newest event */
+    do {
+      evict_oldest(best);
+    } while (s->retained_bytes > target && best->n_ring > 1 &&
+             (ring_oldest(best) == NULL || ring_oldest(best)->chunk->stamp <= next_stamp));
+  }
 }
 
 /* Called after r->last_seq has moved to e->seq. The ring holds every seq
@@ -110,7 +281,7 @@ void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
   if (r->n_ring > 0 && e->seq - r->ring_end > 1) {
     if ((uint64_t)(e->seq - r->ring_end - 1) >= r->ring_cap) {
       for (size_t i = 0; i < r->ring_cap; i++) {
-        tb__ev_unref(r->ring[i]);
+        ring_release(r, r->ring[i]);
         r->ring[i] = NULL;
       }
       r->n_ring = 0;
@@ -120,6 +291,9 @@ void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
     }
   }
   ring_place(r, e->seq, e);
+  if (r->n_ring > 0)
+    list_place(r);
+  retain_enforce(r->srv);
 }
 
 /* The retained event with this seq, or NULL if it is older than memory or
@@ -313,10 +487,9 @@ bool tb__drain(tb_server_t *s) {
     n += ((tb_rec_t *)(q + n))->size;
   s->cur_off = n;
 
-  /* Pass 1: encode every event, back to back. */
+  /* Pass 1: encode every event, back to back, and count each run's. */
   tb_buf_t *b = &s->enc;
   b->len = 0;
-  int n_ev = 0;
   for (size_t off = from; off < n;) {
     tb_rec_t *rec = (tb_rec_t *)(q + off);
     off += rec->size;
@@ -325,22 +498,41 @@ bool tb__drain(tb_server_t *s) {
       continue;
     rec->enc_off = b->len;
     if (encode(rec, b) == 0) {
+      tb_run_t *r = rec->run;
       rec->enc_len = b->len - rec->enc_off;
-      n_ev++;
+      if (r->d_n++ == 0) {
+        r->d_next = s->d_runs;
+        s->d_runs = r;
+      }
+      r->d_len += rec->enc_len;
     }
   }
-  tb_ev_t *evs = NULL;
-  char *data = NULL;
-  tb_chunk_t *ch = n_ev > 0 ? chunk_new(n_ev, b->len, &evs, &data) : NULL;
-  if (ch != NULL)
-    memcpy(data, b->data, b->len);
+  /* One chunk per run, so that the ring of a run that is evicted (or ends)
+   * does not keep other runs' lines alive. Most steps hold one run's
+   * events: one copy, as they were encoded. */
+  for (tb_run_t *r = s->d_runs; r != NULL; r = r->d_next)
+    r->d_ch = chunk_new(r->d_n, r->d_len, &r->d_evs, &r->d_data);
+  if (s->d_runs != NULL && s->d_runs->d_next == NULL) {
+    if (s->d_runs->d_ch != NULL)
+      memcpy(s->d_runs->d_data, b->data, b->len);
+  } else {
+    for (size_t off = from; off < n;) {
+      tb_rec_t *rec = (tb_rec_t *)(q + off);
+      off += rec->size;
+      tb_run_t *r = rec->run;
+      if (rec->enc_len == 0 || r->d_ch == NULL)
+        continue;
+      memcpy(r->d_data + r->d_off, b->data + rec->enc_off, rec->enc_len);
+      rec->enc_off = r->d_off;
+      r->d_off += rec->enc_len;
+    }
+  }
   /* A drain of a long burst leaves a big scratch buffer: give it back. */
   if (b->cap > 1024 * 1024)
     tb_buf_free(b);
 
   /* Pass 2: route each record, in order. */
   s->draining = true;
-  int i_ev = 0;
   for (size_t off = from; off < n;) {
     tb_rec_t *rec = (tb_rec_t *)(q + off);
     off += rec->size;
@@ -385,14 +577,14 @@ bool tb__drain(tb_server_t *s) {
       tb_classes_free(rec->classes);
       continue;
     }
-    if (ch == NULL || rec->enc_len == 0) {
+    if (rec->enc_len == 0 || r->d_ch == NULL) {
       free(rec->path); /* out of memory: the event is lost (its seq is a gap) */
       tb_classes_free(rec->classes);
       continue;
     }
-    tb_ev_t *e = &evs[i_ev++];
-    e->chunk = ch;
-    e->data = data + rec->enc_off;
+    tb_ev_t *e = &r->d_evs[r->d_i++];
+    e->chunk = r->d_ch;
+    e->data = r->d_data + rec->enc_off;
     e->len = rec->enc_len;
     e->seq = rec->seq;
     e->kind = rec->kind;
@@ -422,7 +614,14 @@ bool tb__drain(tb_server_t *s) {
       tb__run_save_status(r);
   }
   s->draining = false;
-  tb__chunk_unref(ch); /* the ring and the clients hold their own references */
+  /* The rings and the clients hold their own references. */
+  for (tb_run_t *r = s->d_runs; r != NULL; r = r->d_next) {
+    tb__chunk_unref(r->d_ch);
+    r->d_ch = NULL;
+    r->d_n = r->d_i = 0;
+    r->d_len = r->d_off = 0;
+  }
+  s->d_runs = NULL;
   for (tb_run_t *r = s->runs; r != NULL; r = r->next) {
     if (r->log != NULL)
       fflush(r->log);

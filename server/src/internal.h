@@ -30,6 +30,10 @@ typedef struct tb_tls_s tb_tls_t; /* tls.c: one connection's TLS state */
 typedef struct tb_chunk_s {
   int refs;
   int n;
+  /* When a ring first took one of its events: the server's retention clock
+   * (events.c), 0 before. What "oldest" means when the retention bound
+   * evicts events of live runs. */
+  uint64_t stamp;
 } tb_chunk_t;
 
 /* One event line inside a chunk. */
@@ -193,6 +197,20 @@ struct tb_run_s {
                               queue holds NULL */
   int64_t ring_end;
   FILE *log; /* state_dir/runs/<id>/events.ndjson, appended */
+  /* Retention across runs (events.c): the run's place on the server's list
+   * of live or ended runs holding events, and the bytes its ring holds (its
+   * events' lines and descriptors, and the ring's table). */
+  tb_run_t *ret_prev, *ret_next;
+  int ret_list; /* TB__RET_NONE, TB__RET_LIVE, TB__RET_ENDED */
+  uint64_t ret_bytes;
+  /* loop, during one drain step: this run's events of the step, in a chunk
+   * of their own (so that evicting a run frees its memory) */
+  tb_run_t *d_next;
+  tb_chunk_t *d_ch;
+  tb_ev_t *d_evs;
+  char *d_data;
+  int d_n, d_i;
+  size_t d_len, d_off;
   pending_t *pending;
   tb_classes_t *classes; /* the class names of its last train_begin (or its log's), or NULL */
 };
@@ -365,6 +383,18 @@ struct tb_server_s {
   uint64_t next_conn;
   int64_t n_events;
 
+  /* Retained events across runs (events.c): at most retain_bound bytes
+   * (o.retain_bytes, or its default), counted as tb_run_t.ret_bytes. Over
+   * it, the oldest events of the runs that ended go first, oldest-ended run
+   * first (the `ended` list, in the order they ended); only then those of
+   * live runs (the `live` list), by their chunks' stamps. */
+  uint64_t retain_bound, retained_bytes, ret_clock;
+  int64_t n_retained, n_evicted;
+  struct {
+    tb_run_t *head, *tail;
+  } ret_live, ret_ended;
+  tb_run_t *d_runs; /* the runs with events in the current drain step */
+
   /* Jobs' policies (docs/JOB.md): the operator's (--job, tb_server_submit:
    * any path) and the network's (submit: confined to the data directories,
    * file contents kept out of messages); both hold the memory budget. */
@@ -422,7 +452,12 @@ void tb__drain_resume(tb_server_t *s);
 void tb__drain_nudge(tb_server_t *s);
 /* The class names a train_begin event line carries ("classes"), or NULL. */
 tb_classes_t *tb__event_classes(const char *line, size_t len);
+/* Keeps e (one more reference) in r's ring at e->seq, then evicts what the
+ * server's retention bound asks (events.c). Loop thread. */
 void tb__run_retain(tb_run_t *r, tb_ev_t *e);
+enum { TB__RET_NONE = 0, TB__RET_LIVE, TB__RET_ENDED };
+/* The bound in force: o.retain_bytes, or its default. */
+uint64_t tb__retain_bound(tb_server_t *s);
 void tb__run_track(tb_run_t *r, const tb_rec_t *rec);
 tb_ev_t *tb__run_event(tb_run_t *r, int64_t seq);
 void tb__lockstep_recount(tb_run_t *r);

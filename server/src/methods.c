@@ -323,6 +323,16 @@ static void do_status(conn_t *c, const tb_req_t *q) {
     tb_json_int(&b, s->n_conns);
     TB_LIT(&b, ",\"events\":");
     tb_json_int(&b, s->n_events);
+    /* Memory held for replay and history (tb_server_opts_t.retain_bytes). */
+    TB_LIT(&b, ",\"retained_events\":");
+    tb_json_int(&b, s->n_retained);
+    TB_LIT(&b, ",\"retained_bytes\":");
+    tb_json_int(&b, (int64_t)s->retained_bytes);
+    TB_LIT(&b, ",\"retain_bytes\":");
+    uint64_t bound = tb__retain_bound(s), exact = ((uint64_t)1 << 53) - 1;
+    tb_json_int(&b, (int64_t)(bound < exact ? bound : exact)); /* JSON's exact integers */
+    TB_LIT(&b, ",\"evicted_events\":");
+    tb_json_int(&b, s->n_evicted);
     TB_LIT(&b, "}");
     tb_msg_result_end(&b);
     reply(c, &b);

@@ -50,6 +50,12 @@ static void usage(FILE *f) {
           "  --max-job-memory SIZE  refuse a job (submitted or --job) whose estimated memory\n"
           "                       at its peak is over SIZE (bytes, or with K, M, G, T: powers\n"
           "                       of 1024; default: half of this machine's memory)\n"
+          "  --retain-bytes SIZE  keep at most SIZE of past events in memory, all runs together,\n"
+          "                       for replay and history (bytes, or with K, M, G, T; default:\n"
+          "                       1G, or an eighth of this machine's memory when less). Over\n"
+          "                       it, the oldest events of ended runs go first; a client asking\n"
+          "                       for them reads them from the state directory's logs\n"
+          "                       (docs/PROTOCOL.md, Retention)\n"
           "  --max-ranks N        a job with \"distributed\": {\"ranks\": N} is trained by\n"
           "                       mpirun, which the daemon launches and supervises; N at\n"
           "                       most this (default: this machine's processors; 0: no\n"
@@ -231,6 +237,12 @@ int main(int argc, char **argv) {
                 argv[i]);
         return 2;
       }
+    } else if (strcmp(a, "--retain-bytes") == 0 && v) {
+      if ((o.retain_bytes = parse_size(argv[++i])) == 0) {
+        fprintf(stderr, "trainbusd: %s: expected a size such as 1G, 256M or 1048576, got '%s'\n", a,
+                argv[i]);
+        return 2;
+      }
     } else if (strcmp(a, "--max-ranks") == 0 && v) {
       char *end;
       long n = strtol(argv[++i], &end, 10);
@@ -354,6 +366,8 @@ int main(int argc, char **argv) {
   char budget[32];
   tb_job_format_bytes(s->operator_policy.max_bytes, budget, sizeof(budget));
   fprintf(stderr, "trainbusd: a job may use up to %s of memory (--max-job-memory)\n", budget);
+  tb_job_format_bytes(tb__retain_bound(s), budget, sizeof(budget));
+  fprintf(stderr, "trainbusd: past events kept in memory: up to %s (--retain-bytes)\n", budget);
   if (s->o.n_data_dirs == 0)
     fprintf(stderr, "trainbusd: submitted jobs may use the built-in generators only (no "
                     "--data-dir)\n");

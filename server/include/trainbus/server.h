@@ -61,7 +61,8 @@ typedef struct tb_server_opts_s {
   size_t out_hard_bytes; /* queued output that disconnects at once; 8 MiB */
   size_t out_soft_bytes; /* queued output that disconnects after out_soft_seconds; 2 MiB */
   int out_soft_seconds;  /* 10 */
-  size_t retain_events;  /* events kept in memory per run for replay; 200000 */
+  size_t retain_events;  /* events kept in memory per run for replay; 200000 (and
+                            retain_bytes for all runs together) */
   size_t queue_bytes;    /* the trainers' queue to the loop: past this many bytes waiting,
                             batch events are dropped (counted, and told to subscribers as
                             "dropped"); lifecycle events never are. Default 32 MiB (about
@@ -119,6 +120,17 @@ typedef struct tb_server_opts_s {
   const char *mpirun_args[TB_SERVER_MAX_MPIRUN_ARGS];
   int n_mpirun_args;
   int max_ranks;
+  /* Past events kept in memory for replay and history, all runs together,
+   * in bytes: each event's encoded line plus its 40-byte descriptor, and
+   * the runs' ring tables (8 bytes a slot). Over it, the oldest events of
+   * the runs that have ended are evicted first, the run that ended first
+   * first; only if live runs alone exceed it, the oldest events of live
+   * runs (each keeps at least its newest event). Evicted events are still
+   * read from a run's log in the state directory; without one they are
+   * gone, as past retain_events (docs/PROTOCOL.md, "Retention"). As Redis's
+   * maxmemory, JetStream's max_bytes, Kafka's retention.bytes. 0 (default):
+   * tb_server_default_retain_bytes(). */
+  uint64_t retain_bytes;
 } tb_server_opts_t;
 
 void tb_server_opts_defaults(tb_server_opts_t *o);
@@ -166,6 +178,14 @@ int tb_server_submit(tb_server_t *s, const char *json, size_t len, const char *o
  * control group's memory limit (cgroup v2 memory.max, v1
  * memory.limit_in_bytes) when that is lower. */
 uint64_t tb_server_default_job_memory(void);
+
+/* The default of retain_bytes: 1 GiB, or an eighth of the memory
+ * tb_server_default_job_memory() sees (a quarter of its half) when that is
+ * less, so that a small machine keeps room for its jobs. An event of the
+ * demo job costs about 250 bytes retained (a 200-byte line, its
+ * descriptor, its ring slot): 1 GiB holds some 4 million events, about 20
+ * runs at the retain_events cap. */
+uint64_t tb_server_default_retain_bytes(void);
 
 /* Embedding: a run whose training loop belongs to the caller. `epochs` is
  * reported in status (0 if unknown). Thread-safe. */
