@@ -293,7 +293,9 @@ void tb__run_retain(tb_run_t *r, tb_ev_t *e) {
   ring_place(r, e->seq, e);
   if (r->n_ring > 0)
     list_place(r);
-  retain_enforce(r->srv);
+  /* The bound is 0 until retain_enforce first resolves it. */
+  if (r->srv->retained_bytes > r->srv->retain_bound)
+    retain_enforce(r->srv);
 }
 
 /* The retained event with this seq, or NULL if it is older than memory or
