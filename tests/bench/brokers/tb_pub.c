@@ -126,6 +126,11 @@ int main(int argc, char **argv) {
   const char *fi = getenv("TB_FLUSH_INTERVAL_MS");
   if (fi != NULL)
     o.flush_interval_ms = atoi(fi);
+  /* TB_RETAIN_BYTES: the daemon's --retain-bytes, in bytes (run_retain_ab.sh
+   * sets it below what the run publishes, so that eviction runs all along). */
+  const char *rb = getenv("TB_RETAIN_BYTES");
+  if (rb != NULL)
+    o.retain_bytes = strtoull(rb, NULL, 10);
   tb_server_t *s;
   tb_err_t err = {{0}};
   if (tb_server_new(&o, &s, &err) != 0) {
