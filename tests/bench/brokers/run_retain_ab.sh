@@ -17,7 +17,9 @@
 # trainer at most WIN events ahead of the slowest: lossless capacity; N1,
 # N8).
 # Prints the medians of deliveries/s and of the loop thread's CPU per
-# delivery, the after/before ratios, and the publisher's peak RSS.
+# delivery, the after/before ratios, and the publisher's peak RSS; then a
+# real daemon's RSS after RSS_RUNS (40) jobs, unbounded and with
+# --retain-bytes RSS_BOUND (8M): retain_rss.py.
 #
 # tb_pub calls no BLAS, so OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE do not
 # enter these figures.
@@ -40,7 +42,7 @@ RAW=$OUT/raw.txt
 : > "$RAW"
 
 for b in "$BEFORE" "$AFTER"; do
-    cmake --build "$b" -j2 --target psbench tb_pub >/dev/null
+    cmake --build "$b" -j2 --target psbench tb_pub trainbusd >/dev/null
 done
 PSB=$AFTER/tests/bench/brokers/psbench
 
@@ -104,5 +106,14 @@ for mode in ("k1-blast", "k1-closed", "k8-closed"):
           f"| {med(a, 'loop_cpu_us_per_deliv') / med(b, 'loop_cpu_us_per_deliv'):.3f} "
           f"| {med(e, 'loop_cpu_us_per_deliv') / med(b, 'loop_cpu_us_per_deliv'):.3f} |")
 EOF
+# A long-lived daemon's memory against the runs it trained: the reference
+# (no bound) and a bound of RSS_BOUND.
+if [ "${RSS_RUNS:-40}" -gt 0 ]; then
+    echo
+    echo "daemon RSS after runs of 7,608 events each (retain_rss.py):"
+    python3 "$HERE/retain_rss.py" "$BEFORE/trainbusd" "${RSS_RUNS:-40}" | sed 's/^/before /'
+    python3 "$HERE/retain_rss.py" "$AFTER/trainbusd" "${RSS_RUNS:-40}" \
+        --retain-bytes "${RSS_BOUND:-8M}" | sed "s/^/after(--retain-bytes ${RSS_BOUND:-8M}) /"
+fi | tee -a "$OUT/summary.md"
 { echo; echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"; } | tee -a "$OUT/env.txt"
 echo "results in $OUT"
