@@ -24,8 +24,16 @@ static int copy_str(const cJSON *obj, const char *key, bool required, char *dst,
   }
   if (!cJSON_IsString(v))
     return tb__errf(err, TB_PROTO_EINVALID_PARAMS, "%s.%s: expected a string", path, key);
-  /* Truncation keeps a prefix; only free text (messages) is ever long. */
-  snprintf(dst, cap, "%s", v->valuestring);
+  /* Truncation keeps a prefix (only free text, messages, is ever long), cut
+   * before a character rather than inside one: the text stays UTF-8, and
+   * encoding it again gives it back as it is. */
+  const char *s = v->valuestring;
+  size_t len = strlen(s), n = len < cap ? len : cap - 1;
+  if (n < len)
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+      n--;
+  memcpy(dst, s, n);
+  dst[n] = '\0';
   return 0;
 }
 
