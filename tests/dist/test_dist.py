@@ -418,7 +418,9 @@ class DistTest(unittest.TestCase):
         step."""
         job = spirals_job(self.d, epochs=4)
         prefix = os.path.join(self.d, "pause")
-        p = Proc(mpi_cmd(4, [PROBE, job, prefix, "--drive-pause", "30:4"]))
+        # Paused 8 s, measured over 2 s of it: room for a machine that stalls
+        # this test a few seconds (a 4 s pause once ended unobserved in CI).
+        p = Proc(mpi_cmd(4, [PROBE, job, prefix, "--drive-pause", "30:8"]))
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
